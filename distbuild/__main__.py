@@ -1,0 +1,5 @@
+import sys
+
+from distbuild.cli import main
+
+sys.exit(main())

@@ -1,0 +1,72 @@
+"""Command-line entry point: picks a command and runs it.
+
+Commands live in their own modules and are imported only when chosen, so a
+quick command such as `distbuild graph` does not pay for importing Twisted.
+This is the only module that may start a reactor (through the command it
+runs). Every DistbuildError becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from distbuild import __version__
+from distbuild.errors import DistbuildError
+
+# name -> (module, one-line help). Each module has add_arguments(parser) and run(args) -> int.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "graph": ("distbuild.definitions.command", "show the build graph of a system"),
+}
+
+# Used when the first argument is not a command name: `distbuild [options] SYSTEM`.
+DEFAULT_COMMAND = "build"
+
+
+def _top_help() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = [
+        "usage: distbuild COMMAND [options]",
+        "       distbuild --controller-initiator-address=HOST SYSTEM_MORPH [COMPONENT...]",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run `distbuild COMMAND --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the distbuild command line; returns the process exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_top_help())
+        return 0 if args else 2
+    if args[0] == "--version":
+        print(f"distbuild {__version__}")
+        return 0
+    if args[0] in COMMANDS:
+        name, rest = args[0], args[1:]
+    elif DEFAULT_COMMAND in COMMANDS:
+        name, rest = DEFAULT_COMMAND, args
+    else:
+        print(f"distbuild: error: unknown command '{args[0]}'\n\n{_top_help()}", file=sys.stderr)
+        return 2
+    module_name, help_ = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    prog = "distbuild" if name == DEFAULT_COMMAND and args[0] != name else f"distbuild {name}"
+    parser = argparse.ArgumentParser(prog=prog, description=help_)
+    module.add_arguments(parser)
+    parsed = parser.parse_args(rest)
+    try:
+        return int(module.run(parsed) or 0)
+    except DistbuildError as e:
+        print(f"distbuild: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("distbuild: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1

@@ -1,0 +1,40 @@
+"""Shared test fixtures: paths to the project and to ../shared, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parent.parent
+SHARED = PROJECT.parent / "shared"
+BASEROCK = SHARED / "baserock-definitions"
+MORPHS = PROJECT / "morphs"
+
+
+def run_distbuild(*args: str, cwd: Path | None = None, env: dict | None = None,
+                  timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
+    """Run `python -m distbuild ARGS` as its own process, with this checkout first on the path."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = str(PROJECT) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.pop("DISTBUILD_CONFIG", None)
+    if env:
+        full_env.update(env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "distbuild", *args], cwd=cwd, env=full_env,
+        capture_output=True, text=True, timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"distbuild {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def baserock() -> Path:
+    if not BASEROCK.is_dir():
+        pytest.skip("../shared/baserock-definitions is not beside the project")
+    return BASEROCK
