@@ -19,6 +19,7 @@ from distbuild.errors import DistbuildError
 # name -> (module, one-line help). Each module has add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
     "graph": ("distbuild.definitions.command", "show the build graph of a system"),
+    "deploy": ("distbuild.deploy.command", "deploy built systems as a cluster morphology says"),
 }
 
 # Used when the first argument is not a command name: `distbuild [options] SYSTEM`.

@@ -1,0 +1,106 @@
+"""Running deployments: check all, then fetch, unpack, configure and write each.  [edge]
+
+Every extension a deployment needs is found, and every `.check` run,
+before anything is fetched or written, so a mistake in the last deployment
+of a cluster does not leave the first one half done.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distbuild.deploy.cluster import Deployment
+from distbuild.deploy.errors import DeployError
+from distbuild.deploy.extensions import find_extension, require_extension, run_extension
+from distbuild.deploy.fetch import fetch_system_artifact
+from distbuild.deploy.systems import SystemArtifact, SystemResolver
+
+
+@dataclass(frozen=True)
+class _Plan:
+    deployment: Deployment
+    system: SystemArtifact
+    configure: tuple[Path, ...]
+    write: Path
+    check: Path | None
+    where: str
+
+
+@dataclass
+class Deployer:
+    """Deploys expanded deployments of systems already in the artifact cache."""
+
+    definitions: Path
+    systems: SystemResolver
+    artifact_cache_url: str
+    progress: Callable[[str], None] = print
+    environ: Mapping[str, str] | None = None
+    _plans: dict[int, _Plan] = field(default_factory=dict, init=False, repr=False)
+
+    def deploy(self, deployments: Sequence[Deployment]) -> None:
+        """Deploy each deployment with its subsystems; stop at the first failure."""
+        every = [d for top in deployments for d in top.walk()]
+        for d in every:
+            self._plans[id(d)] = self._plan(d)
+        for top in deployments:
+            self._check(self._plans[id(top)])
+        for top in deployments:
+            with tempfile.TemporaryDirectory(prefix="distbuild-deploy-") as scratch:
+                self._deploy(top, Path(scratch), parent_tree=None)
+            self.progress(f"Deployed {top.id} to {top.location}")
+
+    def _plan(self, d: Deployment) -> _Plan:
+        where = f"deployment '{d.id}'"
+        system = self.systems.system(d.morph)
+        configure = tuple(require_extension(name, "configure", self.definitions, where)
+                          for name in system.configuration_extensions)
+        write = require_extension(d.type, "write", self.definitions, where)
+        check = find_extension(d.type, "check", self.definitions)
+        return _Plan(d, system, configure, write, check, where)
+
+    def _check(self, plan: _Plan) -> None:
+        if plan.check is not None:
+            self.progress(f"Checking {plan.deployment.id} ({plan.check.name})")
+            self._run(plan, plan.check, [plan.deployment.location])
+
+    def _deploy(self, d: Deployment, scratch: Path, parent_tree: Path | None) -> None:
+        plan = self._plans[id(d)]
+        tree = scratch / f"{d.id}-rootfs"
+        self._unpack(plan, scratch, tree)
+        for sub in d.subsystems:
+            self._deploy(sub, scratch, parent_tree=tree)
+        for ext in plan.configure:
+            self.progress(f"Configuring {d.id} with {ext.name}")
+            self._run(plan, ext, [str(tree)])
+        location = d.location
+        if parent_tree is not None:
+            # Subsystems land inside their parent's tree, as with morph.
+            inside = parent_tree / d.location.lstrip("/")
+            inside.parent.mkdir(parents=True, exist_ok=True)
+            location = str(inside)
+        self.progress(f"Writing {d.id} with {plan.write.name} to {d.location}")
+        self._run(plan, plan.write, [str(tree), location])
+        shutil.rmtree(tree, ignore_errors=True)
+
+    def _unpack(self, plan: _Plan, scratch: Path, tree: Path) -> None:
+        artifact = scratch / plan.system.filename
+        self.progress(f"Fetching {plan.system.name} ({plan.system.cache_key[:12]})")
+        fetch_system_artifact(self.artifact_cache_url, plan.system.filename, artifact,
+                              plan.system.morph)
+        tree.mkdir()
+        proc = subprocess.run(["tar", "-xzf", str(artifact), "-C", str(tree),
+                               "--numeric-owner"], capture_output=True, text=True)
+        artifact.unlink()
+        if proc.returncode != 0:
+            raise DeployError(f"cannot unpack {plan.system.filename}: "
+                              f"{proc.stderr.strip() or 'tar failed'}", plan.where)
+
+    def _run(self, plan: _Plan, ext: Path, args: list[str]) -> None:
+        run_extension(ext, args, plan.deployment.settings, cwd=self.definitions,
+                      progress=self.progress, where=plan.where,
+                      base_environ=self.environ)

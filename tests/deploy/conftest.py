@@ -1,0 +1,110 @@
+"""Fixtures for deployment tests: an artifact cache on 127.0.0.1 and system tarballs."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import tarfile
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+@dataclass
+class ArtifactCache:
+    """A morph-cache-server stand-in: GET /1.0/artifacts?filename=NAME from `folder`."""
+
+    url: str
+    folder: Path
+    requests: list[str]
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    folder: Path
+    requests: list[str]
+
+    def do_GET(self) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        names = urllib.parse.parse_qs(url.query).get("filename", [])
+        self.requests.append(self.path)
+        if url.path != "/1.0/artifacts" or len(names) != 1 or "/" in names[0]:
+            self.send_error(400)
+            return
+        path = self.folder / names[0]
+        if not path.is_file():
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(path.stat().st_size))
+        self.end_headers()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 16):
+                self.wfile.write(chunk)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def artifact_cache(tmp_path: Path) -> Iterator[ArtifactCache]:
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    requests: list[str] = []
+    handler = type("Handler", (_Handler,), {"folder": folder, "requests": requests})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield ArtifactCache(f"http://127.0.0.1:{server.server_port}", folder, requests)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def fake_cache_key(morph: str) -> str:
+    """A stand-in cache key until the definitions engine gives real ones."""
+    return hashlib.sha256(morph.encode()).hexdigest()
+
+
+# What the example system's strata install (see morphs/strata/*), assembled
+# here until a worker can build the real system.
+EXAMPLE_FILES: dict[str, tuple[int, bytes]] = {
+    "etc/motd": (0o644, b"Welcome to the example system.\n"),
+    "etc/os-release": (0o644, b"NAME=example\n"),
+    "usr/bin/hello": (0o755, b"#!/bin/sh\necho hello\n"),
+    "usr/bin/greeting-tool": (0o4755, b"#!/bin/sh\necho greetings\n"),
+    "usr/lib/libgreet.so.1": (0o755, b"\x7fELF" + bytes(5000)),
+}
+
+
+def system_tarball(dest: Path, files: dict[str, tuple[int, bytes]] | None = None) -> Path:
+    """Write a gzip tarball of a root filesystem, owned by root, as a system artifact is."""
+    files = EXAMPLE_FILES if files is None else files
+    with tarfile.open(dest, "w:gz") as tar:
+        dirs = sorted({str(Path(p).parent) for p in files} | {"usr", "var", "tmp"})
+        for d in ["."] + [p for p in dirs if p != "."]:
+            info = tarfile.TarInfo(d)
+            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if d == "tmp" else 0o755
+            tar.addfile(info)
+        for path, (mode, data) in files.items():
+            info = tarfile.TarInfo(path)
+            info.mode, info.size = mode, len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("usr/lib/libgreet.so")
+        link.type, link.linkname = tarfile.SYMTYPE, "libgreet.so.1"
+        tar.addfile(link)
+    return dest
+
+
+def put_system(cache: ArtifactCache, name: str, morph: str,
+               files: dict[str, tuple[int, bytes]] | None = None) -> str:
+    """Put system `name`'s artifact in the cache under its key; return the filename."""
+    filename = f"{fake_cache_key(morph)}.system.{name}-rootfs"
+    system_tarball(cache.folder / filename, files)
+    return filename
