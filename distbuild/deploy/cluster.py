@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from distbuild.deploy.clusterfile import Cluster, ClusterSystem
+from distbuild.definitions.model import Cluster, ClusterSystem
 from distbuild.deploy.errors import DeployError
 
 _VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*)|(\$))")

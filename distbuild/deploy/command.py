@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from distbuild import config
+from distbuild.definitions import (
+    Aliases,
+    Definitions,
+    DirectorySource,
+    OfflineResolver,
+    Resolver,
+)
 from distbuild.deploy.cluster import expand, parse_arguments
-from distbuild.deploy.clusterfile import load_cluster
 from distbuild.deploy.deployer import Deployer
 from distbuild.deploy.errors import DeployError
-from distbuild.deploy.systems import SystemResolver
+from distbuild.deploy.systems import DefinitionsSystems
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,42 +27,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("args", nargs="*", metavar="DEPLOYMENT | ID.KEY=VALUE | NAME=VALUE",
                         help="deployments to run (default: all), settings that win over "
                              "the cluster's, and variables for $NAME in the cluster")
-    parser.add_argument("--definitions", type=Path, default=Path("."),
-                        help="definitions checkout (default: the current directory)")
-    parser.add_argument("--config", help="configuration file (default: $DISTBUILD_CONFIG)")
-    parser.add_argument("--artifact-cache-url",
-                        help="artifact cache to fetch systems from (default: the config's "
-                             "artifact_cache_url)")
+    parser.add_argument("--definitions", metavar="DIR", default=".",
+                        help="the definitions tree (default: the current directory)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="settings file (default: $DISTBUILD_CONFIG) for "
+                             "artifact_cache_url, trove_git_url and repo_aliases")
+    parser.add_argument("--artifact-cache-url", metavar="URL",
+                        help="the artifact cache to fetch systems from (default: the "
+                             "settings file's artifact_cache_url)")
+    parser.add_argument("--offline", action="store_true",
+                        help="do no git resolution: each ref stands in for its tree SHA "
+                             "(deploys what an --offline build made)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Expand the cluster, then check and deploy the chosen deployments."""
-    definitions: Path = args.definitions.resolve()
-    url = args.artifact_cache_url or _configured_cache_url(args.config)
-    cluster = load_cluster(definitions / args.cluster, args.cluster)
+    settings = config.client_settings(args.config,
+                                      artifact_cache_url=args.artifact_cache_url)
+    if not settings.artifact_cache_url:
+        raise DeployError("no artifact cache: give --artifact-cache-url or set "
+                          "artifact_cache_url in the settings file ($DISTBUILD_CONFIG)")
+    defs = Definitions(DirectorySource(args.definitions))
+    cluster = defs.cluster(args.cluster)
     deployments = expand(cluster, parse_arguments(args.args), os.environ)
-    deployer = Deployer(definitions, resolver(definitions), url,
+    aliases = Aliases.from_config(settings.trove_git_url, settings.repo_aliases)
+    systems = DefinitionsSystems(defs, _resolver(args.offline), aliases)
+    deployer = Deployer(Path(args.definitions).resolve(), systems,
+                        settings.artifact_cache_url,
                         progress=lambda line: print(line, flush=True))
     deployer.deploy(deployments)
     return 0
 
 
-def _configured_cache_url(explicit: str | None) -> str:
-    path = config.config_path(explicit)
-    url = config.load(path).get("artifact_cache_url")
-    if not url:
-        where = str(path) if path else "settings"
-        raise DeployError("no artifact cache: set artifact_cache_url in the configuration "
-                          "file or give --artifact-cache-url", where)
-    return str(url)
-
-
-def resolver(definitions: Path) -> SystemResolver:
-    """The systems of `definitions`, with cache keys from the definitions engine."""
+def _resolver(offline: bool) -> Resolver:
+    if offline:
+        return OfflineResolver()
     try:
-        from distbuild.deploy.engine import EngineSystems
+        from distbuild.trove.refs import GitResolver
     except ImportError:
-        print("distbuild deploy: the definitions engine is not installed", file=sys.stderr)
-        raise DeployError("cannot compute cache keys: distbuild.definitions is missing",
-                          str(definitions)) from None
-    return EngineSystems(definitions)
+        raise DeployError("resolving refs needs the trove module, which is not installed; "
+                          "use --offline") from None
+    return GitResolver()

@@ -1,15 +1,11 @@
-"""Which artifact holds a system, and what runs on it at deploy time.  [core]"""
+"""Which artifact holds a system, and what runs on it at deploy time."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Protocol
 
-import yaml
-
-from distbuild.deploy.errors import DeployError
+from distbuild.definitions import Aliases, Definitions, Resolver, build_graph
 
 
 @dataclass(frozen=True)
@@ -35,29 +31,22 @@ class SystemResolver(Protocol):
 
 
 @dataclass
-class MorphSystems:
-    """Systems read straight from their morphologies, with cache keys from `cache_key`.
+class DefinitionsSystems:
+    """Systems with the cache keys the definitions engine gives, as a build computed them.
 
-    Until the definitions engine computes cache keys for deploy, whoever
-    holds the key (a test, an earlier build's output) supplies it.
+    The resolver and aliases must be the ones the build used (the trove's
+    git resolver, or the offline one), or the keys will not match.
     """
 
-    definitions: Path
-    cache_key: Callable[[str], str]
+    defs: Definitions
+    resolver: Resolver
+    aliases: Aliases
+    _seen: dict[str, SystemArtifact] = field(default_factory=dict, init=False, repr=False)
 
     def system(self, morph: str) -> SystemArtifact:
-        """Read `morph`'s name and configuration-extensions; ask `cache_key` for its key."""
-        path = self.definitions / morph
-        try:
-            data = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise DeployError("system morphology does not exist", str(path)) from None
-        except yaml.YAMLError as e:
-            raise DeployError(f"YAML syntax error: {e}", str(path)) from None
-        if not isinstance(data, dict) or data.get("kind") != "system":
-            raise DeployError("not a system morphology (kind: system)", str(path))
-        exts = data.get("configuration-extensions") or []
-        if not isinstance(exts, list) or not all(isinstance(e, str) for e in exts):
-            raise DeployError("configuration-extensions: expected a list of names", str(path))
-        return SystemArtifact(morph, str(data.get("name") or path.stem),
-                              self.cache_key(morph), tuple(exts))
+        """Compute `morph`'s build graph (once) and take its system step."""
+        if morph not in self._seen:
+            node = build_graph(self.defs, morph, self.resolver, self.aliases).system
+            self._seen[morph] = SystemArtifact(morph, node.name, node.cache_key,
+                                               tuple(node.configuration_extensions))
+        return self._seen[morph]

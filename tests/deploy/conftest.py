@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import http.server
 import io
 import tarfile
@@ -13,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from distbuild.definitions import Aliases, Definitions, DirectorySource, OfflineResolver
+from distbuild.deploy.systems import DefinitionsSystems
 
 
 @dataclass
@@ -67,9 +69,10 @@ def artifact_cache(tmp_path: Path) -> Iterator[ArtifactCache]:
         thread.join()
 
 
-def fake_cache_key(morph: str) -> str:
-    """A stand-in cache key until the definitions engine gives real ones."""
-    return hashlib.sha256(morph.encode()).hexdigest()
+def engine_systems(definitions: Path) -> DefinitionsSystems:
+    """Systems with the cache keys an --offline build of `definitions` gives them."""
+    return DefinitionsSystems(Definitions(DirectorySource(definitions)), OfflineResolver(),
+                              Aliases.from_config(None, None))
 
 
 # What the example system's strata install (see morphs/strata/*), assembled
@@ -102,9 +105,25 @@ def system_tarball(dest: Path, files: dict[str, tuple[int, bytes]] | None = None
     return dest
 
 
-def put_system(cache: ArtifactCache, name: str, morph: str,
+def put_system(cache: ArtifactCache, definitions: Path, morph: str,
                files: dict[str, tuple[int, bytes]] | None = None) -> str:
-    """Put system `name`'s artifact in the cache under its key; return the filename."""
-    filename = f"{fake_cache_key(morph)}.system.{name}-rootfs"
+    """Put system `morph`'s artifact in the cache under the key the definitions give it.
+
+    The tarball is assembled here, standing in for what a worker builds.
+    """
+    filename = engine_systems(definitions).system(morph).filename
     system_tarball(cache.folder / filename, files)
     return filename
+
+
+def load_cluster(path: Path):
+    """The cluster at `path` through the definitions engine.
+
+    The definitions are the nearest folder above with a VERSION file; a
+    cluster written alone in a test's folder gets one beside it.
+    """
+    root = next((p for p in path.parents if (p / "VERSION").is_file()), None)
+    if root is None:
+        root = path.parent
+        (root / "VERSION").write_text("version: 6\n")  # v6 needs no DEFAULTS
+    return Definitions(DirectorySource(root)).cluster(str(path.relative_to(root)))

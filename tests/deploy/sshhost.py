@@ -130,7 +130,7 @@ class SSHHost:
             self._transports.append(transport)
             try:
                 transport.start_server(server=_Server(self.user, client_key))
-            except (paramiko.SSHException, EOFError):
+            except (paramiko.SSHException, EOFError, OSError):
                 # A client that rejects our host key hangs up mid-handshake.
                 transport.close()
 

@@ -12,13 +12,11 @@ from pathlib import Path
 import pytest
 
 from distbuild.deploy.cluster import expand, parse_arguments
-from distbuild.deploy.clusterfile import load_cluster
 from distbuild.deploy.deployer import Deployer
 from distbuild.deploy.errors import DeployError, NotBuiltError
 from distbuild.deploy.extensions import ExtensionFailed
-from distbuild.deploy.systems import MorphSystems
 from tests.conftest import MORPHS
-from tests.deploy.conftest import fake_cache_key, put_system
+from tests.deploy.conftest import engine_systems, load_cluster, put_system
 
 SYSTEM = "systems/example-system-x86_64.morph"
 
@@ -40,7 +38,7 @@ def deploy(defs: Path, cache, cluster_text: str, *args: str,
     deployments = expand(load_cluster(cluster_path), parse_arguments(args), environ or {})
     lines: list[str] = []
     env = {k: v for k, v in os.environ.items() if k != "HOSTNAME"}
-    Deployer(defs, MorphSystems(defs, fake_cache_key), cache.url,
+    Deployer(defs, engine_systems(defs), cache.url,
              progress=lines.append, environ=env).deploy(deployments)
     return lines
 
@@ -52,9 +50,10 @@ def debugfs(image: Path, request: str) -> str:
 
 
 def test_tar_deployment(defs, artifact_cache, tmp_path):
-    put_system(artifact_cache, "example-system-x86_64", SYSTEM)
+    put_system(artifact_cache, defs, SYSTEM)
     out = tmp_path / "example.tar"
     lines = deploy(defs, artifact_cache, f"""\
+        name: test
         kind: cluster
         systems:
         - morph: {SYSTEM}
@@ -73,14 +72,16 @@ def test_tar_deployment(defs, artifact_cache, tmp_path):
     assert f"[tar.write] Creating tarball {out}" in lines
     assert not list(tmp_path.glob("*.part"))
     # Fetched by the cache key the definitions give, and only once.
+    key = engine_systems(defs).system(SYSTEM).cache_key
     assert artifact_cache.requests == [
-        f"/1.0/artifacts?filename={fake_cache_key(SYSTEM)}.system.example-system-x86_64-rootfs"]
+        f"/1.0/artifacts?filename={key}.system.example-system-x86_64-rootfs"]
 
 
 def test_rawdisk_deployment(defs, artifact_cache, tmp_path):
-    put_system(artifact_cache, "example-system-x86_64", SYSTEM)
+    put_system(artifact_cache, defs, SYSTEM)
     image = tmp_path / "example.img"
     deploy(defs, artifact_cache, f"""\
+        name: test
         kind: cluster
         systems:
         - morph: {SYSTEM}
@@ -104,9 +105,10 @@ def test_rawdisk_deployment(defs, artifact_cache, tmp_path):
 
 
 def test_rawdisk_without_disk_size_fits_the_tree(defs, artifact_cache, tmp_path):
-    put_system(artifact_cache, "example-system-x86_64", SYSTEM)
+    put_system(artifact_cache, defs, SYSTEM)
     image = tmp_path / "fit.img"
     deploy(defs, artifact_cache, f"""\
+        name: test
         kind: cluster
         systems:
         - morph: {SYSTEM}
@@ -120,14 +122,15 @@ def test_not_built_names_the_system_and_how_to_build(defs, artifact_cache, tmp_p
     out = tmp_path / "never.tar"
     with pytest.raises(NotBuiltError) as e:
         deploy(defs, artifact_cache, f"""\
+            name: test
             kind: cluster
             systems:
             - morph: {SYSTEM}
               deploy: {{x: {{type: tar, location: {out}}}}}
             """)
     message = str(e.value)
-    assert f"system example-system-x86_64 (cache key {fake_cache_key(SYSTEM)}) is not built" \
-        in message
+    key = engine_systems(defs).system(SYSTEM).cache_key
+    assert f"system example-system-x86_64 (cache key {key}) is not built" in message
     assert f"distbuild --controller-initiator-address=HOST {SYSTEM}" in message
     assert not out.exists()
     assert not list(tmp_path.rglob("*.part"))
@@ -139,6 +142,7 @@ def test_unreachable_cache_is_a_clear_error(defs, tmp_path):
 
     with pytest.raises(DeployError, match=r"cannot fetch .* from the artifact cache"):
         deploy(defs, Nowhere, f"""\
+            name: test
             kind: cluster
             systems:
             - morph: {SYSTEM}
@@ -153,12 +157,13 @@ def test_unreachable_cache_is_a_clear_error(defs, tmp_path):
 ])
 def test_rawdisk_check_refuses_before_fetching(defs, artifact_cache, tmp_path, settings,
                                                message):
-    put_system(artifact_cache, "example-system-x86_64", SYSTEM)
+    put_system(artifact_cache, defs, SYSTEM)
     existing = tmp_path / "existing.img"
     existing.write_text("keep me")
     fields = settings.format(existing=existing, tmp=tmp_path)
     with pytest.raises(ExtensionFailed, match=message) as e:
         deploy(defs, artifact_cache, f"""\
+            name: test
             kind: cluster
             systems:
             - morph: {SYSTEM}
@@ -172,10 +177,11 @@ def test_rawdisk_check_refuses_before_fetching(defs, artifact_cache, tmp_path, s
 def test_tar_check_refuses_existing_file_for_any_deployment_first(defs, artifact_cache,
                                                                   tmp_path):
     """The second deployment's refusal stops the first before it writes anything."""
-    put_system(artifact_cache, "example-system-x86_64", SYSTEM)
+    put_system(artifact_cache, defs, SYSTEM)
     (tmp_path / "second.tar").write_text("keep me")
     with pytest.raises(ExtensionFailed, match=r"second\.tar already exists"):
         deploy(defs, artifact_cache, f"""\
+            name: test
             kind: cluster
             systems:
             - morph: {SYSTEM}
@@ -190,6 +196,7 @@ def test_tar_check_refuses_existing_file_for_any_deployment_first(defs, artifact
 def test_missing_extension_is_found_before_anything_runs(defs, artifact_cache, tmp_path):
     with pytest.raises(DeployError, match=r"deployment 'x'.*no write extension 'nfsbooty.write'"):
         deploy(defs, artifact_cache, f"""\
+            name: test
             kind: cluster
             systems:
             - morph: {SYSTEM}
@@ -200,12 +207,14 @@ def test_missing_extension_is_found_before_anything_runs(defs, artifact_cache, t
 
 def test_subsystem_is_written_into_parent_tree(defs, artifact_cache, tmp_path):
     (defs / "systems" / "tiny-system.morph").write_text(
-        "name: tiny\nkind: system\narch: x86_64\nstrata: []\n")
-    put_system(artifact_cache, "example-system-x86_64", SYSTEM)
-    put_system(artifact_cache, "tiny", "systems/tiny-system.morph",
+        "name: tiny\nkind: system\narch: x86_64\n"
+        "strata: [{name: example-core, morph: strata/example-core.morph}]\n")
+    put_system(artifact_cache, defs, SYSTEM)
+    put_system(artifact_cache, defs, "systems/tiny-system.morph",
                {"etc/tiny": (0o600, b"tiny\n")})
     out = tmp_path / "parent.tar"
     deploy(defs, artifact_cache, f"""\
+        name: test
         kind: cluster
         systems:
         - morph: {SYSTEM}
@@ -262,9 +271,10 @@ def test_baserock_shell_extensions_run_unchanged(defs, artifact_cache, tmp_path)
         f.chmod(0o755)
     morph = defs / SYSTEM
     morph.write_text(morph.read_text() + "- extensions/motd\n")
-    put_system(artifact_cache, "example-system-x86_64", SYSTEM)
+    put_system(artifact_cache, defs, SYSTEM)
     out = tmp_path / "br.tar"
     lines = deploy(defs, artifact_cache, f"""\
+        name: test
         kind: cluster
         systems:
         - morph: {SYSTEM}
@@ -286,10 +296,11 @@ def test_failing_extension_shows_its_stderr(defs, artifact_cache, tmp_path):
     ext = defs / "extensions" / "broken.write"
     ext.write_text("#!/bin/sh\necho 'working on it'\necho 'disk on fire' >&2\nexit 3\n")
     ext.chmod(0o755)
-    put_system(artifact_cache, "example-system-x86_64", SYSTEM)
+    put_system(artifact_cache, defs, SYSTEM)
     lines: list[str] = []
     with pytest.raises(ExtensionFailed) as e:
         lines = deploy(defs, artifact_cache, f"""\
+            name: test
             kind: cluster
             systems:
             - morph: {SYSTEM}

@@ -14,7 +14,6 @@ import pytest
 
 from distbuild.deploy import kvm
 from distbuild.deploy.cluster import expand, parse_arguments
-from distbuild.deploy.clusterfile import load_cluster
 from distbuild.deploy.deployer import Deployer
 from distbuild.deploy.extensions import (
     ExtensionFailed,
@@ -22,10 +21,9 @@ from distbuild.deploy.extensions import (
     require_extension,
     run_extension,
 )
-from distbuild.deploy.systems import MorphSystems
 from distbuild.deploy.writeext import ExtensionError
 from tests.conftest import MORPHS, PROJECT
-from tests.deploy.conftest import fake_cache_key, put_system
+from tests.deploy.conftest import engine_systems, load_cluster, put_system
 from tests.deploy.sshhost import SSHHost
 
 SYSTEM = "systems/example-system-x86_64.morph"
@@ -132,10 +130,11 @@ def test_failed_write_removes_what_it_created(vmhost, test_conn, tmp_path, monke
 
 def test_kvm_deployment_through_cluster(vmhost, artifact_cache, tmp_path):
     """The whole path with the extension as its own process: cluster, cache, ssh, libvirt."""
-    put_system(artifact_cache, "example-system-x86_64", SYSTEM)
+    put_system(artifact_cache, MORPHS, SYSTEM)
     image = tmp_path / "vms" / "controller.img"
     cluster = tmp_path / "cluster.morph"
     cluster.write_text(textwrap.dedent(f"""\
+        name: test
         kind: cluster
         systems:
         - morph: {SYSTEM}
@@ -150,7 +149,7 @@ def test_kvm_deployment_through_cluster(vmhost, artifact_cache, tmp_path):
     deployments = expand(load_cluster(cluster), parse_arguments(
         [f"vm_user={vmhost.user}", f"vm_port={vmhost.port}"]), {})
     lines: list[str] = []
-    Deployer(MORPHS, MorphSystems(MORPHS, fake_cache_key), artifact_cache.url,
+    Deployer(MORPHS, engine_systems(MORPHS), artifact_cache.url,
              progress=lines.append, environ=base_env(vmhost)).deploy(deployments)
     assert_sparse_image(image, 128 << 20)
     out = subprocess.run(["debugfs", "-R", "cat /etc/hostname", str(image)],
