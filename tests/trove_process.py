@@ -19,6 +19,7 @@ class TroveProcess:
 
     def __init__(self, root: Path, *extra: str, config: Path | None = None):
         self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
         self.git_dir = self.root / "git"
         self.artifact_dir = self.root / "artifacts"
         self.secret_file = self.root / "token-secret"

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from twisted.application import service
 from twisted.internet import defer, protocol
+
+from distbuild.errors import TroveError
 
 # Runs in the child before exec: PR_SET_PDEATHSIG (1) makes the kernel send
 # SIGTERM to git daemon when the trove goes away, however it goes.
@@ -26,10 +29,23 @@ _EXEC_WITH_PDEATHSIG = (
 )
 
 
+def daemon_program() -> str:
+    """The git-daemon program itself.
+
+    `git daemon` runs git-daemon as a child and waits; supervising (and killing)
+    that wrapper would orphan the real daemon, so we run git-daemon directly.
+    """
+    proc = subprocess.run(["git", "--exec-path"], capture_output=True, text=True, check=False)
+    program = Path(proc.stdout.strip()) / "git-daemon"
+    if proc.returncode != 0 or not os.access(program, os.X_OK):
+        raise TroveError("git-daemon not found (is git installed?)", str(program))
+    return str(program)
+
+
 def daemon_argv(git_dir: Path, address: str, port: int) -> list[str]:
     """The git daemon command line: read-only, every repository, only on `address`."""
     return [
-        "git", "daemon", "--reuseaddr", "--export-all", "--informative-errors",
+        daemon_program(), "--reuseaddr", "--export-all", "--informative-errors",
         f"--base-path={git_dir}", f"--listen={address}", f"--port={port}",
         # Receive-pack stays disabled (the default): writes go over SSH only.
         "--disable=receive-pack", str(git_dir),
@@ -85,6 +101,9 @@ class GitDaemonService(service.Service):
         argv = [sys.executable, "-c", _EXEC_WITH_PDEATHSIG,
                 *daemon_argv(self.git_dir, self.address, self.port)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+        # Lets a mirror fetch a pinned commit that is no longer at a branch tip.
+        env.update(GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="uploadpack.allowReachableSHA1InWant",
+                   GIT_CONFIG_VALUE_0="true")
         self.process = self.reactor.spawnProcess(
             _DaemonProcess(self._exited, self.log), sys.executable, argv, env=env,
             childFDs={0: "w", 1: "r", 2: "r"})
@@ -129,8 +148,6 @@ def _kill_if_alive(process) -> None:
 def wait_for_port(reactor, address: str, port: int, timeout: float = 15.0):
     """Fire once something accepts TCP connections on address:port; TroveError on timeout."""
     from twisted.internet.endpoints import TCP4ClientEndpoint
-
-    from distbuild.errors import TroveError
 
     deadline = reactor.seconds() + timeout
     while True:
