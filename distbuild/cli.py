@@ -19,6 +19,8 @@ from distbuild.errors import DistbuildError
 # name -> (module, one-line help). Each module has add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
     "graph": ("distbuild.definitions.command", "show the build graph of a system"),
+    "trove": ("distbuild.trove.service", "run the trove (git server and artifact cache); "
+              "`trove import` adds a repository"),
     "deploy": ("distbuild.deploy.command", "deploy built systems as a cluster morphology says"),
 }
 
