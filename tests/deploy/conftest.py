@@ -1,72 +1,44 @@
-"""Fixtures for deployment tests: an artifact cache on 127.0.0.1 and system tarballs."""
+"""Fixtures for deployment tests: a real trove on 127.0.0.1 holding system tarballs."""
 
 from __future__ import annotations
 
-import http.server
 import io
 import tarfile
-import threading
-import urllib.parse
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from distbuild import tokens
 from distbuild.definitions import Aliases, Definitions, DirectorySource, OfflineResolver
 from distbuild.deploy.systems import DefinitionsSystems
+from distbuild.trove.client import CacheClient
+from tests.trove_process import TroveProcess
 
 
 @dataclass
 class ArtifactCache:
-    """A morph-cache-server stand-in: GET /1.0/artifacts?filename=NAME from `folder`."""
+    """A real trove process on 127.0.0.1; systems are put in as a worker uploads them."""
 
     url: str
-    folder: Path
-    requests: list[str]
+    trove: TroveProcess
 
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    folder: Path
-    requests: list[str]
-
-    def do_GET(self) -> None:
-        url = urllib.parse.urlsplit(self.path)
-        names = urllib.parse.parse_qs(url.query).get("filename", [])
-        self.requests.append(self.path)
-        if url.path != "/1.0/artifacts" or len(names) != 1 or "/" in names[0]:
-            self.send_error(400)
-            return
-        path = self.folder / names[0]
-        if not path.is_file():
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(path.stat().st_size))
-        self.end_headers()
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 16):
-                self.wfile.write(chunk)
-
-    def log_message(self, *args) -> None:
-        pass
+    def put(self, filename: str, path: Path) -> None:
+        """Upload artifact `path` as `filename`, with a token for its key."""
+        key = filename[:64]
+        CacheClient(self.url).upload_source(key, {filename: path},
+                                            tokens.issue(self.trove.secret, key))
 
 
 @pytest.fixture
 def artifact_cache(tmp_path: Path) -> Iterator[ArtifactCache]:
-    folder = tmp_path / "cache"
-    folder.mkdir()
-    requests: list[str] = []
-    handler = type("Handler", (_Handler,), {"folder": folder, "requests": requests})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    trove = TroveProcess(tmp_path / "trove").start()
     try:
-        yield ArtifactCache(f"http://127.0.0.1:{server.server_port}", folder, requests)
+        yield ArtifactCache(trove.cache_url, trove)
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+        trove.stop()
 
 
 def engine_systems(definitions: Path) -> DefinitionsSystems:
@@ -112,7 +84,9 @@ def put_system(cache: ArtifactCache, definitions: Path, morph: str,
     The tarball is assembled here, standing in for what a worker builds.
     """
     filename = engine_systems(definitions).system(morph).filename
-    system_tarball(cache.folder / filename, files)
+    with tempfile.TemporaryDirectory() as scratch:
+        tarball = system_tarball(Path(scratch) / filename, files)
+        cache.put(filename, tarball)
     return filename
 
 
