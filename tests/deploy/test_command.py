@@ -19,7 +19,7 @@ SYSTEM = "systems/example-system-x86_64.morph"
 def defs(tmp_path: Path) -> Path:
     path = tmp_path / "defs"
     shutil.copytree(MORPHS, path)
-    (path / "clusters").mkdir()
+    (path / "clusters").mkdir(exist_ok=True)
     (path / "clusters" / "pair.morph").write_text(textwrap.dedent(f"""\
         name: pair
         kind: cluster

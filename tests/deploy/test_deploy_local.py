@@ -26,7 +26,7 @@ def defs(tmp_path: Path) -> Path:
     """A definitions checkout: the project's example morphs plus clusters written by tests."""
     path = tmp_path / "defs"
     shutil.copytree(MORPHS, path)
-    (path / "clusters").mkdir()
+    (path / "clusters").mkdir(exist_ok=True)
     (path / "extensions").mkdir()
     return path
 
