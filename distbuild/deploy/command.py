@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 from pathlib import Path
 
@@ -53,10 +54,15 @@ def run(args: argparse.Namespace) -> int:
     aliases = Aliases.from_config(settings.trove_git_url, settings.repo_aliases)
     systems = DefinitionsSystems(defs, _resolver(args.offline), aliases)
     deployer = Deployer(Path(args.definitions).resolve(), systems,
-                        settings.artifact_cache_url,
-                        progress=lambda line: print(line, flush=True))
+                        settings.artifact_cache_url, progress=_show)
     deployer.deploy(deployments)
     return 0
+
+
+def _show(line: str) -> None:
+    # UTC timestamps, as distbuild's build output and Baserock's deploy showed.
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%H:%M:%S")
+    print(f"{stamp} {line}", flush=True)
 
 
 def _resolver(offline: bool) -> Resolver:

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from distbuild.deploy.cluster import Deployment
@@ -22,13 +22,20 @@ from distbuild.deploy.systems import SystemArtifact, SystemResolver
 
 
 @dataclass(frozen=True)
-class _Plan:
+class Plan:
+    """A deployment with everything found that it needs: artifact and extension files."""
+
     deployment: Deployment
     system: SystemArtifact
     configure: tuple[Path, ...]
     write: Path
     check: Path | None
-    where: str
+    subsystems: tuple[Plan, ...]
+
+    @property
+    def where(self) -> str:
+        """How errors name this deployment."""
+        return f"deployment '{self.deployment.id}'"
 
 
 @dataclass
@@ -40,39 +47,43 @@ class Deployer:
     artifact_cache_url: str
     progress: Callable[[str], None] = print
     environ: Mapping[str, str] | None = None
-    _plans: dict[int, _Plan] = field(default_factory=dict, init=False, repr=False)
 
     def deploy(self, deployments: Sequence[Deployment]) -> None:
         """Deploy each deployment with its subsystems; stop at the first failure."""
-        every = [d for top in deployments for d in top.walk()]
-        for d in every:
-            self._plans[id(d)] = self._plan(d)
-        for top in deployments:
-            self._check(self._plans[id(top)])
-        for top in deployments:
+        plans = [self.plan(d) for d in deployments]
+        for plan in plans:
+            self._check(plan)
+        for plan in plans:
             with tempfile.TemporaryDirectory(prefix="distbuild-deploy-") as scratch:
-                self._deploy(top, Path(scratch), parent_tree=None)
-            self.progress(f"Deployed {top.id} to {top.location}")
+                self._deploy(plan, Path(scratch), parent_tree=None)
+            self.progress(f"Deployed {plan.deployment.id} to {plan.deployment.location}")
 
-    def _plan(self, d: Deployment) -> _Plan:
+    def plan(self, d: Deployment) -> Plan:
+        """Find `d`'s system and extensions (and its subsystems'); a missing one is an error."""
         where = f"deployment '{d.id}'"
         system = self.systems.system(d.morph)
-        configure = tuple(require_extension(name, "configure", self.definitions, where)
-                          for name in system.configuration_extensions)
-        write = require_extension(d.type, "write", self.definitions, where)
-        check = find_extension(d.type, "check", self.definitions)
-        return _Plan(d, system, configure, write, check, where)
+        return Plan(
+            deployment=d,
+            system=system,
+            configure=tuple(require_extension(name, "configure", self.definitions, where)
+                            for name in system.configuration_extensions),
+            write=require_extension(d.type, "write", self.definitions, where),
+            check=find_extension(d.type, "check", self.definitions),
+            subsystems=tuple(self.plan(sub) for sub in d.subsystems),
+        )
 
-    def _check(self, plan: _Plan) -> None:
+    def _check(self, plan: Plan) -> None:
+        # A subsystem's location is inside a tree that does not exist yet,
+        # so only top-level deployments can be checked up front.
         if plan.check is not None:
             self.progress(f"Checking {plan.deployment.id} ({plan.check.name})")
             self._run(plan, plan.check, [plan.deployment.location])
 
-    def _deploy(self, d: Deployment, scratch: Path, parent_tree: Path | None) -> None:
-        plan = self._plans[id(d)]
+    def _deploy(self, plan: Plan, scratch: Path, parent_tree: Path | None) -> None:
+        d = plan.deployment
         tree = scratch / f"{d.id}-rootfs"
         self._unpack(plan, scratch, tree)
-        for sub in d.subsystems:
+        for sub in plan.subsystems:
             self._deploy(sub, scratch, parent_tree=tree)
         for ext in plan.configure:
             self.progress(f"Configuring {d.id} with {ext.name}")
@@ -87,12 +98,13 @@ class Deployer:
         self._run(plan, plan.write, [str(tree), location])
         shutil.rmtree(tree, ignore_errors=True)
 
-    def _unpack(self, plan: _Plan, scratch: Path, tree: Path) -> None:
+    def _unpack(self, plan: Plan, scratch: Path, tree: Path) -> None:
         artifact = scratch / plan.system.filename
         self.progress(f"Fetching {plan.system.name} ({plan.system.cache_key[:12]})")
         fetch_system_artifact(self.artifact_cache_url, plan.system.filename, artifact,
                               plan.system.morph)
         tree.mkdir()
+        # GNU tar keeps owners, modes, links and device nodes (as root) exactly.
         proc = subprocess.run(["tar", "-xzf", str(artifact), "-C", str(tree),
                                "--numeric-owner"], capture_output=True, text=True)
         artifact.unlink()
@@ -100,7 +112,6 @@ class Deployer:
             raise DeployError(f"cannot unpack {plan.system.filename}: "
                               f"{proc.stderr.strip() or 'tar failed'}", plan.where)
 
-    def _run(self, plan: _Plan, ext: Path, args: list[str]) -> None:
+    def _run(self, plan: Plan, ext: Path, args: list[str]) -> None:
         run_extension(ext, args, plan.deployment.settings, cwd=self.definitions,
-                      progress=self.progress, where=plan.where,
-                      base_environ=self.environ)
+                      progress=self.progress, where=plan.where, base_environ=self.environ)
