@@ -149,6 +149,13 @@ class _Context:
                 raise DeployError(f"no '{required}' (set it in the cluster or as "
                                   f"{ident}.{required}=...)", where)
         settings = {str(k): _env_string(v) for k, v in merged.items()}
+        for key, value in settings.items():
+            # Settings become environment variables, which cannot hold these.
+            if not key or "=" in key or "\0" in key:
+                raise DeployError(f"setting name {key!r} cannot be an environment variable",
+                                  where)
+            if "\0" in value:
+                raise DeployError(f"setting {key} holds a NUL character", where)
         kind = settings.pop("type")
         location = settings.pop("location")
         subsystems = tuple(self.deployment(sub, sub_id)

@@ -210,3 +210,12 @@ def test_baserock_distbuild_cluster_values(baserock):
     assert node.settings["TROVE_ID"] == "t.example"
     assert node.settings["DISTBUILD_WORKER"] == "True"
     assert node.settings["HOSTNAME"] == "build-node-1"
+
+
+@pytest.mark.parametrize("key", ["A=B", ""])
+def test_setting_names_must_be_environment_names(key):
+    entry = {"type": "tar", "location": "a.tar", key: "x"}
+    cluster = Cluster("c.morph", "c", (ClusterSystem("systems/x.morph", {}, {"a": entry}),))
+    with pytest.raises(DeployError, match=r"deployment 'a': setting name .* cannot be an "
+                                          "environment variable"):
+        expand(cluster, CommandLine(), {})
