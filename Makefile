@@ -35,6 +35,7 @@ host-packages:
 	command -v make >/dev/null || missing="$$missing make"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v mkfs.ext4 >/dev/null && command -v debugfs >/dev/null || missing="$$missing e2fsprogs"; \
+	command -v fakeroot >/dev/null || missing="$$missing fakeroot"; \
 	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
 	pkg-config --exists libvirt 2>/dev/null || missing="$$missing libvirt-dev"; \
 	python3 -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \

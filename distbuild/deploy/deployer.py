@@ -3,15 +3,20 @@
 Every extension a deployment needs is found, and every `.check` run,
 before anything is fetched or written, so a mistake in the last deployment
 of a cluster does not leave the first one half done.
+
+Not running as root, the unpacking and every configure and write extension
+run in one fakeroot session per deployment, so the owners, setuid bits and
+device nodes the build gave the system survive into images made by a user.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from distbuild.deploy.cluster import Deployment
@@ -48,15 +53,32 @@ class Deployer:
     progress: Callable[[str], None] = print
     environ: Mapping[str, str] | None = None
 
+    fakeroot: str | None = field(default_factory=lambda: _fakeroot_if_needed())
+    _wrapper: tuple[str, ...] = field(default=(), init=False, repr=False)
+
     def deploy(self, deployments: Sequence[Deployment]) -> None:
         """Deploy each deployment with its subsystems; stop at the first failure."""
         plans = [self.plan(d) for d in deployments]
         for plan in plans:
             self._check(plan)
+        if os.geteuid() != 0 and self.fakeroot is None:
+            self.progress("Not root and fakeroot is not installed: the deployed files will "
+                          "belong to you, not to the owners the build gave them")
         for plan in plans:
             with tempfile.TemporaryDirectory(prefix="distbuild-deploy-") as scratch:
-                self._deploy(plan, Path(scratch), parent_tree=None)
+                self._wrapper = self._session(Path(scratch))
+                try:
+                    self._deploy(plan, Path(scratch), parent_tree=None)
+                finally:
+                    self._wrapper = ()
             self.progress(f"Deployed {plan.deployment.id} to {plan.deployment.location}")
+
+    def _session(self, scratch: Path) -> tuple[str, ...]:
+        if self.fakeroot is None:
+            return ()
+        state = scratch / "fakeroot.state"
+        state.touch()
+        return (self.fakeroot, "-i", str(state), "-s", str(state), "--")
 
     def plan(self, d: Deployment) -> Plan:
         """Find `d`'s system and extensions (and its subsystems'); a missing one is an error."""
@@ -105,7 +127,7 @@ class Deployer:
                               plan.system.morph)
         tree.mkdir()
         # GNU tar keeps owners, modes, links and device nodes (as root) exactly.
-        proc = subprocess.run(["tar", "-xzf", str(artifact), "-C", str(tree),
+        proc = subprocess.run([*self._wrapper, "tar", "-xzf", str(artifact), "-C", str(tree),
                                "--numeric-owner"], capture_output=True, text=True)
         artifact.unlink()
         if proc.returncode != 0:
@@ -113,5 +135,13 @@ class Deployer:
                               f"{proc.stderr.strip() or 'tar failed'}", plan.where)
 
     def _run(self, plan: Plan, ext: Path, args: list[str]) -> None:
+        # Checks change nothing, so they need no fakeroot session.
+        wrapper = () if ext == plan.check else self._wrapper
         run_extension(ext, args, plan.deployment.settings, cwd=self.definitions,
-                      progress=self.progress, where=plan.where, base_environ=self.environ)
+                      progress=self.progress, where=plan.where, base_environ=self.environ,
+                      wrapper=wrapper)
+
+
+def _fakeroot_if_needed() -> str | None:
+    """fakeroot's path when not running as root; None as root or when it is missing."""
+    return None if os.geteuid() == 0 else shutil.which("fakeroot")

@@ -79,14 +79,18 @@ def extension_environment(settings: Mapping[str, str], tmpdir: Path,
 
 def run_extension(path: Path, args: Sequence[str], settings: Mapping[str, str], *,
                   cwd: Path, progress: Callable[[str], None], where: str,
-                  base_environ: Mapping[str, str] | None = None) -> None:
-    """Run one extension to completion; a non-zero exit raises ExtensionFailed."""
+                  base_environ: Mapping[str, str] | None = None,
+                  wrapper: Sequence[str] = ()) -> None:
+    """Run one extension to completion; a non-zero exit raises ExtensionFailed.
+
+    `wrapper` goes before the command (the deployer's fakeroot session).
+    """
     label = path.name
     tmpdir = Path(tempfile.mkdtemp(prefix=f"distbuild-{label}-"))
     try:
         env = extension_environment(settings, tmpdir, base_environ)
         try:
-            proc = subprocess.Popen([str(path), *args], cwd=cwd, env=env,
+            proc = subprocess.Popen([*wrapper, str(path), *args], cwd=cwd, env=env,
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True, errors="replace")
         except OSError as e:
