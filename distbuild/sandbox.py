@@ -1,0 +1,210 @@
+"""Bubblewrap sandboxes: a command line from a plain spec, and running it.
+
+A sandbox gets new namespaces of every kind (no network at all: its network
+namespace holds only a loopback device that is down), a root directory bound
+read-only unless the spec says otherwise, writable binds only where the spec
+names them, fresh /proc, /dev and /tmp, and an environment holding exactly
+what the spec gives. `--die-with-parent` and the new PID namespace make
+sure nothing in it outlives the bwrap process that runs it.
+
+Layering over the host (`layer_host`): definitions without a toolchain of
+their own (the example system, the tests) build with the host's compiler.
+The host's top-level directories are bound read-only under /.host and the
+root directory gets symlinks to every host file it does not hold itself,
+merging directory by directory where both have one; what the root holds
+always wins. The symlinks are recorded and removed again afterwards, so a
+root that is later packed (a system) carries none of them. bubblewrap 0.8
+has no overlay mounts, hence symlinks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distbuild import runprocess
+from distbuild.errors import DistbuildError
+from distbuild.runprocess import CancelToken, LineCallback
+
+HOST_MOUNT = "/.host"
+
+# Host directories a sandbox never sees through the host layer: it gets its
+# own /proc, /dev and /tmp, and the rest is machine state, not tools.
+_HOST_SKIP = frozenset({"proc", "dev", "sys", "tmp", "run", "lost+found", "old_root",
+                        "mnt", "media", "root", "home", HOST_MOUNT.strip("/")})
+
+
+class SandboxError(DistbuildError):
+    """bubblewrap could not set up the sandbox (the command never started)."""
+
+
+@dataclass(frozen=True)
+class Bind:
+    """A host path made visible at `dest` inside the sandbox."""
+
+    source: Path
+    dest: str
+    writable: bool = False
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """Everything about one sandboxed command; turned into bwrap options by `bwrap_argv`."""
+
+    argv: tuple[str, ...]
+    root: Path
+    root_writable: bool = False
+    binds: tuple[Bind, ...] = ()
+    tmpfs: tuple[str, ...] = ("/tmp",)
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str = "/"
+    hostname: str = "distbuild"
+
+
+def bwrap_argv(spec: SandboxSpec, bwrap: str = "bwrap", status_fd: int | None = None) -> list[str]:
+    """The bwrap command line that runs `spec`."""
+    args = [bwrap, "--unshare-all", "--die-with-parent", "--new-session",
+            "--hostname", spec.hostname, "--clearenv"]
+    args += ["--bind" if spec.root_writable else "--ro-bind", str(spec.root), "/"]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    for path in spec.tmpfs:
+        args += ["--tmpfs", path]
+    for bind in spec.binds:
+        args += ["--bind" if bind.writable else "--ro-bind", str(bind.source), bind.dest]
+    for key, value in sorted(spec.env.items()):
+        args += ["--setenv", key, value]
+    args += ["--chdir", spec.cwd]
+    if status_fd is not None:
+        args += ["--json-status-fd", str(status_fd)]
+    return [*args, "--", *spec.argv]
+
+
+def mountpoints(spec: SandboxSpec) -> list[str]:
+    """Paths inside the root that must exist before bwrap can mount on them."""
+    return ["/proc", "/dev", *spec.tmpfs, *(b.dest for b in spec.binds)]
+
+
+def run(spec: SandboxSpec, *, on_line: LineCallback | None = None,
+        cancel: CancelToken | None = None, bwrap: str = "bwrap") -> int:
+    """Run the sandboxed command; returns its exit status.
+
+    Raises SandboxError when bubblewrap fails before the command starts
+    (its own complaint is in the message) and runprocess.Cancelled when
+    cancelled. The mount points the root lacked are created for the run
+    and removed afterwards.
+    """
+    created = _make_mountpoints(spec)
+    read_fd, write_fd = os.pipe()
+    bwrap_lines: list[str] = []
+
+    def collect(line: str) -> None:
+        if line.startswith("bwrap: "):
+            bwrap_lines.append(line)
+        if on_line is not None:
+            on_line(line)
+
+    try:
+        try:
+            status = runprocess.run(bwrap_argv(spec, bwrap, write_fd), on_line=collect,
+                                    cancel=cancel, pass_fds=(write_fd,))
+        except FileNotFoundError:
+            raise SandboxError(f"cannot run bubblewrap: '{bwrap}' not found") from None
+        finally:
+            os.close(write_fd)
+        report = _read_status(read_fd)
+    finally:
+        os.close(read_fd)
+        _remove_mountpoints(created)
+    # bwrap reports an exit code only for a command it managed to start.
+    if "exit-code" not in report:
+        why = bwrap_lines[-1][len("bwrap: "):] if bwrap_lines else f"exit status {status}"
+        raise SandboxError(f"sandbox setup failed: {why}")
+    return int(report.get("exit-code", status))
+
+
+def _read_status(fd: int) -> dict:
+    data = b""
+    while chunk := os.read(fd, 65536):
+        data += chunk
+    report: dict = {}
+    for line in data.splitlines():
+        try:
+            report.update(json.loads(line))
+        except ValueError:
+            continue
+    return report
+
+
+def _make_mountpoints(spec: SandboxSpec) -> list[Path]:
+    created: list[Path] = []
+    for dest in mountpoints(spec):
+        path = spec.root / dest.lstrip("/")
+        missing = []
+        probe = path
+        while not os.path.lexists(probe) and probe != spec.root:
+            missing.append(probe)
+            probe = probe.parent
+        for p in reversed(missing):
+            p.mkdir()
+            created.append(p)
+    return created
+
+
+def _remove_mountpoints(created: list[Path]) -> None:
+    for path in reversed(created):
+        try:
+            path.rmdir()
+        except OSError:
+            pass
+
+
+@dataclass
+class HostLayer:
+    """The host's tools made visible under a root; `remove()` takes them away again."""
+
+    root: Path
+    binds: tuple[Bind, ...]
+    links: list[Path]
+
+    def remove(self) -> None:
+        """Delete every symlink this layer added that is still the one it added."""
+        for link in reversed(self.links):
+            if link.is_symlink():
+                link.unlink()
+        shutil.rmtree(self.root / HOST_MOUNT.lstrip("/"), ignore_errors=True)
+
+
+def layer_host(root: Path, host: Path = Path("/")) -> HostLayer:
+    """Make the host's root visible through `root` where `root` holds nothing of its own."""
+    binds = []
+    for entry in sorted(os.listdir(host)):
+        path = host / entry
+        if entry in _HOST_SKIP or path.is_symlink() or not path.is_dir():
+            continue
+        binds.append(Bind(path, f"{HOST_MOUNT}/{entry}"))
+    links: list[Path] = []
+    _link_missing(host, root, links, top=True)
+    return HostLayer(root, tuple(binds), links)
+
+
+def _link_missing(host_dir: Path, root_dir: Path, links: list[Path], top: bool = False) -> None:
+    for entry in os.listdir(host_dir):
+        if top and entry in _HOST_SKIP:
+            continue
+        host_path, root_path = host_dir / entry, root_dir / entry
+        if os.path.lexists(root_path):
+            if (root_path.is_dir() and not root_path.is_symlink()
+                    and host_path.is_dir() and not host_path.is_symlink()):
+                _link_missing(host_path, root_path, links)
+            continue
+        target = os.readlink(host_path) if host_path.is_symlink() else ""
+        if not target or target.startswith("/"):
+            # Relative host symlinks (/lib -> usr/lib) resolve inside the
+            # merged tree as they are; everything else points into /.host.
+            target = f"{HOST_MOUNT}{host_path}"
+        os.symlink(target, root_path)
+        links.append(root_path)
