@@ -7,14 +7,20 @@ names them, fresh /proc, /dev and /tmp, and an environment holding exactly
 what the spec gives. `--die-with-parent` and the new PID namespace make
 sure nothing in it outlives the bwrap process that runs it.
 
-Layering over the host (`layer_host`): definitions without a toolchain of
-their own (the example system, the tests) build with the host's compiler.
-The host's top-level directories are bound read-only under /.host and the
-root directory gets symlinks to every host file it does not hold itself,
-merging directory by directory where both have one; what the root holds
-always wins. The symlinks are recorded and removed again afterwards, so a
-root that is later packed (a system) carries none of them. bubblewrap 0.8
-has no overlay mounts, hence symlinks.
+Layering over the host: definitions without a toolchain of their own (the
+example system, the tests) build with the host's compiler. The host's
+top-level directories are bound read-only under /.host, and the sandbox's
+root merges a directory with the host's root, directory by directory where
+both have one; what the directory holds always wins, host entries appear
+as symlinks into /.host. bubblewrap 0.8 has no overlay mounts, hence
+symlinks. Two ways to build the merge:
+
+- `merged_layout`: for a read-only root (a chunk's staging area). bwrap
+  makes the directories and symlinks in its own in-memory root, so nothing
+  is written to disk and starting costs a few milliseconds.
+- `layer_host`: for a root that commands must write into (a system during
+  system integration). The symlinks are made in the directory itself,
+  recorded, and removed afterwards, so the packed system holds none.
 """
 
 from __future__ import annotations
@@ -56,8 +62,10 @@ class SandboxSpec:
     """Everything about one sandboxed command; turned into bwrap options by `bwrap_argv`."""
 
     argv: tuple[str, ...]
-    root: Path
+    # None: an empty root that `layout` fills (see `merged_layout`).
+    root: Path | None
     root_writable: bool = False
+    layout: tuple[str, ...] = ()
     binds: tuple[Bind, ...] = ()
     tmpfs: tuple[str, ...] = ("/tmp",)
     env: Mapping[str, str] = field(default_factory=dict)
@@ -69,12 +77,16 @@ def bwrap_argv(spec: SandboxSpec, bwrap: str = "bwrap", status_fd: int | None = 
     """The bwrap command line that runs `spec`."""
     args = [bwrap, "--unshare-all", "--die-with-parent", "--new-session",
             "--hostname", spec.hostname, "--clearenv"]
-    args += ["--bind" if spec.root_writable else "--ro-bind", str(spec.root), "/"]
+    if spec.root is not None:
+        args += ["--bind" if spec.root_writable else "--ro-bind", str(spec.root), "/"]
+    args += spec.layout
     args += ["--proc", "/proc", "--dev", "/dev"]
     for path in spec.tmpfs:
         args += ["--tmpfs", path]
     for bind in spec.binds:
         args += ["--bind" if bind.writable else "--ro-bind", str(bind.source), bind.dest]
+    if spec.root is None and not spec.root_writable:
+        args += ["--remount-ro", "/"]
     for key, value in sorted(spec.env.items()):
         args += ["--setenv", key, value]
     args += ["--chdir", spec.cwd]
@@ -141,6 +153,8 @@ def _read_status(fd: int) -> dict:
 
 def _make_mountpoints(spec: SandboxSpec) -> list[Path]:
     created: list[Path] = []
+    if spec.root is None:
+        return created
     for dest in mountpoints(spec):
         path = spec.root / dest.lstrip("/")
         missing = []
@@ -162,6 +176,61 @@ def _remove_mountpoints(created: list[Path]) -> None:
             pass
 
 
+def host_binds(host: Path = Path("/")) -> tuple[Bind, ...]:
+    """The host's top-level directories, read-only under /.host."""
+    binds = []
+    for entry in sorted(os.listdir(host)):
+        path = host / entry
+        if entry in _HOST_SKIP or path.is_symlink() or not path.is_dir():
+            continue
+        binds.append(Bind(path, f"{HOST_MOUNT}/{entry}"))
+    return tuple(binds)
+
+
+def merged_layout(root: Path, host: Path = Path("/")) -> tuple[str, ...]:
+    """bwrap operations that build `root` merged over the host in an empty sandbox root.
+
+    Use with `SandboxSpec(root=None, layout=..., binds=host_binds() + ...)`.
+    """
+    ops: list[str] = []
+    _merge_ops(str(host), str(root), "", ops, top=True)
+    return tuple(ops)
+
+
+def _merge_ops(host_dir: str, root_dir: str, inside: str, ops: list[str],
+               top: bool = False) -> None:
+    host_entries = {e.name: e for e in os.scandir(host_dir)
+                    if not (top and e.name in _HOST_SKIP)}
+    own_entries = {e.name: e for e in os.scandir(root_dir)}
+    for name in sorted(host_entries.keys() | own_entries.keys()):
+        dest = f"{inside}/{name}"
+        own, theirs = own_entries.get(name), host_entries.get(name)
+        if own is not None and theirs is not None and _real_dir(own) and _real_dir(theirs):
+            ops += ["--dir", dest]
+            _merge_ops(theirs.path, own.path, dest, ops)
+        elif own is not None:
+            if own.is_symlink():
+                ops += ["--symlink", os.readlink(own.path), dest]
+            else:
+                ops += ["--ro-bind", own.path, dest]
+        else:
+            ops += ["--symlink", _host_target(theirs.path), dest]
+
+
+def _real_dir(entry: os.DirEntry) -> bool:
+    return entry.is_dir(follow_symlinks=False)
+
+
+def _host_target(host_path: str) -> str:
+    # Relative host symlinks (/lib -> usr/lib) resolve inside the merged
+    # tree as they are; everything else points into /.host.
+    if os.path.islink(host_path):
+        target = os.readlink(host_path)
+        if not target.startswith("/"):
+            return target
+    return f"{HOST_MOUNT}{host_path}"
+
+
 @dataclass
 class HostLayer:
     """The host's tools made visible under a root; `remove()` takes them away again."""
@@ -180,15 +249,9 @@ class HostLayer:
 
 def layer_host(root: Path, host: Path = Path("/")) -> HostLayer:
     """Make the host's root visible through `root` where `root` holds nothing of its own."""
-    binds = []
-    for entry in sorted(os.listdir(host)):
-        path = host / entry
-        if entry in _HOST_SKIP or path.is_symlink() or not path.is_dir():
-            continue
-        binds.append(Bind(path, f"{HOST_MOUNT}/{entry}"))
     links: list[Path] = []
     _link_missing(host, root, links, top=True)
-    return HostLayer(root, tuple(binds), links)
+    return HostLayer(root, host_binds(host), links)
 
 
 def _link_missing(host_dir: Path, root_dir: Path, links: list[Path], top: bool = False) -> None:
@@ -201,10 +264,5 @@ def _link_missing(host_dir: Path, root_dir: Path, links: list[Path], top: bool =
                     and host_path.is_dir() and not host_path.is_symlink()):
                 _link_missing(host_path, root_path, links)
             continue
-        target = os.readlink(host_path) if host_path.is_symlink() else ""
-        if not target or target.startswith("/"):
-            # Relative host symlinks (/lib -> usr/lib) resolve inside the
-            # merged tree as they are; everything else points into /.host.
-            target = f"{HOST_MOUNT}{host_path}"
-        os.symlink(target, root_path)
+        os.symlink(_host_target(str(host_path)), root_path)
         links.append(root_path)

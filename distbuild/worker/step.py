@@ -180,8 +180,8 @@ class StepRunner:
                 self._unpack(ctx, artifact_filename(dep.cache_key, "chunk", name), root)
         inst_dir.mkdir()
         over_host = self.settings.staging_over_host or node.build_mode == "bootstrap"
-        layer = sandbox.layer_host(root) if over_host else None
-        binds = (*(layer.binds if layer else ()),
+        layout = sandbox.merged_layout(root) if over_host else ()
+        binds = (*(sandbox.host_binds() if over_host else ()),
                  sandbox.Bind(build_dir, f"/{node.name}.build", writable=True),
                  sandbox.Bind(inst_dir, f"/{node.name}.inst", writable=True))
         env = self._chunk_env(node)
@@ -190,8 +190,8 @@ class StepRunner:
                 log.header(f"{phase} commands")
             for command in commands:
                 self._run_command(ctx, phase, command, sandbox.SandboxSpec(
-                    argv=("sh", "-e", "-c", command), root=root, binds=binds, env=env,
-                    cwd=f"/{node.name}.build"))
+                    argv=("sh", "-e", "-c", command), root=None if over_host else root,
+                    layout=layout, binds=binds, env=env, cwd=f"/{node.name}.build"))
         log.header("artifacts")
         split = artifacts.split_tree(inst_dir, _rules(node))
         packed = []
