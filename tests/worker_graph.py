@@ -98,3 +98,15 @@ def build_order(nodes: dict[str, StepSpec]) -> list[str]:
     for nid in nodes:
         visit(nid)
     return order
+
+
+def chunk_node(repo: Path, commit: str, commands: dict[str, tuple[str, ...]], *,
+               name: str = "testchunk", depends: tuple[str, ...] = (),
+               build_mode: str = "staging", stratum: str = "tests",
+               key: str = "") -> StepSpec:
+    """A one-off chunk node for failure tests; `commands` maps phase -> commands."""
+    return StepSpec(
+        id=f"chunk:{stratum}/{name}", kind="chunk", name=name, arch="x86_64",
+        stratum=stratum, depends=depends, cache_key=key or _key(name, commit, repr(commands)),
+        repo=str(repo), ref="master", commit=commit, build_mode=build_mode,
+        commands=tuple(commands.items()), split_rules=split_rules("chunk", name))

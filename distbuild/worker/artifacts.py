@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import re
-import stat
 import tarfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -71,6 +70,7 @@ def split_tree(root: Path, rules: Sequence[Any]) -> dict[str, list[str]]:
     """
     out: dict[str, list[str]] = {rule.artifact: [] for rule in rules}
     for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
         rel_dir = os.path.relpath(dirpath, root)
         rel_dir = "" if rel_dir == "." else rel_dir + "/"
         entries = list(filenames)
@@ -87,7 +87,7 @@ def split_tree(root: Path, rules: Sequence[Any]) -> dict[str, list[str]]:
             if target is None:
                 raise StepError(f"installed file '{rel}' matches no split rule")
             out[target].append(rel.rstrip("/"))
-    return out
+    return {name: sorted(paths) for name, paths in out.items()}
 
 
 def pack(root: Path, paths: Iterable[str], dest: Path, filename: str) -> PackedArtifact:
@@ -96,8 +96,8 @@ def pack(root: Path, paths: Iterable[str], dest: Path, filename: str) -> PackedA
     for rel in paths:
         parts = rel.split("/")
         names.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
-    with dest.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6,
-                                                mtime=0) as gz, \
+    with dest.open("wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb",
+                                                compresslevel=6, mtime=0) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in sorted(names):
             info = tar.gettarinfo(str(root / name), arcname=name)
@@ -174,8 +174,3 @@ def write_json(path: Path, doc: Any) -> None:
     """Write `doc` as stable, human-readable JSON."""
     path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
-
-def is_special(path: Path) -> bool:
-    """True for device nodes, FIFOs and sockets."""
-    mode = path.lstat().st_mode
-    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode))
