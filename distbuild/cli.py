@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "trove": ("distbuild.trove.service", "run the trove (git server and artifact cache); "
               "`trove import` adds a repository"),
     "controller": ("distbuild.controller.service", "run the controller"),
+    "worker": ("distbuild.worker.service", "run a worker that builds steps for a controller"),
     "keygen": ("distbuild.keygen", "write a network's SSH keys, known_hosts and token secret"),
 }
 
