@@ -164,3 +164,16 @@ def test_example_system_graph():
     lengths = graph.remaining_lengths()
     assert lengths["chunk:example-core/libgreet"] == len(graph.critical_path())
     assert lengths["system:example-system-x86_64"] == 1
+
+
+def test_nodes_round_trip_through_plain_data():
+    import json as _json
+
+    from distbuild.definitions import node_from_dict, node_to_dict
+
+    graph = build_graph(Definitions(DirectorySource(MORPHS)), "systems/example-system-x86_64.morph")
+    for node in graph.nodes.values():
+        wire = _json.loads(_json.dumps(node_to_dict(node)))
+        back = node_from_dict(wire)
+        assert back == node
+        assert back.key_inputs() == node.key_inputs()

@@ -5,7 +5,14 @@ without a checkout.
 """
 
 from distbuild.definitions.aliases import Aliases
-from distbuild.definitions.graph import BuildGraph, Node, build_graph, split_artifact
+from distbuild.definitions.graph import (
+    BuildGraph,
+    Node,
+    build_graph,
+    node_from_dict,
+    node_to_dict,
+    split_artifact,
+)
 from distbuild.definitions.load import Definitions
 from distbuild.definitions.model import (
     Chunk,
@@ -22,8 +29,27 @@ from distbuild.definitions.resolve import OfflineResolver, Resolved, Resolver
 from distbuild.definitions.source import DirectorySource, GitSource, TreeSource
 
 __all__ = [
-    "Aliases", "BuildGraph", "Chunk", "ChunkSpec", "Cluster", "ClusterSystem", "Defaults",
-    "Definitions", "DirectorySource", "GitSource", "Node", "OfflineResolver", "Resolved",
-    "Resolver", "SplitRule", "Stratum", "StratumRef", "System", "TreeSource", "build_graph",
+    "Aliases",
+    "BuildGraph",
+    "Chunk",
+    "ChunkSpec",
+    "Cluster",
+    "ClusterSystem",
+    "Defaults",
+    "Definitions",
+    "DirectorySource",
+    "GitSource",
+    "Node",
+    "OfflineResolver",
+    "Resolved",
+    "Resolver",
+    "SplitRule",
+    "Stratum",
+    "StratumRef",
+    "System",
+    "TreeSource",
+    "build_graph",
+    "node_from_dict",
+    "node_to_dict",
     "split_artifact",
 ]

@@ -9,6 +9,7 @@ nodes.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -363,3 +364,31 @@ def _topological(nodes: dict[str, Node]) -> list[str]:
             elif dep not in done:
                 stack.append((dep, iter(nodes[dep].depends)))
     return order
+
+
+def node_to_dict(node: Node) -> dict[str, Any]:
+    """A node as plain JSON-able data, for the protocol (JobRun.step and .closure)."""
+    data = dataclasses.asdict(node)
+    data["split_rules"] = [{"artifact": r.artifact, "include": list(r.include)}
+                           for r in node.split_rules]
+    return data
+
+
+def node_from_dict(data: dict[str, Any]) -> Node:
+    """The inverse of node_to_dict; unknown keys are an error naming them."""
+    names = {f.name for f in dataclasses.fields(Node)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise DefinitionsError(f"unknown node fields {', '.join(unknown)}", data.get("id"))
+    values = dict(data)
+    values["split_rules"] = tuple(SplitRule(r["artifact"], tuple(r["include"]))
+                                  for r in data.get("split_rules", ()))
+    values["commands"] = tuple((step, tuple(cmds)) for step, cmds in data.get("commands", ()))
+    values["depends"] = tuple(data.get("depends", ()))
+    values["devices"] = tuple(data.get("devices", ()))
+    values["configuration_extensions"] = tuple(data.get("configuration_extensions", ()))
+    values["strata_artifacts"] = {k: tuple(v) if v is not None else None
+                                  for k, v in data.get("strata_artifacts", {}).items()}
+    values["system_integration"] = {a: {n: tuple(c) for n, c in s.items()}
+                                    for a, s in data.get("system_integration", {}).items()}
+    return Node(**values)

@@ -205,6 +205,8 @@ class GraphingFinished(Message):
     total: int
     unbuilt: int
     system_cache_key: str
+    cached: dict[str, str] = field(default_factory=dict)  # node id -> cache key, already built
+    log_names: dict[str, str] = field(default_factory=dict)  # node id -> build-step log file
 
 
 @dataclass
