@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from distbuild import config
+from distbuild import config, keygen
+from distbuild.controller.service import ControllerSettings
 from distbuild.deploy.extensions import ExtensionFailed, require_extension, run_extension
+from distbuild.worker.service import WorkerConfig
 from tests.conftest import MORPHS
 
 
@@ -125,32 +127,48 @@ def test_ssh_authorized_keys_refuses_a_private_key(rootfs, tmp_path):
 
 
 @pytest.fixture
-def worker_key(tmp_path: Path) -> Path:
-    keys = tmp_path / "ssh-keys"
-    keys.mkdir()
-    (keys / "worker.key").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nsecret\n")
-    (keys / "worker.key.pub").write_text(KEY_A + "\n")
-    return keys / "worker.key"
+def keys(tmp_path: Path) -> Path:
+    """A network's key set, as `distbuild keygen` writes it."""
+    folder = tmp_path / "keys"
+    keygen.generate(folder, ("controller.lab", [7878, 3434]), ("trove.lab", [2222]))
+    return folder
 
 
 NETWORK = {"TROVE_HOST": "trove.lab", "TROVE_ID": "lab", "CONTROLLERHOST": "controller.lab",
-           "WORKER_SSH_KEY": "ssh-keys/worker.key"}
+           "DISTBUILD_KEYS": "keys"}
 
 
-def test_distbuild_configure_controller(rootfs, tmp_path, worker_key):
+def load_conf(rootfs: Path) -> dict:
+    return config.load(rootfs / "etc" / "distbuild" / "distbuild.conf")
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_distbuild_configure_controller(rootfs, tmp_path, keys):
     configure("distbuild", rootfs, {**NETWORK, "DISTBUILD_CONTROLLER": "True",
-                                    "DISTBUILD_WORKER": "False",
+                                    "DISTBUILD_WORKER": "False", "HOSTNAME": "controller.lab",
                                     "WORKERS": "worker0.lab, worker1.lab"}, tmp_path)
-    conf = config.load(rootfs / "etc" / "distbuild" / "distbuild.conf")
+    conf = load_conf(rootfs)
     assert conf["distbuild_controller"] is True and conf["distbuild_worker"] is False
     assert conf["workers"] == ["worker0.lab", "worker1.lab"]
     assert conf["trove_host"] == "trove.lab" and conf["trove_id"] == "lab"
     assert conf["artifact_cache_server"] == "trove.lab"
     assert conf["artifact_cache_url"] == "http://trove.lab:8080/"
-    assert conf["worker_ssh_key"] == "/etc/distbuild/worker.key"
-    key = rootfs / "etc" / "distbuild" / "worker.key"
-    assert key.read_text() == worker_key.read_text()
-    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert "worker" not in conf
+    # The section the real controller reads, checked by the controller's own loader.
+    settings = config.section(ControllerSettings, conf["controller"], "controller")
+    assert settings.allowed_workers == ["worker0.lab", "worker1.lab"]
+    assert settings.trove_git_url == "git://trove.lab"
+    etc = rootfs / "etc" / "distbuild"
+    assert (etc / "controller_host_key").read_bytes() == \
+        (keys / "controller_host_key").read_bytes()
+    assert settings.host_key == Path("/etc/distbuild/controller_host_key")
+    assert mode_of(etc / "controller_host_key") == 0o600
+    assert mode_of(etc / "token_secret") == 0o600
+    assert mode_of(etc / "worker.key") == 0o600
+    assert mode_of(etc / "worker_authorized_keys") == 0o644
     units = rootfs / "etc" / "systemd" / "system"
     wants = units / "multi-user.target.wants"
     assert os.readlink(wants / "distbuild-controller.service") == \
@@ -160,29 +178,48 @@ def test_distbuild_configure_controller(rootfs, tmp_path, worker_key):
     assert not (wants / "distbuild-worker.service").exists()
 
 
-def test_distbuild_configure_worker(rootfs, tmp_path, worker_key):
+def test_distbuild_configure_worker(rootfs, tmp_path, keys):
     configure("distbuild", rootfs, {**NETWORK, "DISTBUILD_WORKER": "yes",
+                                    "HOSTNAME": "worker0.lab",
                                     "ARTIFACT_CACHE_SERVER": "cache.lab"}, tmp_path)
-    conf = config.load(rootfs / "etc" / "distbuild" / "distbuild.conf")
-    assert conf["controllerhost"] == "controller.lab"
+    conf = load_conf(rootfs)
     assert conf["controller_initiator_address"] == "controller.lab"
     assert conf["artifact_cache_url"] == "http://cache.lab:8080/"
+    assert "controller" not in conf
+    worker = config.section(WorkerConfig, conf["worker"], "worker")
+    assert (worker.name, worker.controller_address) == ("worker0.lab", "controller.lab")
+    etc = rootfs / "etc" / "distbuild"
+    assert (etc / "worker.key").read_bytes() == (keys / "worker_key").read_bytes()
+    assert mode_of(etc / "worker.key") == 0o600
+    assert (etc / "known_hosts").read_text() == (keys / "known_hosts").read_text()
+    assert not (etc / "token_secret").exists(), "a worker needs no token secret"
     wants = rootfs / "etc" / "systemd" / "system" / "multi-user.target.wants"
     assert sorted(p.name for p in wants.iterdir()) == ["distbuild-worker.service"]
-    pub = rootfs / "etc" / "distbuild" / "worker.key.pub"
-    assert stat.S_IMODE(pub.stat().st_mode) == 0o644
+
+
+def test_distbuild_configure_worker_key_setting(rootfs, tmp_path, keys):
+    (tmp_path / "own.key").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nown\n")
+    (tmp_path / "own.key.pub").write_text(KEY_A + "\n")
+    configure("distbuild", rootfs, {**NETWORK, "DISTBUILD_WORKER": "yes", "HOSTNAME": "w",
+                                    "WORKER_SSH_KEY": "own.key"}, tmp_path)
+    etc = rootfs / "etc" / "distbuild"
+    assert (etc / "worker.key").read_text().endswith("own\n")
+    assert mode_of(etc / "worker.key.pub") == 0o644
 
 
 @pytest.mark.parametrize("drop, extra, message", [
     ("CONTROLLERHOST", {"DISTBUILD_WORKER": "yes"}, "CONTROLLERHOST is not set; a worker"),
     ("TROVE_HOST", {"DISTBUILD_WORKER": "yes"}, "TROVE_HOST is not set"),
+    ("DISTBUILD_KEYS", {"DISTBUILD_WORKER": "yes"}, "DISTBUILD_KEYS is not set"),
     (None, {"DISTBUILD_CONTROLLER": "yes"}, "WORKERS is not set"),
     (None, {"DISTBUILD_WORKER": "maybe"}, "DISTBUILD_WORKER must be yes or no"),
     (None, {"DISTBUILD_WORKER": "yes", "WORKER_SSH_KEY": "nope.key"},
      "WORKER_SSH_KEY: nope.key is not a file"),
+    (None, {"DISTBUILD_WORKER": "yes", "DISTBUILD_KEYS": "nokeys"},
+     "DISTBUILD_KEYS: nokeys/known_hosts is not a file"),
 ])
-def test_distbuild_configure_refuses(rootfs, tmp_path, worker_key, drop, extra, message):
-    settings = {k: v for k, v in NETWORK.items() if k != drop}
+def test_distbuild_configure_refuses(rootfs, tmp_path, keys, drop, extra, message):
+    settings = {k: v for k, v in {**NETWORK, "HOSTNAME": "n"}.items() if k != drop}
     before = snapshot(rootfs)
     with pytest.raises(ExtensionFailed, match=message):
         configure("distbuild", rootfs, {**settings, **extra}, tmp_path)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from distbuild import config
+from distbuild import config, keygen
+from distbuild.controller.service import ControllerSettings
 from distbuild.definitions import Definitions, DirectorySource
 from distbuild.deploy.cluster import expand, parse_arguments
+from distbuild.worker.service import WorkerConfig
 from tests.conftest import MORPHS, run_distbuild
 from tests.deploy.conftest import EXAMPLE_FILES, put_system
 from tests.deploy.sshhost import SSHHost
@@ -25,7 +27,7 @@ def debugfs(image: Path, request: str) -> str:
 def test_cluster_expands_to_one_controller_and_two_workers():
     cluster = Definitions(DirectorySource(MORPHS)).cluster(CLUSTER)
     variables = ["VM_USER=me", "VM_HOST=vmhost", "VM_IMAGE_DIR=/srv/vms", "TROVE_HOST=trove",
-                 "WORKER_SSH_KEY=keys/worker.key", "ADMIN_SSH_KEY=me.pub"]
+                 "DISTBUILD_KEYS=keys", "ADMIN_SSH_KEY=me.pub"]
     nodes = expand(cluster, parse_arguments(variables), {})
     assert [n.id for n in nodes] == list(NODES)
     controller, worker0, _ = nodes
@@ -45,15 +47,14 @@ def test_deploy_distbuild_network_to_kvm(artifact_cache, tmp_path):
         vms = tmp_path / "vms"
         vms.mkdir()
         keys = tmp_path / "keys"
-        keys.mkdir()
-        (keys / "worker.key").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nw\n")
-        (keys / "admin.pub").write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAdmin admin\n")
+        keygen.generate(keys, ("distbuild-controller", [7878, 3434]), ("trove.lab", [2222]))
+        (tmp_path / "admin.pub").write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAdmin admin\n")
         proc = run_distbuild(
             "deploy", "--offline", "--definitions", str(MORPHS),
             "--artifact-cache-url", artifact_cache.url, CLUSTER,
             f"VM_USER={vmhost.user}", f"VM_HOST=127.0.0.1:{vmhost.port}",
             f"VM_IMAGE_DIR={vms}", "TROVE_HOST=trove.lab",
-            f"WORKER_SSH_KEY={keys / 'worker.key'}", f"ADMIN_SSH_KEY={keys / 'admin.pub'}",
+            f"DISTBUILD_KEYS={keys}", f"ADMIN_SSH_KEY={tmp_path / 'admin.pub'}",
             *(f"{node}.DISK_SIZE=128M" for node in NODES),
             env={"HOME": str(vmhost.home), "LIBVIRT_URI": "test:///default"}, timeout=300)
         assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -76,6 +77,13 @@ def test_deploy_distbuild_network_to_kvm(artifact_cache, tmp_path):
         assert conf["distbuild_worker"] is not is_controller
         assert conf["trove_host"] == "trove.lab"
         assert "Mode:  0600" in debugfs(image, "stat /etc/distbuild/worker.key")
+        if is_controller:
+            settings = config.section(ControllerSettings, conf["controller"], node)
+            assert settings.allowed_workers == ["distbuild-worker0", "distbuild-worker1"]
+            assert "Mode:  0600" in debugfs(image, "stat /etc/distbuild/token_secret")
+        else:
+            worker = config.section(WorkerConfig, conf["worker"], node)
+            assert (worker.name, worker.controller_address) == (node, "distbuild-controller")
         unit = "distbuild-controller" if is_controller else "distbuild-worker"
         link = debugfs(image, f"stat /etc/systemd/system/multi-user.target.wants/{unit}.service")
         assert f'Fast link dest: "/etc/systemd/system/{unit}.service"' in link
