@@ -6,8 +6,14 @@ zero bytes skipped, so it stays sparse; the guest is defined and started
 through libvirt at `qemu+ssh://[USER@]HOST/system`, or at LIBVIRT_URI.
 Settings: DISK_SIZE, RAM_SIZE, VCPUS, ATTACH_DISKS (colon-separated paths
 on HOST), NIC_CONFIG (space-separated `network=NAME` or `bridge=NAME`, each
-with optional `,mac=...,model=...`), AUTOSTART; SSH_IDENTITY and
-SSH_KNOWN_HOSTS choose a key and a known_hosts file beside the usual ones.
+with optional `,mac=...,model=...`), AUTOSTART, KERNEL_ARGS, INITRAMFS_PATH;
+SSH_IDENTITY and SSH_KNOWN_HOSTS choose a key and a known_hosts file beside
+the usual ones.
+
+The image is a bare ext4 filesystem with no bootloader, so when the system
+has /boot/vmlinuz the guest boots it directly: the kernel (and initramfs)
+are copied beside the image as PATH.vmlinuz and PATH.initramfs and named in
+the domain, with `root=/dev/vda` on the kernel command line.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ _LOCATION = re.compile(
 _BLOCK = 1 << 16
 _ZERO = bytes(_BLOCK)
 _DEFAULT_RAM = 1 << 30
+_KERNEL = "boot/vmlinuz"
+_INITRAMFS = "boot/initramfs.gz"
+_ROOT_ARGS = "root=/dev/vda rootfstype=ext4 rw console=ttyS0"
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,16 @@ class KvmLocation:
     port: int
     guest: str
     path: str
+
+    @property
+    def kernel_path(self) -> str:
+        """Where the guest's kernel goes on the host, beside its image."""
+        return f"{self.path}.vmlinuz"
+
+    @property
+    def initramfs_path(self) -> str:
+        """Where the guest's initramfs goes on the host."""
+        return f"{self.path}.initramfs"
 
     def libvirt_uri(self) -> str:
         """The host's system libvirt, reached over SSH."""
@@ -73,6 +92,17 @@ class KvmSettings:
     libvirt_uri: str
     identity: str | None
     known_hosts: str | None
+    kernel_args: str = ""
+    initramfs: str | None = None
+
+
+@dataclass(frozen=True)
+class DirectBoot:
+    """The kernel and initramfs on the host that the guest boots directly."""
+
+    kernel: str
+    initramfs: str | None
+    cmdline: str
 
 
 def parse_location(location: str) -> KvmLocation:
@@ -105,7 +135,28 @@ def read_settings(env: Mapping[str, str], location: KvmLocation) -> KvmSettings:
         libvirt_uri=env.get("LIBVIRT_URI") or location.libvirt_uri(),
         identity=env.get("SSH_IDENTITY") or None,
         known_hosts=env.get("SSH_KNOWN_HOSTS") or None,
+        kernel_args=env.get("KERNEL_ARGS", "").strip(),
+        initramfs=(env.get("INITRAMFS_PATH") or "").strip().lstrip("/") or None,
     )
+
+
+def boot_files(rootfs: Path, settings: KvmSettings) -> tuple[Path | None, Path | None]:
+    """The system's kernel and initramfs, if it has them (symlinks followed inside rootfs)."""
+    kernel = _inside(rootfs, _KERNEL)
+    initramfs = _inside(rootfs, settings.initramfs or _INITRAMFS)
+    if settings.initramfs and initramfs is None:
+        raise ExtensionError(f"INITRAMFS_PATH: /{settings.initramfs} is not in the system")
+    return kernel, initramfs if kernel else None
+
+
+def _inside(rootfs: Path, relative: str) -> Path | None:
+    path = rootfs / relative
+    for _ in range(8):  # a few levels of symlinks, each resolved against the rootfs
+        if not path.is_symlink():
+            break
+        target = os.readlink(path)
+        path = rootfs / target.lstrip("/") if target.startswith("/") else path.parent / target
+    return path if path.is_file() else None
 
 
 def _parse_nic(text: str) -> Nic:
@@ -123,7 +174,8 @@ def _parse_nic(text: str) -> Nic:
     return Nic(kinds[0], fields[kinds[0]], fields.get("mac"), fields.get("model", "virtio"))
 
 
-def domain_xml(location: KvmLocation, settings: KvmSettings, domain_type: str) -> str:
+def domain_xml(location: KvmLocation, settings: KvmSettings, domain_type: str,
+               boot: DirectBoot | None = None) -> str:
     """The libvirt domain for the guest: its image as vda, attached disks after it."""
     disks = [_disk_xml(location.path, "vda")]
     disks += [_disk_xml(path, f"vd{chr(ord('b') + i)}")
@@ -134,7 +186,7 @@ def domain_xml(location: KvmLocation, settings: KvmSettings, domain_type: str) -
         f"  <name>{_text(location.guest)}</name>",
         f"  <memory unit='KiB'>{settings.ram_size // 1024}</memory>",
         f"  <vcpu>{settings.vcpus}</vcpu>",
-        "  <os><type>hvm</type><boot dev='hd'/></os>",
+        _os_xml(boot),
         "  <features><acpi/><apic/></features>",
         "  <devices>",
         *disks, *nics,
@@ -142,6 +194,14 @@ def domain_xml(location: KvmLocation, settings: KvmSettings, domain_type: str) -
         "  </devices>",
         "</domain>",
     ])
+
+
+def _os_xml(boot: DirectBoot | None) -> str:
+    if boot is None:
+        return "  <os><type>hvm</type><boot dev='hd'/></os>"
+    initrd = f"<initrd>{_text(boot.initramfs)}</initrd>" if boot.initramfs else ""
+    return (f"  <os><type>hvm</type><kernel>{_text(boot.kernel)}</kernel>{initrd}"
+            f"<cmdline>{_text(boot.cmdline)}</cmdline></os>")
 
 
 def _disk_xml(path: str, target: str) -> str:
@@ -320,8 +380,9 @@ def check(location_text: str, env: Mapping[str, str]) -> None:
     finally:
         conn.close()
     with sftp_session(location, settings) as sftp:
-        if remote_exists(sftp, location.path):
-            raise ExtensionError(f"{location.path} already exists on {location.host}")
+        for path in (location.path, location.kernel_path, location.initramfs_path):
+            if remote_exists(sftp, path):
+                raise ExtensionError(f"{path} already exists on {location.host}")
         folder = posixpath.dirname(location.path)
         if not _is_dir(sftp, folder):
             raise ExtensionError(f"directory {folder} does not exist on {location.host}")
@@ -351,33 +412,58 @@ def write(rootfs: Path, location_text: str, env: Mapping[str, str]) -> None:
     """Make the image, copy it to the host, define and start the guest; undo all on failure."""
     location = parse_location(location_text)
     settings = read_settings(env, location)
+    kernel, initramfs = boot_files(rootfs, settings)
     image = Path(env.get("TMPDIR") or "/tmp") / f"{location.guest}.img"
     size = settings.disk_size or writeext.default_disk_size(rootfs)
     writeext.status(f"Creating {size >> 20} MiB disk image")
     writeext.make_ext4_image(rootfs, image, size)
     try:
         with sftp_session(location, settings) as sftp:
-            if remote_exists(sftp, location.path):
-                raise ExtensionError(f"{location.path} already exists on {location.host}")
-            writeext.status(f"Copying image to {location.host}:{location.path}")
-            sent = copy_sparse(sftp, image, location.path)
-            writeext.status(f"Sent {sent >> 20} MiB of {size >> 20} MiB (the rest is holes)")
+            created: list[str] = []
             try:
-                _start_guest(location, settings)
+                boot = _copy_all(sftp, location, settings, image, kernel, initramfs, created)
+                _start_guest(location, settings, boot)
             except BaseException:
-                _remove_remote(sftp, location.path)
+                for path in created:
+                    _remove_remote(sftp, path)
                 raise
     finally:
         image.unlink(missing_ok=True)
 
 
-def _start_guest(location: KvmLocation, settings: KvmSettings) -> None:
+def _copy_all(sftp, location: KvmLocation, settings: KvmSettings, image: Path,
+              kernel: Path | None, initramfs: Path | None,
+              created: list[str]) -> DirectBoot | None:
+    """Copy image, kernel and initramfs to the host, noting each file made in `created`."""
+    files = [(image, location.path)]
+    files += [(kernel, location.kernel_path)] if kernel else []
+    files += [(initramfs, location.initramfs_path)] if initramfs else []
+    for _, remote in files:
+        if remote_exists(sftp, remote):
+            raise ExtensionError(f"{remote} already exists on {location.host}")
+    for local, remote in files:
+        writeext.status(f"Copying {local.name} to {location.host}:{remote}")
+        sent = copy_sparse(sftp, local, remote)
+        created.append(remote)
+        if local == image:
+            writeext.status(f"Sent {sent >> 20} MiB of {local.stat().st_size >> 20} MiB "
+                            "(the rest is holes)")
+    if kernel is None:
+        writeext.status("The system has no /boot/vmlinuz: the guest boots from its disk")
+        return None
+    cmdline = " ".join(p for p in (_ROOT_ARGS, settings.kernel_args) if p)
+    return DirectBoot(location.kernel_path,
+                      location.initramfs_path if initramfs else None, cmdline)
+
+
+def _start_guest(location: KvmLocation, settings: KvmSettings,
+                 boot: DirectBoot | None) -> None:
     import libvirt
 
     conn = open_libvirt(settings.libvirt_uri)
     domain = None
     try:
-        xml = domain_xml(location, settings, domain_type(conn))
+        xml = domain_xml(location, settings, domain_type(conn), boot)
         writeext.status(f"Defining guest {location.guest} on {settings.libvirt_uri}")
         domain = conn.defineXML(xml)
         if settings.autostart:

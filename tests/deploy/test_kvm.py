@@ -122,9 +122,12 @@ def test_failed_write_removes_what_it_created(vmhost, test_conn, tmp_path, monke
     image = tmp_path / "vms" / "late.img"
     env = extension_environment({"LIBVIRT_URI": "test:///default", "DISK_SIZE": "64M"},
                                 tmp_path)
+    rootfs = make_rootfs(tmp_path / "rootfs")
+    (rootfs / "boot").mkdir()
+    (rootfs / "boot" / "vmlinuz").write_bytes(b"kernel")
     with pytest.raises(ExtensionError, match=r"libvirt refused guest late: .*already exists"):
-        kvm.write(make_rootfs(tmp_path / "rootfs"), location(vmhost, "late", image), env)
-    assert not image.exists()
+        kvm.write(rootfs, location(vmhost, "late", image), env)
+    assert list((tmp_path / "vms").iterdir()) == [], "image or kernel left on the host"
     assert not test_conn.lookupByName("late").isActive(), "someone else's guest was touched"
 
 
@@ -233,3 +236,35 @@ def test_unknown_host_key_is_refused(vmhost, tmp_path):
         run_extension(check, [location(vmhost, "fresh", tmp_path / "vms" / "new.img")],
                       {"LIBVIRT_URI": "test:///default"}, cwd=PROJECT,
                       progress=lambda _: None, where="test", base_environ=base_env(vmhost))
+
+
+def test_guest_boots_the_systems_kernel_directly(vmhost, test_conn, tmp_path, monkeypatch):
+    """The image has no bootloader: the kernel goes beside it and libvirt boots it."""
+    monkeypatch.setenv("HOME", str(vmhost.home))
+    rootfs = make_rootfs(tmp_path / "rootfs")
+    (rootfs / "boot").mkdir()
+    (rootfs / "boot" / "vmlinuz-6.1").write_bytes(b"\x7fkernel" * 1000)
+    (rootfs / "boot" / "vmlinuz").symlink_to("/boot/vmlinuz-6.1")
+    (rootfs / "boot" / "initramfs.gz").write_bytes(b"initramfs")
+    image = tmp_path / "vms" / "booted.img"
+    env = extension_environment({"LIBVIRT_URI": "test:///default", "DISK_SIZE": "64M",
+                                 "KERNEL_ARGS": "quiet init=/sbin/init"}, tmp_path)
+    kvm.write(rootfs, location(vmhost, "booted", image), env)
+    kernel = Path(f"{image}.vmlinuz")
+    assert kernel.read_bytes() == b"\x7fkernel" * 1000
+    assert Path(f"{image}.initramfs").read_bytes() == b"initramfs"
+    os_xml = ElementTree.fromstring(test_conn.lookupByName("booted").XMLDesc()).find("os")
+    assert os_xml.findtext("kernel") == str(kernel)
+    assert os_xml.findtext("initrd") == f"{image}.initramfs"
+    assert os_xml.findtext("cmdline") == \
+        "root=/dev/vda rootfstype=ext4 rw console=ttyS0 quiet init=/sbin/init"
+
+
+def test_kvm_check_refuses_a_leftover_kernel(vmhost, tmp_path):
+    (tmp_path / "vms" / "new.img.vmlinuz").write_text("old kernel")
+    check = require_extension("kvm", "check", MORPHS, "test")
+    with pytest.raises(ExtensionFailed, match=r"new\.img\.vmlinuz already exists"):
+        run_extension(check, [location(vmhost, "fresh", tmp_path / "vms" / "new.img")],
+                      {"LIBVIRT_URI": "test:///default"}, cwd=PROJECT,
+                      progress=lambda _: None, where="test", base_environ=base_env(vmhost))
+    assert (tmp_path / "vms" / "new.img.vmlinuz").read_text() == "old kernel"
