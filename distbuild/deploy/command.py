@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--offline", action="store_true",
                         help="do no git resolution: each ref stands in for its tree SHA "
                              "(deploys what an --offline build made)")
+    parser.add_argument("--mirror-dir", metavar="DIR", type=Path,
+                        help="where to keep git mirrors for resolving refs, as the "
+                             "controller does (default: ~/.cache/distbuild/mirrors)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     cluster = defs.cluster(args.cluster)
     deployments = expand(cluster, parse_arguments(args.args), os.environ)
     aliases = Aliases.from_config(settings.trove_git_url, settings.repo_aliases)
-    systems = DefinitionsSystems(defs, _resolver(args.offline), aliases)
+    systems = DefinitionsSystems(defs, _resolver(args.offline, args.mirror_dir), aliases)
     deployer = Deployer(Path(args.definitions).resolve(), systems,
                         settings.artifact_cache_url, progress=_show)
     deployer.deploy(deployments)
@@ -65,12 +68,14 @@ def _show(line: str) -> None:
     print(f"{stamp} {line}", flush=True)
 
 
-def _resolver(offline: bool) -> Resolver:
+def _resolver(offline: bool, mirror_dir: Path | None) -> Resolver:
+    """Refs resolved as the controller resolved them for the build, so cache keys match."""
     if offline:
         return OfflineResolver()
-    try:
-        from distbuild.trove.refs import GitResolver
-    except ImportError:
-        raise DeployError("resolving refs needs the trove module, which is not installed; "
-                          "use --offline") from None
-    return GitResolver()
+    from distbuild.trove.mirror import MirrorCache
+    from distbuild.trove.refs import GitResolver
+
+    if mirror_dir is None:
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+        mirror_dir = Path(cache) / "distbuild" / "mirrors"
+    return GitResolver(MirrorCache(mirror_dir))
