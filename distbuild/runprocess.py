@@ -10,6 +10,7 @@ logs and timeouts lives in distbuild.worker, not here.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import threading
@@ -75,22 +76,31 @@ def run(argv: Sequence[str], *, on_line: LineCallback | None = None,
     reader = threading.Thread(target=_pump, args=(proc.stdout, on_line), daemon=True)
     reader.start()
     try:
-        while True:
-            try:
-                status = proc.wait(timeout=_POLL_SECONDS)
-                break
-            except subprocess.TimeoutExpired:
-                if cancel is not None and cancel.cancelled:
-                    kill_group(proc)
-                    reader.join(timeout=1)
-                    raise Cancelled("step was cancelled") from None
+        status = _wait(proc, cancel)
     except BaseException:
         kill_group(proc)
+        reader.join(timeout=1)
         raise
     # A grandchild that left the group could hold the pipe open forever;
     # the leader's output is complete by now, so do not wait for it.
     reader.join(timeout=2)
     return status
+
+
+def _wait(proc: subprocess.Popen, cancel: CancelToken | None) -> int:
+    # A pidfd becomes readable the moment the child exits, so a short
+    # command is not held up by a polling interval; the timeout is only
+    # for noticing cancellation.
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        while not poller.poll(_POLL_SECONDS * 1000):
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled("step was cancelled")
+    finally:
+        os.close(pidfd)
+    return proc.wait()
 
 
 def kill_group(proc: subprocess.Popen) -> None:

@@ -4,7 +4,9 @@
 built, so each is downloaded at most once per worker, and checks each
 download against the sha256 its source declares (or the caller expects)
 before anyone can use it. Concurrent steps wanting the same artifact wait
-for one download (a lock file per artifact).
+for one download (a lock file per artifact). Checked sha256s are appended
+to one index file (`index`: `SHA256 FILENAME` lines), which costs one
+write per artifact instead of a file and a rename each.
 
 `ArtifactSource` is what the local cache downloads from: the trove's cache
 client, or `DirectoryArtifactStore` (a plain directory, used by tests and
@@ -73,6 +75,10 @@ class LocalArtifactCache:
         self.source = source
         self.downloads = 0
         directory.mkdir(parents=True, exist_ok=True)
+        self._index = directory / "index"
+        self._digests: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._read_index()
 
     def path(self, filename: str) -> Path:
         """Where `filename` is (or would be) kept locally."""
@@ -119,12 +125,11 @@ class LocalArtifactCache:
 
     def sha256(self, filename: str) -> str:
         """The recorded sha256 of a local artifact (computed once, when it arrived)."""
-        digest = self.directory / f".{filename}.sha256"
-        if digest.exists():
-            return digest.read_text().strip()
-        value = describe(self.path(filename), filename).sha256
-        self._write_digest(filename, value)
-        return value
+        if filename not in self._digests:
+            self._read_index()  # another worker process may have added it
+        if filename not in self._digests:
+            self._write_digest(filename, describe(self.path(filename), filename).sha256)
+        return self._digests[filename]
 
     def describe(self, filename: str) -> PackedArtifact:
         """A local artifact with its recorded sha256 and size."""
@@ -134,10 +139,30 @@ class LocalArtifactCache:
     def add(self, artifact: PackedArtifact) -> None:
         """Keep a copy of an artifact this worker built."""
         self._write_digest(artifact.filename, artifact.sha256)
-        _atomic_copy(artifact.path, self.path(artifact.filename))
+        try:
+            # A complete file linked in place appears whole: no rename needed.
+            os.link(artifact.path, self.path(artifact.filename))
+        except FileExistsError:
+            _atomic_copy(artifact.path, self.path(artifact.filename))
+        except OSError:
+            _atomic_copy(artifact.path, self.path(artifact.filename))
 
     def _write_digest(self, filename: str, sha256: str) -> None:
-        _atomic_text(self.directory / f".{filename}.sha256", sha256 + "\n")
+        with self._lock, self._index.open("a") as index:
+            fcntl.flock(index, fcntl.LOCK_EX)
+            index.write(f"{sha256} {filename}\n")
+            self._digests[filename] = sha256
+
+    def _read_index(self) -> None:
+        try:
+            text = self._index.read_text()
+        except FileNotFoundError:
+            return
+        with self._lock:
+            for line in text.splitlines():
+                digest, _, name = line.partition(" ")
+                if len(digest) == 64 and name:
+                    self._digests[name] = digest
 
 
 def _atomic_copy(src: Path, dest: Path) -> None:

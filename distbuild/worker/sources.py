@@ -41,7 +41,9 @@ class GitSources:
         """Make `dest` (which must not exist) a checkout of `commit` from `repo`."""
         url = self.resolve_url(repo)
         mirror = self._mirror(url, commit, on_line, cancel)
-        self._git(["clone", "-q", "--no-checkout", str(mirror), str(dest)], on_line, cancel,
+        # No template: hook samples are a dozen files to write and delete per step.
+        self._git(["clone", "-q", "--no-checkout", "--template=", str(mirror), str(dest)],
+                  on_line, cancel,
                   f"cannot clone mirror of {url}")
         self._git(["-C", str(dest), "checkout", "-q", "--detach", commit], on_line, cancel,
                   f"cannot check out {commit} of {url}")

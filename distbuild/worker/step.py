@@ -19,6 +19,7 @@ import os
 import platform
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -75,9 +76,14 @@ class WorkerSettings:
     def out_dir(self) -> Path:
         return self.work_dir / "out"
 
+    @property
+    def trash_dir(self) -> Path:
+        return self.work_dir / "trash"
+
     def clean(self) -> None:
         """Remove what steps that crashed left behind (call when no step runs)."""
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        shutil.rmtree(self.trash_dir, ignore_errors=True)
 
 
 @dataclass
@@ -154,7 +160,22 @@ class StepRunner:
                                node.id) from None
             raise
         finally:
+            self._discard(tmp)
+
+    def _discard(self, tmp: Path) -> None:
+        """Move a step's directory out of the way at once; delete it in the background.
+
+        Deleting thousands of files can take longer than the step itself; the
+        next step (or a retry of this one) never looks in the trash.
+        """
+        self.settings.trash_dir.mkdir(parents=True, exist_ok=True)
+        trash = self.settings.trash_dir / tmp.name
+        try:
+            os.rename(tmp, trash)
+        except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
+            return
+        threading.Thread(target=shutil.rmtree, args=(trash, True), daemon=True).start()
 
     def _build(self, ctx: _Context) -> list[PackedArtifact]:
         builders = {"chunk": self._build_chunk, "stratum": self._build_stratum,
