@@ -19,6 +19,10 @@ from distbuild.errors import DistbuildError
 # name -> (module, one-line help). Each module has add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
     "graph": ("distbuild.definitions.command", "show the build graph of a system"),
+    "trove": ("distbuild.trove.service", "run the trove (git server and artifact cache); "
+              "`trove import` adds a repository"),
+    "controller": ("distbuild.controller.service", "run the controller"),
+    "keygen": ("distbuild.keygen", "write a network's SSH keys, known_hosts and token secret"),
 }
 
 # Used when the first argument is not a command name: `distbuild [options] SYSTEM`.

@@ -14,6 +14,7 @@ import dataclasses
 import os
 import types
 import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -150,3 +151,31 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+@dataclass
+class ClientSettings:
+    """The top-level keys every client command reads (the keys `distbuild up` writes)."""
+
+    controller_initiator_address: str | None = None
+    controller_initiator_port: int = 7878
+    artifact_cache_url: str | None = None
+    trove_git_url: str | None = None
+    definitions_url: str | None = None
+    identity: str | None = None
+    known_hosts: str | None = None
+    repo_aliases: list[str] = field(default_factory=list)
+
+
+def client_settings(explicit_path: str | None, **overrides: Any) -> ClientSettings:
+    """Client settings from --config / $DISTBUILD_CONFIG; non-None `overrides` win.
+
+    Only the client keys are read from the top level: the same file may hold
+    other components' sections (trove:, controller:, worker:), which check
+    their own keys.
+    """
+    path = config_path(explicit_path)
+    values = load(path)
+    known = {f.name for f in dataclasses.fields(ClientSettings)}
+    picked = {k: v for k, v in values.items() if k in known}
+    return section(ClientSettings, picked, str(path) if path else "settings", **overrides)

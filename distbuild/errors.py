@@ -31,3 +31,7 @@ class ConfigError(DistbuildError):
 
 class ResolveError(DistbuildError):
     """A repository or ref could not be resolved to a commit."""
+
+
+class TroveError(DistbuildError):
+    """The trove, its git repositories or its artifact cache refused or failed."""

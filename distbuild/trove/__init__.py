@@ -1,0 +1,1 @@
+"""The trove: shared git server, ref resolution, mirror cache and artifact cache."""

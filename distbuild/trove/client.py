@@ -1,0 +1,256 @@
+"""A small blocking client of the trove's artifact cache, for workers, controller and deploy.
+
+Standard library only (http.client), no Twisted: callers run it in a thread or
+a plain process. Everything streams in 1 MiB blocks; downloads are written to
+a temporary file beside the destination and renamed only after the sha256 and
+size check, so a destination path either holds the right bytes or nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import tempfile
+import urllib.parse
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from distbuild import config
+from distbuild.errors import TroveError
+from distbuild.trove import names
+
+BLOCK = 1 << 20
+
+
+class CacheClientError(TroveError):
+    """The artifact cache refused a request or could not be reached; `status` if it answered."""
+
+    def __init__(self, what: str, where: str | None = None, status: int | None = None,
+                 retryable: bool = False):
+        super().__init__(what, where, retryable=retryable)
+        self.status = status
+
+
+@dataclass
+class ClientSettings:
+    """What a client of the trove reads from the client configuration (e.g. network.yaml)."""
+
+    artifact_cache_url: str | None = None
+    trove_git_url: str | None = None
+    # ssh://HOST:PORT where the trove accepts authenticated pushes.
+    trove_ssh_url: str | None = None
+    identity: Path | None = None
+    known_hosts: Path | None = None
+
+
+def client_settings(config_file: str | None, **overrides) -> ClientSettings:
+    """Client settings from --config or $DISTBUILD_CONFIG; other components' keys are ignored."""
+    path = config.config_path(config_file)
+    values = config.load(path)
+    known = {f.name for f in fields(ClientSettings)}
+    mine = {k: v for k, v in values.items() if k in known}
+    settings = config.section(ClientSettings, mine, str(path) if path else "command line",
+                              **overrides)
+    base = path.parent if path else Path.cwd()
+    # Key paths in a config file are relative to that file, as network.yaml writes them.
+    for name in ("identity", "known_hosts"):
+        value = getattr(settings, name)
+        if value is not None and not value.is_absolute() and overrides.get(name) is None:
+            setattr(settings, name, base / value)
+    return settings
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """A downloaded artifact: where it is, its size and its verified sha256."""
+
+    path: Path
+    size: int
+    sha256: str
+
+
+class CacheClient:
+    """Blocking client of one artifact cache, e.g. CacheClient('http://127.0.0.1:8080/')."""
+
+    def __init__(self, base_url: str, timeout: float = 60.0):
+        parsed = urllib.parse.urlsplit(base_url)
+        if parsed.scheme != "http" or not parsed.hostname:
+            raise CacheClientError("artifact cache URL must be http://HOST[:PORT][/PREFIX]",
+                                   base_url)
+        self.base_url = base_url
+        self.host = parsed.hostname
+        self.port = parsed.port or 80
+        self.prefix = parsed.path.rstrip("/")
+        self.timeout = timeout
+
+    # --- queries -------------------------------------------------------------
+
+    def has_artifacts(self, filenames: Iterable[str]) -> dict[str, bool]:
+        """Which artifacts are cached (morph-cache-server's POST /1.0/artifacts)."""
+        wanted = [names.check_filename(f) for f in filenames]
+        return self._json("POST", "/1.0/artifacts", wanted)
+
+    def cached_sources(self, keys: Iterable[str]) -> dict[str, bool]:
+        """Which sources (cache keys) have all their artifacts cached, in one round trip."""
+        wanted = [names.check_key(k) for k in keys]
+        return self._json("POST", "/2.0/sources/query", {"keys": wanted})["sources"]
+
+    def source_meta(self, key: str) -> dict | None:
+        """A cached source's files with sizes and sha256, or None if it is not cached."""
+        return self._json("GET", f"/2.0/sources/{names.check_key(key)}", missing_ok=True)
+
+    def fetch_log(self, key: str) -> bytes | None:
+        """The build log stored with source `key`, or None if there is none."""
+        conn, resp = self._request("GET", f"/2.0/sources/{names.check_key(key)}/log")
+        try:
+            if resp.status == 404:
+                return None
+            self._check(resp, key)
+            return resp.read()
+        finally:
+            conn.close()
+
+    # --- downloads -----------------------------------------------------------
+
+    def download(self, filename: str, dest: Path,
+                 expected_sha256: str | None = None) -> Downloaded:
+        """Fetch one artifact to `dest`, checking its sha256 (given, or as the trove recorded)."""
+        names.check_filename(filename)
+        dest = Path(dest)
+        query = urllib.parse.urlencode({"filename": filename})
+        conn, resp = self._request("GET", f"/1.0/artifacts?{query}")
+        try:
+            self._check(resp, filename)
+            want = expected_sha256 or resp.getheader("x-distbuild-sha256")
+            length = resp.getheader("content-length")
+            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+            try:
+                h, size = hashlib.sha256(), 0
+                buf = bytearray(BLOCK)
+                view = memoryview(buf)
+                with os.fdopen(fd, "wb") as out:
+                    while n := resp.readinto(buf):
+                        h.update(view[:n])
+                        out.write(view[:n])
+                        size += n
+                got = h.hexdigest()
+                if length is not None and size != int(length):
+                    raise CacheClientError(f"download truncated: {size} of {length} bytes",
+                                           filename, retryable=True)
+                if want and got != want:
+                    raise CacheClientError(f"sha256 mismatch: expected {want}, got {got}",
+                                           filename, retryable=True)
+                os.replace(tmp, dest)
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
+            return Downloaded(dest, size, got)
+        finally:
+            conn.close()
+
+    # --- uploads -------------------------------------------------------------
+
+    def upload_source(self, key: str, artifacts: Mapping[str, Path], token: str,
+                      log: Path | None = None,
+                      sha256s: Mapping[str, str] | None = None) -> bool:
+        """Upload every artifact of source `key` (filename -> file) and its log, atomically.
+
+        Returns True if stored, False if the source was already cached. `sha256s`
+        may give digests the caller already computed, to skip a read of the file.
+        """
+        names.check_key(key)
+        entries = []
+        for filename, path in artifacts.items():
+            if names.key_of(filename) != key:
+                raise CacheClientError(f"artifact does not belong to key {key}", filename)
+            digest = (sha256s or {}).get(filename) or _sha256(path)
+            entries.append({"filename": filename, "size": os.path.getsize(path),
+                            "sha256": digest})
+        manifest = {"artifacts": entries, "log": None}
+        if log is not None:
+            manifest["log"] = {"size": os.path.getsize(log), "sha256": _sha256(log)}
+        head = json.dumps(manifest).encode() + b"\n"
+        paths = [Path(p) for p in artifacts.values()] + ([Path(log)] if log else [])
+        length = len(head) + sum(e["size"] for e in entries) + (
+            manifest["log"]["size"] if log else 0)
+        conn = self._connection()
+        try:
+            conn.putrequest("PUT", self.prefix + f"/2.0/sources/{key}")
+            conn.putheader("Content-Type", "application/octet-stream")
+            conn.putheader("Content-Length", str(length))
+            conn.putheader("Authorization", f"Bearer {token}")
+            conn.endheaders()
+            conn.send(head)
+            for path in paths:
+                with open(path, "rb") as f:
+                    while block := f.read(BLOCK):
+                        conn.send(block)
+            resp = conn.getresponse()
+            self._check(resp, key)
+            return bool(json.loads(resp.read())["stored"])
+        except (OSError, http.client.HTTPException) as e:
+            raise CacheClientError(f"upload failed: {e}", self.base_url, retryable=True) from None
+        finally:
+            conn.close()
+
+    # --- pins ----------------------------------------------------------------
+
+    def pin(self, name: str, keys: Iterable[str], token: str, ttl: float = 3600) -> None:
+        """Keep `keys` from garbage collection for `ttl` seconds under pin `name`."""
+        self._json("PUT", f"/2.0/pins/{name}", {"keys": list(keys), "ttl": ttl}, token=token)
+
+    def unpin(self, name: str, token: str) -> None:
+        """Drop pin `name`."""
+        self._json("DELETE", f"/2.0/pins/{name}", token=token)
+
+    # --- plumbing ------------------------------------------------------------
+
+    def _connection(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout,
+                                          blocksize=BLOCK)
+
+    def _request(self, method: str, path: str, body: bytes | None = None,
+                 headers: dict | None = None):
+        conn = self._connection()
+        try:
+            conn.request(method, self.prefix + path, body=body, headers=headers or {})
+            return conn, conn.getresponse()
+        except (OSError, http.client.HTTPException) as e:
+            conn.close()
+            raise CacheClientError(f"cannot reach artifact cache: {e}", self.base_url,
+                                   retryable=True) from None
+
+    def _json(self, method: str, path: str, body=None, token: str | None = None,
+              missing_ok: bool = False):
+        headers = {"Content-Type": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        data = None if body is None else json.dumps(body).encode()
+        conn, resp = self._request(method, path, data, headers)
+        try:
+            if missing_ok and resp.status == 404:
+                return None
+            self._check(resp, path)
+            return json.loads(resp.read())
+        finally:
+            conn.close()
+
+    def _check(self, resp: http.client.HTTPResponse, what: str) -> None:
+        if 200 <= resp.status < 300:
+            return
+        message = resp.read(4096).decode("utf-8", "replace").strip()
+        message = message.removeprefix("error: ") or resp.reason
+        raise CacheClientError(f"artifact cache answered {resp.status}: {message}",
+                               what, status=resp.status, retryable=resp.status >= 500)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(BLOCK):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,336 @@
+"""The artifact cache over HTTP (Twisted web).
+
+`/1.0/` is morph-cache-server's read API, kept exactly; `/2.0/` is what the
+network adds: bulk source queries, authenticated atomic uploads, build logs and
+pins. Uploads stream straight into the store as they arrive (`TroveRequest`),
+so a multi-GB artifact never sits in memory nor is copied through a second
+temporary file; downloads stream from disk with a producer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from urllib.parse import unquote
+
+from twisted.web import resource, server
+
+from distbuild import tokens
+from distbuild.errors import TroveError
+from distbuild.trove import names
+from distbuild.trove.store import Store, Upload, UploadError
+
+UPLOAD_PATH_RE = re.compile(rb"/2\.0/sources/([0-9a-f]{64})")
+MAX_QUERY_BODY = 8 << 20
+MAX_PIN_TTL = 7 * 24 * 3600
+TOKEN_HEADER = b"authorization"
+
+
+def token_from(request) -> str | None:
+    """The bearer token of a request, or None if it sent none."""
+    value = request.requestHeaders.getRawHeaders(TOKEN_HEADER, [None])[0]
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+class _Refused:
+    """Request body sink for an upload refused before its body arrived: bytes are dropped."""
+
+    def __init__(self, error: UploadError):
+        self.error = error
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def seek(self, *args) -> None:
+        pass
+
+    def tell(self) -> int:
+        return 0
+
+    def read(self, *args) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass
+
+
+class _UploadSink(_Refused):
+    """Request body sink that feeds an Upload; closing it unfinished discards the upload."""
+
+    def __init__(self, upload: Upload):
+        self.upload = upload
+        self.error = None
+
+    def write(self, data: bytes) -> None:
+        self.upload.write(data)
+
+    def tell(self) -> int:
+        return self.upload.received
+
+    def close(self) -> None:
+        self.upload.abort()
+
+
+def check_upload_token(secret: bytes, key: str, token: str | None) -> None:
+    """Raise UploadError 401 for no token, 403 for a forged, expired or foreign one."""
+    if token is None:
+        raise UploadError("upload needs a token (Authorization: Bearer TOKEN)", key, 401)
+    try:
+        tokens.verify(secret, key, token)
+    except tokens.TokenError as e:
+        raise UploadError(e.what, key, 403) from None
+
+
+class TroveRequest(server.Request):
+    """A request whose upload body goes straight into the store as it arrives."""
+
+    def gotLength(self, length):
+        site = self.channel.site if self.channel else None
+        cache = getattr(site, "cache", None)
+        # The request line is parsed before the body starts but only kept on the
+        # channel; if a Twisted release renames it we fall back to a temp file.
+        command = getattr(self.channel, "_command", None)
+        path = getattr(self.channel, "_path", None)
+        match = UPLOAD_PATH_RE.fullmatch(path) if isinstance(path, bytes) else None
+        if cache is None or command != b"PUT" or match is None:
+            return super().gotLength(length)
+        key = match.group(1).decode()
+        try:
+            check_upload_token(cache.secret(), key, token_from(self))
+            self.content = _UploadSink(cache.store.begin(key))
+        except UploadError as e:
+            self.content = _Refused(e)
+        except TroveError as e:
+            self.content = _Refused(UploadError(e.what, e.where, 500))
+
+
+def _text(request, status: int, message: str) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    return (message.rstrip("\n") + "\n").encode()
+
+
+def _json(request, value, status: int = 200) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps(value).encode() + b"\n"
+
+
+def _read_json(request):
+    if request.content is None:
+        raise UploadError("request needs a JSON body")
+    request.content.seek(0, 0)
+    raw = request.content.read(MAX_QUERY_BODY + 1)
+    if len(raw) > MAX_QUERY_BODY:
+        raise UploadError("request body too large", status=413)
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise UploadError("request body is not valid JSON") from None
+
+
+class CacheResource(resource.Resource):
+    """Every /1.0/ and /2.0/ endpoint of the artifact cache."""
+
+    isLeaf = True
+
+    def __init__(self, store: Store, secret_path: Path | None):
+        super().__init__()
+        self.store = store
+        self.secret_path = secret_path
+
+    def secret(self) -> bytes:
+        """The token secret, read per use so a rotated secret file takes effect at once."""
+        if self.secret_path is None:
+            raise UploadError("this trove accepts no uploads (no token_secret_file)",
+                              status=403)
+        return tokens.read_secret(self.secret_path)
+
+    def render(self, request):
+        parts = [unquote(p.decode("utf-8", "replace")) for p in request.postpath]
+        method = request.method.decode("ascii", "replace")
+        try:
+            return self._route(request, method, parts)
+        except UploadError as e:
+            return _text(request, e.status, f"error: {e}")
+        except TroveError as e:
+            return _text(request, 400, f"error: {e}")
+
+    def _route(self, request, method: str, parts: list[str]):
+        if parts == ["1.0", "artifacts"]:
+            if method in ("GET", "HEAD"):
+                return self._get_artifact(request)
+            if method == "POST":
+                return self._query_artifacts(request)
+        elif parts[:2] == ["2.0", "sources"]:
+            if parts[2:] == ["query"] and method == "POST":
+                return self._query_sources(request)
+            if len(parts) == 3 and method == "PUT":
+                return self._put_source(request, parts[2])
+            if len(parts) == 3 and method in ("GET", "HEAD"):
+                return self._get_meta(request, parts[2])
+            if len(parts) == 4 and parts[3] == "log" and method in ("GET", "HEAD"):
+                return self._get_log(request, parts[2])
+        elif parts[:2] == ["2.0", "pins"] and len(parts) == 3 and method in ("PUT", "DELETE"):
+            return self._pin(request, method, parts[2])
+        elif parts == ["2.0", "status"] and method == "GET":
+            return _json(request, {"sources": len(self.store.keys()),
+                                   "bytes": self.store.total_size(),
+                                   "pins": sorted(self.store.pins.names())})
+        return _text(request, 404, f"error: no such endpoint: {method} /{'/'.join(parts)}")
+
+    def _get_artifact(self, request):
+        values = request.args.get(b"filename")
+        if not values:
+            return _text(request, 400, "error: missing ?filename=KEY.KIND.NAME")
+        filename = names.check_filename(values[0].decode("utf-8", "replace"))
+        path = self.store.artifact_path(filename)
+        if path is None:
+            return _text(request, 404, f"error: artifact not in cache: {filename}")
+        entry = self.store.entry(filename)
+        self.store.touch(names.key_of(filename))
+        if entry is not None:
+            request.setHeader(b"x-distbuild-sha256", entry.sha256.encode())
+        return _serve_file(request, path)
+
+    def _query_artifacts(self, request):
+        wanted = _read_json(request)
+        if not isinstance(wanted, list) or not all(isinstance(f, str) for f in wanted):
+            raise UploadError("body must be a JSON list of artifact filenames")
+        answer = {}
+        for filename in wanted:
+            answer[filename] = self.store.artifact_path(names.check_filename(filename)) is not None
+        return _json(request, answer)
+
+    def _query_sources(self, request):
+        body = _read_json(request)
+        keys = body.get("keys") if isinstance(body, dict) else None
+        if not isinstance(keys, list):
+            raise UploadError('body must be {"keys": [KEY, ...]}')
+        answer = {}
+        for key in keys:
+            answer[names.check_key(key)] = self.store.has_source(key)
+            # Asking means a build is about to rely on it: that counts as use.
+            self.store.touch(key)
+        return _json(request, {"sources": answer})
+
+    def _put_source(self, request, key: str):
+        names.check_key(key)
+        sink = request.content
+        if isinstance(sink, _Refused) and sink.error is not None:
+            raise sink.error
+        if not isinstance(sink, _UploadSink):
+            # Streaming was not possible (see TroveRequest): replay the spooled body.
+            check_upload_token(self.secret(), key, token_from(request))
+            upload = self.store.begin(key)
+            sink.seek(0, 0)
+            while block := sink.read(1 << 20):
+                upload.write(block)
+        else:
+            upload = sink.upload
+        stored = upload.finish()
+        return _json(request, {"key": key, "stored": stored,
+                               "already_cached": not stored}, 201 if stored else 200)
+
+    def _get_meta(self, request, key: str):
+        meta = self.store.meta(names.check_key(key))
+        if meta is None:
+            return _text(request, 404, f"error: source not in cache: {key}")
+        return _json(request, meta)
+
+    def _get_log(self, request, key: str):
+        path = self.store.log_path(names.check_key(key))
+        if path is None:
+            return _text(request, 404, f"error: no build log in cache for {key}")
+        return _serve_file(request, path, b"text/plain; charset=utf-8")
+
+    def _pin(self, request, method: str, name: str):
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", name) or ".." in name:
+            raise UploadError("pin name: 1-100 of letters, digits, '._-'", name)
+        check_upload_token(self.secret(), f"pin:{name}", token_from(request))
+        if method == "DELETE":
+            return _json(request, {"pin": name, "removed": self.store.pins.remove(name)})
+        body = _read_json(request)
+        keys = body.get("keys") if isinstance(body, dict) else None
+        ttl = body.get("ttl", 3600) if isinstance(body, dict) else None
+        if not isinstance(keys, list) or not isinstance(ttl, (int, float)) \
+                or not 0 < ttl <= MAX_PIN_TTL:
+            raise UploadError(f'body must be {{"keys": [...], "ttl": 1..{MAX_PIN_TTL}}}', name)
+        self.store.pins.set(name, [names.check_key(k) for k in keys], ttl)
+        return _json(request, {"pin": name, "keys": len(keys), "ttl": ttl})
+
+
+class _FileProducer:
+    """Streams a file to a request in large blocks, pausing when the socket is full."""
+
+    BLOCK = 1 << 20
+
+    def __init__(self, request, f):
+        self.request = request
+        self.file = f
+        self.paused = False
+
+    def start(self) -> None:
+        self.request.registerProducer(self, True)
+        self.request.notifyFinish().addBoth(self._lost)
+        self.resumeProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        while not self.paused and self.file is not None:
+            block = self.file.read(self.BLOCK)
+            if not block:
+                self.stopProducing()
+                self.request.unregisterProducer()
+                self.request.finish()
+                return
+            self.request.write(block)
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def stopProducing(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def _lost(self, result):
+        self.stopProducing()
+        return None
+
+
+def _serve_file(request, path: Path, content_type: bytes = b"application/octet-stream"):
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed by the producer when done
+    except FileNotFoundError:
+        # Collected between lookup and open.
+        return _text(request, 404, f"error: no longer in cache: {path.name}")
+    size = _size(f)
+    request.setHeader(b"content-type", content_type)
+    request.setHeader(b"content-length", str(size).encode())
+    if request.method == b"HEAD":
+        f.close()
+        return b""
+    _FileProducer(request, f).start()
+    return server.NOT_DONE_YET
+
+
+def _size(f) -> int:
+    return os.fstat(f.fileno()).st_size
+
+
+def make_site(store: Store, secret_path: Path | None) -> server.Site:
+    """A Site serving the cache, with uploads streamed into `store`."""
+    cache = CacheResource(store, secret_path)
+    site = server.Site(cache, requestFactory=TroveRequest)
+    site.cache = cache
+    site.displayTracebacks = False
+    return site
+

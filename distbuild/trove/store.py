@@ -1,0 +1,411 @@
+"""The content-addressed artifact store on the trove's disk.
+
+One directory per source cache key holds every artifact of that source, its
+build log and `meta.json` (each file's size and sha256). A source is uploaded
+into a private temporary directory and renamed into place in one step, so it
+becomes visible whole or not at all, and two uploads of the same key cannot
+mix: the first rename wins, the second is discarded. Garbage collection
+removes least recently used sources, skipping pinned ones. No Twisted here:
+the HTTP layer feeds bytes in and calls `finish` or `abort`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distbuild.errors import TroveError
+from distbuild.trove import names
+
+META = "meta.json"
+LOG = "build.log"
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_ARTIFACTS_PER_SOURCE = 1000
+_WRITE_BUFFER = 1 << 20
+
+
+class UploadError(TroveError):
+    """An upload was refused; `status` is the HTTP status that says why."""
+
+    def __init__(self, what: str, where: str | None = None, status: int = 400):
+        super().__init__(what, where)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One stored file of a source: its name, size in bytes and sha256 (hex)."""
+
+    filename: str
+    size: int
+    sha256: str
+
+    def to_json(self) -> dict:
+        return {"filename": self.filename, "size": self.size, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What an uploader declares it will send: artifacts in body order, then the log."""
+
+    key: str
+    artifacts: tuple[FileEntry, ...]
+    log: FileEntry | None = None
+
+    @property
+    def files(self) -> tuple[FileEntry, ...]:
+        return self.artifacts + ((self.log,) if self.log else ())
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def to_json(self) -> dict:
+        return {"artifacts": [a.to_json() for a in self.artifacts],
+                "log": {"size": self.log.size, "sha256": self.log.sha256} if self.log else None}
+
+    @classmethod
+    def parse(cls, key: str, data: object) -> Manifest:
+        """A manifest from its JSON form, every name and number validated (UploadError)."""
+        where = f"manifest of {key}"
+        if not isinstance(data, dict) or not isinstance(data.get("artifacts"), list):
+            raise UploadError("manifest must be an object with an 'artifacts' list", where)
+        if not 0 < len(data["artifacts"]) <= MAX_ARTIFACTS_PER_SOURCE:
+            raise UploadError(f"a source has 1 to {MAX_ARTIFACTS_PER_SOURCE} artifacts", where)
+        artifacts = []
+        for item in data["artifacts"]:
+            entry = _entry(item, where, None)
+            if names.key_of(entry.filename) != key:
+                raise UploadError(f"artifact {entry.filename} does not belong to key {key}", where)
+            artifacts.append(entry)
+        if len({a.filename for a in artifacts}) != len(artifacts):
+            raise UploadError("an artifact is listed twice", where)
+        log = data.get("log")
+        return cls(key, tuple(artifacts), _entry(log, where, LOG) if log is not None else None)
+
+
+def _entry(item: object, where: str, filename: str | None) -> FileEntry:
+    if not isinstance(item, dict):
+        raise UploadError("each manifest entry must be an object", where)
+    try:
+        name = filename or names.check_filename(item.get("filename"))
+    except TroveError as e:
+        raise UploadError(e.what, e.where) from None
+    size, digest = item.get("size"), item.get("sha256")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise UploadError(f"{name}: size must be a whole number of bytes", where)
+    if not isinstance(digest, str) or len(digest) != 64 or not names.KEY_RE.fullmatch(digest):
+        raise UploadError(f"{name}: sha256 must be 64 lower-case hex digits", where)
+    return FileEntry(name, size, digest)
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 (hex) of a file, read in large blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_WRITE_BUFFER):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Pins:
+    """Named sets of cache keys that garbage collection must keep, each with an expiry."""
+
+    _pins: dict[str, tuple[frozenset[str], float]] = field(default_factory=dict)
+
+    def set(self, name: str, keys: Iterable[str], ttl: float, now: float | None = None) -> None:
+        """Pin `keys` under `name` for `ttl` seconds, replacing what `name` pinned before."""
+        self._pins[name] = (frozenset(keys), (time.time() if now is None else now) + ttl)
+
+    def remove(self, name: str) -> bool:
+        """Drop the pin `name`; False if there was none."""
+        return self._pins.pop(name, None) is not None
+
+    def pinned(self, now: float | None = None) -> set[str]:
+        """Every key pinned by an unexpired pin; expired pins are forgotten."""
+        now = time.time() if now is None else now
+        for name in [n for n, (_, exp) in self._pins.items() if exp < now]:
+            del self._pins[name]
+        return set().union(*(keys for keys, _ in self._pins.values()))
+
+    def names(self) -> dict[str, float]:
+        """Pin names and their expiry times."""
+        return {n: exp for n, (_, exp) in self._pins.items()}
+
+
+class Store:
+    """Sources of artifacts on disk under `root`, each keyed by its 64-hex cache key."""
+
+    def __init__(self, root: Path, fsync: bool = True):
+        self.root = Path(root)
+        self.sources = self.root / "sources"
+        self.tmp = self.root / "tmp"
+        self.fsync = fsync
+        self.pins = Pins()
+        for d in (self.sources, self.tmp):
+            d.mkdir(parents=True, exist_ok=True)
+        # Leftovers of uploads or removals interrupted by a crash are garbage.
+        for leftover in self.tmp.iterdir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        self._sizes: dict[str, int] = {}
+        for meta in self.sources.glob(f"*/*/{META}"):
+            key = meta.parent.name
+            try:
+                self._sizes[key] = _meta_size(json.loads(meta.read_text()))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+
+    def source_dir(self, key: str) -> Path:
+        """Where the source `key` lives once uploaded (validated: no traversal possible)."""
+        names.check_key(key)
+        return self.sources / key[:2] / key
+
+    def has_source(self, key: str) -> bool:
+        """Whether every artifact of source `key` is stored."""
+        return key in self._sizes
+
+    def artifact_path(self, filename: str) -> Path | None:
+        """The stored file of artifact `filename`, or None if it is not stored."""
+        key = names.key_of(filename)
+        if key not in self._sizes:
+            return None
+        path = self.source_dir(key) / filename
+        return path if path.is_file() else None
+
+    def log_path(self, key: str) -> Path | None:
+        """The build log of source `key`, or None if none was stored."""
+        if key not in self._sizes:
+            return None
+        path = self.source_dir(key) / LOG
+        return path if path.is_file() else None
+
+    def meta(self, key: str) -> dict | None:
+        """The recorded sizes and sha256 of source `key`'s files, or None if not stored."""
+        if key not in self._sizes:
+            return None
+        try:
+            return json.loads((self.source_dir(key) / META).read_text())
+        except FileNotFoundError:
+            return None
+
+    def entry(self, filename: str) -> FileEntry | None:
+        """The recorded size and sha256 of one artifact, or None if not stored."""
+        meta = self.meta(names.key_of(filename))
+        for item in (meta or {}).get("artifacts", []):
+            if item["filename"] == filename:
+                return FileEntry(item["filename"], item["size"], item["sha256"])
+        return None
+
+    def touch(self, key: str) -> None:
+        """Mark source `key` as just used, for least-recently-used collection."""
+        if key in self._sizes:
+            try:
+                os.utime(self.source_dir(key))
+            except FileNotFoundError:
+                pass
+
+    def total_size(self) -> int:
+        """Bytes held by every stored source."""
+        return sum(self._sizes.values())
+
+    def keys(self) -> list[str]:
+        """Every stored source's key."""
+        return list(self._sizes)
+
+    def begin(self, key: str) -> Upload:
+        """Start receiving an upload of all artifacts of source `key`."""
+        names.check_key(key)
+        return Upload(self, key)
+
+    def _commit(self, upload: Upload) -> bool:
+        final = self.source_dir(upload.key)
+        final.parent.mkdir(exist_ok=True)
+        if self.fsync:
+            _fsync_path(upload.dir)
+        try:
+            os.rename(upload.dir, final)
+        except OSError:
+            if final.is_dir():
+                shutil.rmtree(upload.dir, ignore_errors=True)
+                if upload.key not in self._sizes:
+                    self._sizes[upload.key] = upload.manifest.total_size
+                return False
+            raise
+        if self.fsync:
+            _fsync_path(final.parent)
+        self._sizes[upload.key] = upload.manifest.total_size
+        return True
+
+    def remove(self, key: str) -> None:
+        """Take source `key` out of the store at once; its bytes are deleted after."""
+        src = self.source_dir(key)
+        self._sizes.pop(key, None)
+        trash = Path(tempfile.mkdtemp(prefix="remove-", dir=self.tmp))
+        try:
+            os.rename(src, trash / key)
+        except FileNotFoundError:
+            pass
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def collect(self, limit: int, now: float | None = None) -> list[str]:
+        """Remove least recently used unpinned sources until at most `limit` bytes remain."""
+        total = self.total_size()
+        if total <= limit:
+            return []
+        pinned = self.pins.pinned(now)
+        aged = []
+        for key in self._sizes:
+            if key in pinned:
+                continue
+            try:
+                aged.append((self.source_dir(key).stat().st_mtime, key))
+            except FileNotFoundError:
+                aged.append((0.0, key))
+        removed = []
+        for _, key in sorted(aged):
+            if total <= limit:
+                break
+            total -= self._sizes.get(key, 0)
+            self.remove(key)
+            removed.append(key)
+        return removed
+
+
+def _meta_size(meta: dict) -> int:
+    files = list(meta["artifacts"]) + ([meta["log"]] if meta.get("log") else [])
+    return sum(int(f["size"]) for f in files)
+
+
+def _fsync_path(path: Path) -> None:
+    if path.is_dir():
+        for child in path.iterdir():
+            if child.is_file():
+                _fsync_path(child)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Upload:
+    """One source being received: a manifest line, then each declared file's bytes in order.
+
+    Bytes arrive through `write` in pieces of any size. A wrong sha256, a file
+    too long or an extra byte makes the upload fail; `finish` then raises and
+    nothing is left behind. `abort` (e.g. the connection dropped) removes the
+    partial files.
+    """
+
+    def __init__(self, store: Store, key: str):
+        self.store = store
+        self.key = key
+        self.dir = Path(tempfile.mkdtemp(prefix=f"upload-{key[:12]}-", dir=store.tmp))
+        self.manifest: Manifest | None = None
+        self.error: UploadError | None = None
+        self.received = 0
+        self._head = bytearray()
+        self._index = 0
+        self._file = None
+        self._hash = None
+        self._left = 0
+        self._closed = False
+
+    def write(self, data: bytes) -> None:
+        """Feed the next bytes of the request body."""
+        self.received += len(data)
+        if self.error is not None or self._closed:
+            return
+        try:
+            self._feed(memoryview(data))
+        except UploadError as e:
+            self._fail(e)
+        except OSError as e:
+            self._fail(UploadError(f"cannot store upload: {e.strerror}", self.key, 507))
+
+    def _feed(self, data: memoryview) -> None:
+        if self.manifest is None:
+            newline = bytes(data).find(b"\n")
+            if newline < 0:
+                self._head += data
+                if len(self._head) > MAX_MANIFEST_BYTES:
+                    raise UploadError("manifest line is too long", self.key)
+                return
+            self._head += data[:newline]
+            data = data[newline + 1:]
+            try:
+                parsed = json.loads(bytes(self._head))
+            except ValueError:
+                raise UploadError("manifest is not valid JSON", self.key) from None
+            self.manifest = Manifest.parse(self.key, parsed)
+            self._open_next()
+        while len(data):
+            if self._file is None:
+                raise UploadError("more bytes than the manifest declares", self.key)
+            piece = data[: self._left]
+            self._file.write(piece)
+            self._hash.update(piece)
+            self._left -= len(piece)
+            data = data[len(piece):]
+            if self._left == 0:
+                self._close_current()
+                self._open_next()
+
+    def _open_next(self) -> None:
+        # Zero-length files are complete as soon as they are opened.
+        while self._index < len(self.manifest.files):
+            entry = self.manifest.files[self._index]
+            self._file = open(self.dir / entry.filename, "wb", buffering=_WRITE_BUFFER)  # noqa: SIM115 - stays open across write() calls
+            self._hash = hashlib.sha256()
+            self._left = entry.size
+            if entry.size:
+                return
+            self._close_current()
+        self._file = None
+
+    def _close_current(self) -> None:
+        entry = self.manifest.files[self._index]
+        self._file.close()
+        self._file = None
+        got = self._hash.hexdigest()
+        if got != entry.sha256:
+            raise UploadError(f"sha256 mismatch for {entry.filename}: declared "
+                              f"{entry.sha256}, received {got}", self.key)
+        self._index += 1
+
+    def finish(self) -> bool:
+        """Make the source visible; True if stored, False if it was already there."""
+        if self.error is None and self.manifest is None:
+            self._fail(UploadError("empty upload: no manifest line", self.key))
+        if self.error is None and self._index < len(self.manifest.files):
+            entry = self.manifest.files[self._index]
+            self._fail(UploadError(f"upload truncated in {entry.filename}: "
+                                   f"{self._left} of {entry.size} bytes missing", self.key))
+        if self.error is not None:
+            raise self.error
+        meta = {"key": self.key, **self.manifest.to_json(), "uploaded": time.time()}
+        (self.dir / META).write_text(json.dumps(meta, indent=1))
+        self._closed = True
+        return self.store._commit(self)
+
+    def abort(self) -> None:
+        """Forget everything received so far."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _fail(self, error: UploadError) -> None:
+        self.error = error
+        self.abort()

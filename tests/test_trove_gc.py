@@ -1,0 +1,76 @@
+"""Garbage collection and pins against a real trove process, configured from YAML."""
+
+import time
+
+import pytest
+import yaml
+
+from distbuild import tokens
+from distbuild.trove.client import CacheClient, CacheClientError
+from tests.conftest import run_distbuild
+from tests.trove_process import TroveProcess
+
+pytestmark = pytest.mark.slow
+
+
+def put(client, trove, tmp_path, key, size=1000):
+    path = tmp_path / key
+    path.write_bytes(b"x" * size)
+    client.upload_source(key, {f"{key}.chunk.a": path}, tokens.issue(trove.secret, key))
+
+
+def cached(client, *keys):
+    """Which sources are cached, asked without counting as a use (unlike cached_sources)."""
+    answer = client.has_artifacts([f"{k}.chunk.a" for k in keys])
+    return {k: answer[f"{k}.chunk.a"] for k in keys}
+
+
+def wait_for(predicate, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_lru_collection_down_to_the_limit_keeps_pinned_sources(tmp_path):
+    conf = tmp_path / "distbuild.yaml"
+    conf.write_text(yaml.safe_dump({"trove": {"cache_size_limit": "2500", "gc_interval": 0.1},
+                                    "trove_host": "ignored: another component's key"}))
+    trove = TroveProcess(tmp_path / "t", config=conf).start()
+    try:
+        client = CacheClient(trove.cache_url)
+        a, b, c, d = ("a1" * 32, "b2" * 32, "c3" * 32, "d4" * 32)
+        with pytest.raises(CacheClientError, match="401"):
+            client.pin("build-1", [a], token="")
+        put(client, trove, tmp_path, a)
+        client.pin("build-1", [a], tokens.issue(trove.secret, "pin:build-1"), ttl=600)
+        put(client, trove, tmp_path, b)
+        put(client, trove, tmp_path, c)
+        # Over the limit: the least recently used unpinned source (b) goes.
+        wait_for(lambda: cached(client, b) == {b: False})
+        assert cached(client, a, c) == {a: True, c: True}
+        client.unpin("build-1", tokens.issue(trove.secret, "pin:build-1"))
+        time.sleep(0.01)
+        put(client, trove, tmp_path, d)
+        wait_for(lambda: cached(client, a) == {a: False})
+        assert cached(client, c, d) == {c: True, d: True}
+        assert "garbage collection removed" in trove.log()
+        assert not list((trove.artifact_dir / "sources").rglob(f"{a}*"))
+    finally:
+        trove.stop()
+
+
+def test_bad_trove_settings_are_one_line_errors(tmp_path):
+    conf = tmp_path / "c.yaml"
+    conf.write_text(yaml.safe_dump({"trove": {"git_dir": "g", "artifact_dir": "a",
+                                              "cache_size_limit": "lots"}}))
+    out = run_distbuild("trove", "--config", str(conf))
+    assert out.returncode == 2
+    assert out.stderr.strip() == (f"distbuild: error: {conf}: trove: cache_size_limit: "
+                                  "expected a size such as 500M or 10G, got 'lots'")
+    conf.write_text(yaml.safe_dump({"trove": {"git_dir": "g", "artifact_dir": "a",
+                                              "http_prot": 1}}))
+    out = run_distbuild("trove", "--config", str(conf))
+    assert out.returncode == 2 and "unknown key 'http_prot'" in out.stderr
+    out = run_distbuild("trove", "--git-dir", str(tmp_path / "g"))
+    assert out.returncode == 2 and "missing required key(s): artifact_dir" in out.stderr

@@ -1,0 +1,220 @@
+"""The artifact cache API against a real trove process on 127.0.0.1."""
+
+import hashlib
+import http.client
+import json
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from distbuild import tokens
+from distbuild.trove.client import CacheClient, CacheClientError
+from tests.trove_process import TroveProcess
+
+KEY = "3f" * 32
+OTHER = "e1" * 32
+
+
+@pytest.fixture(scope="module")
+def trove(tmp_path_factory):
+    t = TroveProcess(tmp_path_factory.mktemp("trove")).start()
+    yield t
+    t.stop()
+
+
+def make_files(tmp_path, key, **contents):
+    out = {}
+    for name, data in contents.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        out[f"{key}.chunk.{name}"] = path
+    return out
+
+
+def raw(trove, method, path, body=None, headers=None):
+    conn = http.client.HTTPConnection("127.0.0.1", trove.info["http_port"], timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode("utf-8", "replace"), resp
+    finally:
+        conn.close()
+
+
+def test_upload_then_read_back_through_both_apis(trove, tmp_path):
+    client = CacheClient(trove.cache_url)
+    files = make_files(tmp_path, KEY, **{"hello-bins": b"\x7fELF" * 1000, "hello-doc": b""})
+    log = tmp_path / "log"
+    log.write_text("12:00:00 make\n12:00:01 done\n")
+    assert client.cached_sources([KEY, OTHER]) == {KEY: False, OTHER: False}
+    token = tokens.issue(trove.secret, KEY, ttl=60)
+    assert client.upload_source(KEY, files, token, log=log) is True
+
+    assert client.cached_sources([KEY, OTHER]) == {KEY: True, OTHER: False}
+    bins = f"{KEY}.chunk.hello-bins"
+    assert client.has_artifacts([bins, f"{OTHER}.chunk.x"]) == {bins: True,
+                                                                 f"{OTHER}.chunk.x": False}
+    got = client.download(bins, tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == b"\x7fELF" * 1000
+    assert got.sha256 == hashlib.sha256(b"\x7fELF" * 1000).hexdigest()
+    assert client.fetch_log(KEY) == log.read_bytes()
+    meta = client.source_meta(KEY)
+    assert {a["filename"]: a["size"] for a in meta["artifacts"]} == {
+        bins: 4000, f"{KEY}.chunk.hello-doc": 0}
+
+    # morph-cache-server compatibility, byte for byte as its clients sent it.
+    status, body, resp = raw(trove, "HEAD", f"/1.0/artifacts?filename={bins}")
+    assert (status, resp.getheader("content-length")) == (200, "4000")
+    status, body, _ = raw(trove, "POST", "/1.0/artifacts", json.dumps([bins]),
+                          {"Content-Type": "application/json"})
+    assert (status, json.loads(body)) == (200, {bins: True})
+    # A second upload of the same source is accepted and changes nothing.
+    assert client.upload_source(KEY, files, token, log=log) is False
+
+
+def test_missing_artifact_and_log_are_404_with_a_clear_body(trove, tmp_path):
+    client = CacheClient(trove.cache_url)
+    with pytest.raises(CacheClientError, match="404: artifact not in cache") as e:
+        client.download(f"{OTHER}.chunk.nope", tmp_path / "x")
+    assert e.value.status == 404
+    assert not (tmp_path / "x").exists() and list(tmp_path.iterdir()) == []
+    assert client.fetch_log(OTHER) is None
+    assert client.source_meta(OTHER) is None
+
+
+def test_wrong_sha_on_download_leaves_no_file(trove, tmp_path):
+    client = CacheClient(trove.cache_url)
+    key = "77" * 32
+    files = make_files(tmp_path, key, a=b"abc")
+    client.upload_source(key, files, tokens.issue(trove.secret, key))
+    out = tmp_path / "dl"
+    out.mkdir()
+    with pytest.raises(CacheClientError, match="sha256 mismatch"):
+        client.download(f"{key}.chunk.a", out / "a", expected_sha256="0" * 64)
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", ["missing", "forged", "expired", "other-key"])
+def test_uploads_without_a_valid_token_are_refused(trove, tmp_path, case):
+    key = "aa" * 32
+    token = {
+        "missing": None,
+        "forged": tokens.issue(b"not the trove's secret!!", key),
+        "expired": tokens.issue(trove.secret, key, ttl=-1),
+        "other-key": tokens.issue(trove.secret, OTHER),
+    }[case]
+    body = json.dumps({"artifacts": [{"filename": f"{key}.chunk.a", "size": 1,
+                                      "sha256": hashlib.sha256(b"x").hexdigest()}]}) + "\nx"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    status, text, _ = raw(trove, "PUT", f"/2.0/sources/{key}", body, headers)
+    expected = {"missing": (401, "needs a token"), "forged": (403, "not issued for this key"),
+                "expired": (403, "expired"), "other-key": (403, "not issued for this key")}
+    assert status == expected[case][0]
+    assert expected[case][1] in text and key in text
+    assert CacheClient(trove.cache_url).cached_sources([key]) == {key: False}
+
+
+@pytest.mark.parametrize("path", [
+    "/1.0/artifacts?filename=../../etc/passwd",
+    "/1.0/artifacts?filename=" + KEY + ".chunk.%2F..%2F..%2Fetc",
+    "/1.0/artifacts?filename=" + KEY + ".chunk/../../x",
+    "/1.0/artifacts?filename=" + KEY + "." + "a" * 300,
+    "/1.0/artifacts?filename=" + KEY,
+    "/2.0/sources/..%2F..%2Fetc/log",
+    "/2.0/sources/" + KEY.upper(),
+])
+def test_traversal_and_malformed_names_get_400(trove, path):
+    status, text, _ = raw(trove, "GET", path)
+    assert status == 400, text
+    assert text.startswith("error: ")
+
+
+def test_bad_name_in_a_bulk_query_is_400(trove):
+    status, text, _ = raw(trove, "POST", "/1.0/artifacts", json.dumps(["../x"]))
+    assert status == 400 and "not a valid artifact filename" in text
+    status, text, _ = raw(trove, "POST", "/2.0/sources/query", json.dumps({"keys": ["/etc"]}))
+    assert status == 400 and "not a cache key" in text
+
+
+def test_a_truncated_upload_leaves_nothing(trove):
+    key = "bb" * 32
+    data = os.urandom(3 << 20)
+    head = json.dumps({"artifacts": [{"filename": f"{key}.chunk.big", "size": len(data),
+                                      "sha256": hashlib.sha256(data).hexdigest()}]}) + "\n"
+    token = tokens.issue(trove.secret, key)
+    with socket.create_connection(("127.0.0.1", trove.info["http_port"])) as s:
+        s.sendall(f"PUT /2.0/sources/{key} HTTP/1.1\r\nHost: x\r\n"
+                  f"Authorization: Bearer {token}\r\n"
+                  f"Content-Length: {len(head) + len(data)}\r\n\r\n".encode())
+        s.sendall(head.encode() + data[: len(data) // 2])
+        # The body streams into the store's private upload directory as it arrives
+        # (not into a spool file first).
+        tmp = trove.artifact_dir / "tmp"
+        deadline = time.monotonic() + 5
+        while not list(tmp.glob("upload-*/*.big")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert list(tmp.glob("upload-*/*.big"))
+    deadline = time.monotonic() + 5
+    while list(tmp.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(tmp.iterdir()) == []
+    assert CacheClient(trove.cache_url).cached_sources([key]) == {key: False}
+    assert not list(trove.artifact_dir.rglob(f"{key}*"))
+
+
+def test_concurrent_uploads_of_one_source(trove, tmp_path):
+    key = "cc" * 32
+    data = {f"part{i}": os.urandom(1 << 20) for i in range(3)}
+    files = make_files(tmp_path, key, **data)
+    token = tokens.issue(trove.secret, key)
+    results, errors = [], []
+
+    def upload():
+        try:
+            results.append(CacheClient(trove.cache_url).upload_source(key, files, token))
+        except Exception as e:  # collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=upload) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(results) == [False] * 5 + [True]
+    client = CacheClient(trove.cache_url)
+    for name, content in data.items():
+        got = client.download(f"{key}.chunk.{name}", tmp_path / f"dl-{name}")
+        assert got.path.read_bytes() == content
+    assert list((trove.artifact_dir / "tmp").iterdir()) == []
+
+
+def test_unknown_endpoint_is_404(trove):
+    status, text, _ = raw(trove, "GET", "/3.0/whatever")
+    assert status == 404 and "no such endpoint" in text
+
+
+@pytest.mark.slow
+def test_200_mb_round_trip_keeps_the_trove_small(trove, tmp_path):
+    key = "dd" * 32
+    src = tmp_path / "big"
+    h = hashlib.sha256()
+    with open(src, "wb") as f:
+        block = os.urandom(1 << 20)
+        for i in range(200):
+            piece = block[:-4] + i.to_bytes(4, "big")
+            h.update(piece)
+            f.write(piece)
+    before = trove.rss_peak_kib()
+    client = CacheClient(trove.cache_url)
+    assert client.upload_source(key, {f"{key}.system.big-rootfs": src},
+                                tokens.issue(trove.secret, key), sha256s={
+                                    f"{key}.system.big-rootfs": h.hexdigest()})
+    got = client.download(f"{key}.system.big-rootfs", tmp_path / "back")
+    assert got.sha256 == h.hexdigest() and got.size == 200 << 20
+    grown_mib = (trove.rss_peak_kib() - before) / 1024
+    print(f"trove peak RSS grew by {grown_mib:.1f} MiB during a 200 MiB round trip")
+    assert grown_mib < 40
