@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "trove": ("distbuild.trove.service", "run the trove (git server and artifact cache); "
               "`trove import` adds a repository"),
     "controller": ("distbuild.controller.service", "run the controller"),
+    "build-step": ("distbuild.worker.command",
+                   "build one chunk, stratum or system here, as a worker would"),
     "keygen": ("distbuild.keygen", "write a network's SSH keys, known_hosts and token secret"),
 }
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from distbuild import sandbox
+from distbuild.errors import DistbuildError
 from distbuild.runprocess import CancelToken
 from distbuild.worker import artifacts
 from distbuild.worker.artifacts import PackedArtifact, artifact_filename
@@ -148,7 +149,7 @@ class StepRunner:
                 log.line(f"Building {node.id} ({node.cache_key}) on {platform.node()}")
                 produced = self._build(ctx)
                 log.line(f"Finished building {node.id}")
-            except StepError as e:
+            except DistbuildError as e:
                 log.line(f"Build of {node.id} failed: {e.what.splitlines()[0]}")
                 raise
             finally:
@@ -243,8 +244,17 @@ class StepRunner:
         ctx.log.command(command)
         ctx.log.output_started()
         started = time.monotonic()
-        status = sandbox.run(spec, on_line=ctx.log.line, cancel=ctx.cancel,
-                             bwrap=self.settings.bwrap)
+        try:
+            status = sandbox.run(spec, on_line=ctx.log.line, cancel=ctx.cancel,
+                                 bwrap=self.settings.bwrap)
+        except sandbox.SandboxError as e:
+            hint = ""
+            if "execvp sh" in e.what and spec.root is not None:
+                hint = ("; the staging area has no /bin/sh (these definitions bring no shell "
+                        "of their own: set the worker's staging_over_host to build with the "
+                        "host's tools)")
+            raise sandbox.SandboxError(f"{e.what} (running {phase} command {command!r}){hint}",
+                                       ctx.node.id) from None
         ctx.command_seconds += time.monotonic() - started
         if status == 0:
             return
