@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -303,3 +304,40 @@ def test_retry_after_a_failure_starts_clean(runner, repo):
     out.mkdir()
     assert artifacts.extract(misc.path, out, misc.filename) == ["etc", "etc/file"]
     assert list(runner.settings.tmp_dir.iterdir()) == []
+
+
+def test_declared_devices_are_in_the_chunk_artifact(runner, repo):
+    if os.geteuid() != 0:
+        pytest.skip("creating device nodes needs root")
+    node = chunk_node(*repo, {"install": ('mkdir -p "$DESTDIR/dev"',)})
+    node.devices = ({"type": "c", "filename": "/dev/null", "major": 1, "minor": 3,
+                     "permissions": "0666", "uid": 0, "gid": 0},)
+    result = runner.run(node, {})
+    misc = next(a for a in result.artifacts if a.filename.endswith("-misc"))
+    with tarfile.open(misc.path) as tar:
+        dev = tar.getmember("dev/null")
+    assert dev.ischr() and (dev.devmajor, dev.devminor, dev.mode) == (1, 3, 0o666)
+
+
+def test_submodules_are_checked_out_at_the_recorded_commit(runner, tmp_path):
+    sub_src = tmp_path / "sub-src"
+    sub_src.mkdir()
+    (sub_src / "inner.txt").write_text("from the submodule\n")
+    examples.make_git_repo(sub_src, tmp_path / "sub")
+    top = tmp_path / "top"
+    examples.make_git_repo(tmp_path / "sub-src", top)
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_AUTHOR_NAME": "t",
+           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    subprocess.run(["git", "-C", str(top), "-c", "protocol.file.allow=always", "submodule",
+                    "add", "-q", str(tmp_path / "sub"), "third-party/sub"],
+                   check=True, env=env, capture_output=True)
+    subprocess.run(["git", "-C", str(top), "commit", "-qm", "add sub"], check=True, env=env)
+    commit = subprocess.run(["git", "-C", str(top), "rev-parse", "HEAD"], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    node = chunk_node(top, commit, {"install": (
+        'mkdir -p "$DESTDIR/etc"', 'cp third-party/sub/inner.txt "$DESTDIR/etc/"',)})
+    node.submodules = {"third-party/sub": {"url": str(tmp_path / "sub")}}
+    result = runner.run(node, {})
+    misc = next(a for a in result.artifacts if a.filename.endswith("-misc"))
+    with tarfile.open(misc.path) as tar:
+        assert tar.extractfile("etc/inner.txt").read() == b"from the submodule\n"

@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -214,6 +215,9 @@ class StepRunner:
                 self._run_command(ctx, phase, command, sandbox.SandboxSpec(
                     argv=("sh", "-e", "-c", command), root=None if over_host else root,
                     layout=layout, binds=binds, env=env, cwd=f"/{node.name}.build"))
+        if node.devices:
+            log.header("devices")
+            make_devices(node, inst_dir, log)
         log.header("artifacts")
         split = artifacts.split_tree(inst_dir, _rules(node))
         packed = []
@@ -423,6 +427,35 @@ def staged_chunks(node: Any, nodes: Mapping[str, Any]) -> list[Any]:
     if node.build_mode == "bootstrap":
         return [c for c in chunks if c.stratum == node.stratum]
     return [c for c in chunks if c.build_mode != "bootstrap" or c.stratum == node.stratum]
+
+
+def make_devices(node: Any, inst_dir: Path, log: StepLog) -> None:
+    """Create the device nodes a chunk declares in its install directory.
+
+    Done by the worker rather than by build commands, as morph did, since
+    the sandbox cannot create device nodes. Needs root (CAP_MKNOD).
+    """
+    for device in node.devices:
+        try:
+            kind = {"c": stat.S_IFCHR, "b": stat.S_IFBLK}[device["type"]]
+            rel = str(device["filename"]).lstrip("/")
+            mode = int(str(device.get("permissions", "0600")), 8)
+            number = os.makedev(int(device["major"]), int(device["minor"]))
+        except (KeyError, ValueError, TypeError) as e:
+            raise StepError(f"device {device!r} is malformed: {e}", node.id) from None
+        path = inst_dir / rel
+        if ".." in Path(rel).parts:
+            raise StepError(f"device filename '{device['filename']}' leaves the root", node.id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mknod(path, kind | mode, number)
+            os.chmod(path, mode)
+            os.chown(path, int(device.get("uid", 0)), int(device.get("gid", 0)))
+        except PermissionError:
+            raise StepError(f"cannot create device /{rel}: the worker needs to run as root "
+                            "(CAP_MKNOD)", node.id) from None
+        log.line(f"{device['type']} {os.major(number)},{os.minor(number)} "
+                 f"{oct(mode)} /{rel}")
 
 
 def _artifact_names(node: Any) -> Sequence[str]:
