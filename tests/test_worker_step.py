@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 
 from distbuild import examples, sandbox
+from distbuild.definitions import Node
 from distbuild.runprocess import Cancelled, CancelToken
 from distbuild.sandbox import SandboxError
 from distbuild.worker import artifacts
 from distbuild.worker.cache import DirectoryArtifactStore, LocalArtifactCache
 from distbuild.worker.errors import CommandFailed, DiskFull, MissingArtifact, SourceError
 from distbuild.worker.sources import GitSources
-from distbuild.worker.spec import StepSpec
 from distbuild.worker.step import StepRunner, WorkerSettings, load_meta, staged_chunks
 from tests.proctree import descendants, wait_gone
-from tests.worker_graph import build_order, chunk_node, example_graph
+from tests.worker_graph import chunk_node, example_graph
 
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ")
 
@@ -36,12 +36,13 @@ def make_runner(work: Path, store: DirectoryArtifactStore, **settings) -> StepRu
 def built(tmp_path_factory):
     """The example system built step by step, in dependency order."""
     base = tmp_path_factory.mktemp("example")
-    commits = examples.make_all(base / "repos")
-    nodes = example_graph(base / "repos", commits)
+    examples.make_all(base / "repos")
+    graph = example_graph(base / "repos", base / "resolver")
+    nodes = graph.nodes
     store = DirectoryArtifactStore(base / "store")
     runner = make_runner(base / "work", store)
     results, logs = {}, {}
-    for node_id in build_order(nodes):
+    for node_id in graph.order:
         logs[node_id] = []
         results[node_id] = runner.run(nodes[node_id], nodes, on_line=logs[node_id].append)
         store.upload(results[node_id].files)
@@ -96,9 +97,7 @@ def test_system_metadata_names_what_went_in_with_cache_keys(built, system_root):
 def test_every_chunk_produces_every_split_artifact(built):
     for node_id, result in built["results"].items():
         node = built["nodes"][node_id]
-        expected = ([f"{node.cache_key}.system.{node.name}-rootfs"] if node.kind == "system"
-                    else [f"{node.cache_key}.{node.kind}.{r.artifact}" for r in node.split_rules])
-        assert [a.filename for a in result.artifacts] == expected
+        assert [a.filename for a in result.artifacts] == list(node.artifact_filenames())
         meta = load_meta(result.meta.path)
         for a in result.artifacts:
             assert meta["artifacts"][a.filename]["sha256"] == \
@@ -134,16 +133,16 @@ def test_greeting_tool_configure_found_hello_through_the_staging_closure(built):
 
 def test_staging_semantics_for_bootstrap_chunks():
     def chunk(stratum, name, mode="staging", depends=()):
-        return StepSpec(id=f"chunk:{stratum}/{name}", kind="chunk", name=name, arch="x86_64",
+        return Node(id=f"chunk:{stratum}/{name}", kind="chunk", name=name, arch="x86_64",
                         stratum=stratum, build_mode=mode, depends=depends)
 
     nodes = {n.id: n for n in [
         chunk("core", "boot-cc", "bootstrap"),
         chunk("core", "libc", "staging", ("chunk:core/boot-cc",)),
         chunk("core", "boot-2", "bootstrap", ("chunk:core/libc",)),
-        StepSpec(id="stratum:core", kind="stratum", name="core", arch="x86_64",
+        Node(id="stratum:core", kind="stratum", name="core", arch="x86_64",
                  depends=("chunk:core/boot-cc", "chunk:core/libc", "chunk:core/boot-2")),
-        StepSpec(id="stratum:other", kind="stratum", name="other", arch="x86_64"),
+        Node(id="stratum:other", kind="stratum", name="other", arch="x86_64"),
         chunk("other", "x", "staging"),
     ]}
     nodes["chunk:apps/app"] = chunk("apps", "app", "staging", ("stratum:core",))
