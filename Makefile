@@ -9,8 +9,9 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test lint host-packages venv
 
+# The main job: a local network (trove, controller, 2 workers) builds the example system.
 demo: venv
-	$(DISTBUILD) graph --offline --definitions morphs systems/example-system-x86_64.morph
+	$(DISTBUILD) up --state-dir state --demo
 
 test: venv
 	$(VENV)/bin/ruff check .

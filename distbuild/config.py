@@ -161,9 +161,13 @@ class ClientSettings:
     controller_initiator_port: int = 7878
     artifact_cache_url: str | None = None
     trove_git_url: str | None = None
+    # ssh://git@HOST:PORT: where the trove accepts authenticated pushes.
+    trove_ssh_url: str | None = None
     definitions_url: str | None = None
-    identity: str | None = None
-    known_hosts: str | None = None
+    # The trove repository that initiators push snapshots of their checkout to.
+    definitions_repo: str | None = None
+    identity: Path | None = None
+    known_hosts: Path | None = None
     repo_aliases: list[str] = field(default_factory=list)
 
 
@@ -172,10 +176,16 @@ def client_settings(explicit_path: str | None, **overrides: Any) -> ClientSettin
 
     Only the client keys are read from the top level: the same file may hold
     other components' sections (trove:, controller:, worker:), which check
-    their own keys.
+    their own keys. Key paths in a file are relative to that file.
     """
     path = config_path(explicit_path)
     values = load(path)
     known = {f.name for f in dataclasses.fields(ClientSettings)}
     picked = {k: v for k, v in values.items() if k in known}
-    return section(ClientSettings, picked, str(path) if path else "settings", **overrides)
+    settings = section(ClientSettings, picked, str(path) if path else "settings", **overrides)
+    base = path.parent if path else Path.cwd()
+    for name in ("identity", "known_hosts"):
+        value = getattr(settings, name)
+        if value is not None and not value.is_absolute() and overrides.get(name) is None:
+            setattr(settings, name, base / value)
+    return settings

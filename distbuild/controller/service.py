@@ -271,7 +271,8 @@ class Controller:
         self.state.planned(e.request_id, [], e.total, e.unbuilt)
         self.tell(e.request_id, m.GraphingFinished(
             request_id=e.request_id, total=e.total, unbuilt=e.unbuilt,
-            system_cache_key=plan.graph.system.cache_key, cached=cached))
+            system_cache_key=plan.graph.system.cache_key, cached=cached,
+            log_names=self.lognames[e.request_id]))
 
     def _event_StepQueued(self, e: StepQueued) -> None:
         self.state.node_state(e.key, "ready")

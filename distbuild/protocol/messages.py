@@ -206,6 +206,7 @@ class GraphingFinished(Message):
     unbuilt: int
     system_cache_key: str
     cached: dict[str, str] = field(default_factory=dict)  # node id -> cache key, already built
+    log_names: dict[str, str] = field(default_factory=dict)  # node id -> build-step log file
 
 
 @dataclass

@@ -10,6 +10,7 @@ stay in the work directory; `--upload-token` also uploads them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -106,10 +107,14 @@ def run(args: argparse.Namespace) -> int:
 def worker_settings(args: argparse.Namespace) -> WorkerSettings:
     """The `worker:` section of the configuration file, with command-line overrides."""
     path = config.config_path(args.config)
-    values = config.load(path).get("worker") or {}
+    section = config.load(path).get("worker") or {}
     where = f"{path}: worker" if path else "worker settings"
-    if not isinstance(values, dict):
+    if not isinstance(section, dict):
         raise DistbuildError("the worker section must be a mapping", where)
+    # The same section configures `distbuild worker` (name, controller_address, ...),
+    # whose own command checks those keys.
+    known = {f.name for f in dataclasses.fields(WorkerSettings)}
+    values = {k: v for k, v in section.items() if k in known}
     values.setdefault("work_dir", str(default_work_dir()))
     return config.section(WorkerSettings, values, where, work_dir=args.work_dir,
                           jobs=args.jobs, staging_over_host=args.staging_over_host)

@@ -10,16 +10,13 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
+
+from distbuild.timestamps import log_stamp
 
 LogCallback = Callable[[str], None]
 
-
-def timestamp() -> str:
-    """The current UTC time as the log writes it."""
-    now = datetime.now(timezone.utc)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+timestamp = log_stamp
 
 
 class StepLog:
