@@ -18,6 +18,7 @@ from distbuild.definitions import (
     Definitions,
     DirectorySource,
     build_graph,
+    node_from_dict,
     node_to_dict,
 )
 from distbuild.trove.client import CacheClient, CacheClientError
@@ -25,7 +26,7 @@ from distbuild.trove.refs import GitResolver
 from distbuild.worker import artifacts
 from distbuild.worker.cache import LocalArtifactCache
 from distbuild.worker.errors import MissingArtifact
-from distbuild.worker.remote import TroveArtifactSource, run_job
+from distbuild.worker.remote import TroveArtifactSource, upload
 from distbuild.worker.sources import GitSources
 from distbuild.worker.step import StepRunner, WorkerSettings
 from tests.trove_process import TroveProcess
@@ -48,6 +49,17 @@ def graph(trove, tmp_path_factory):
     resolver = GitResolver(tmp_path_factory.mktemp("resolver-mirrors"))
     return build_graph(defs, "systems/example-system-x86_64.morph", resolver,
                        Aliases(trove.git_url))
+
+
+def run_job(runner: StepRunner, step: dict, closure: list[dict], client: CacheClient,
+            token: str) -> set[str]:
+    """What the worker service does with a job-run message; the file names uploaded."""
+    node = node_from_dict(step)
+    nodes = {d["id"]: node_from_dict(d) for d in closure}
+    nodes[node.id] = node
+    result = runner.run(node, nodes)
+    upload(result, client, token)
+    return {a.filename for a in [*result.artifacts, result.meta]}
 
 
 def worker(trove, path) -> tuple[StepRunner, CacheClient]:

@@ -1,22 +1,16 @@
-"""The worker's side of the trove: downloading dependencies, uploading results, running a job.
+"""The worker's side of the trove's artifact cache: downloading dependencies, uploading results.
 
-This is the seam between the step machinery (which knows no network) and the
-worker service that talks to a controller: `run_job` takes exactly what a
-`job-run` message carries and returns what `job-finished` reports.
+The step machinery knows no network; the worker service and `distbuild
+build-step` plug these into it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
-from distbuild.definitions import node_from_dict
-from distbuild.runprocess import CancelToken
 from distbuild.trove.client import CacheClient, CacheClientError
 from distbuild.worker.errors import MissingArtifact
-from distbuild.worker.log import LogCallback
-from distbuild.worker.step import StepResult, StepRunner
+from distbuild.worker.step import StepResult
 
 
 class TroveArtifactSource:
@@ -43,19 +37,3 @@ def upload(result: StepResult, client: CacheClient, token: str) -> bool:
         result.cache_key, {a.filename: a.path for a in files}, token, log=result.log.path,
         sha256s={a.filename: a.sha256 for a in files})
 
-
-def run_job(runner: StepRunner, step: Mapping[str, Any], closure: Sequence[Mapping[str, Any]],
-            client: CacheClient, token: str, *, on_line: LogCallback | None = None,
-            cancel: CancelToken | None = None) -> dict[str, Any]:
-    """Build the node in a job-run message and upload it; returns the job-finished artifacts.
-
-    The answer maps each uploaded file name to its sha256 and size. Errors
-    are those of StepRunner.run, plus CacheClientError if the upload fails.
-    """
-    node = node_from_dict(dict(step))
-    nodes = {n.id: n for n in (node_from_dict(dict(d)) for d in closure)}
-    nodes[node.id] = node
-    result = runner.run(node, nodes, on_line=on_line, cancel=cancel)
-    upload(result, client, token)
-    return {a.filename: {"sha256": a.sha256, "size": a.size}
-            for a in [*result.artifacts, result.meta]}
