@@ -114,6 +114,16 @@ def test_stratum_artifacts_split_chunk_artifacts(built):
     assert "libgreet-libs" in {c["filename"].rsplit(".", 1)[1] for c in runtime["chunks"]}
 
 
+def test_stratum_step_downloads_no_chunk_artifacts(built, tmp_path):
+    runner = make_runner(tmp_path / "fresh", built["store"])
+    node = built["nodes"]["stratum:example-core"]
+    result = runner.run(node, built["nodes"])
+    assert runner.cache.downloads == 0
+    before = built["results"]["stratum:example-core"].artifacts
+    assert [a.path.read_bytes() for a in result.artifacts] == [
+        a.path.read_bytes() for a in before]
+
+
 def test_log_lines_are_stamped_with_phase_headers_and_echoed_commands(built):
     result = built["results"]["chunk:example-core/libgreet"]
     lines = result.log.path.read_text().splitlines()

@@ -80,6 +80,9 @@ def test_example_system_builds_step_by_step_through_the_trove(trove, graph, tmp_
         closure = [node_to_dict(graph.nodes[d]) for d in graph.closure(node_id)]
         uploaded = run_job(runner, node_to_dict(node), closure, client, token)
         assert set(node.artifact_filenames()) <= set(uploaded)
+    fresh, _ = worker(trove, tmp_path / "fresh")
+    fresh.run(graph.nodes["stratum:example-apps"], graph.nodes)
+    assert fresh.cache.downloads == 0  # sha256s come from the trove's records
     client = workers[0][1]
     assert all(client.cached_sources([n.cache_key for n in graph.nodes.values()]).values())
     assert b"=== build commands ===" in client.fetch_log(

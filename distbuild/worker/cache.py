@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
-from distbuild.worker.artifacts import PackedArtifact, describe
+from distbuild.worker.artifacts import ArtifactInfo, PackedArtifact, describe
 from distbuild.worker.errors import CorruptArtifact, MissingArtifact
 
 
@@ -36,6 +36,9 @@ class ArtifactSource(Protocol):
 
         Raises MissingArtifact when the source does not have it.
         """
+
+    def info(self, filename: str) -> ArtifactInfo | None:
+        """The recorded sha256 and size of `filename` without downloading it; None: unknown."""
 
 
 class DirectoryArtifactStore:
@@ -59,6 +62,14 @@ class DirectoryArtifactStore:
     def has(self, filename: str) -> bool:
         """Whether the directory holds `filename`."""
         return (self.directory / filename).exists()
+
+    def info(self, filename: str) -> ArtifactInfo | None:
+        """The recorded sha256 and size, or None if the artifact or its sha256 is missing."""
+        path = self.directory / filename
+        digest = self.directory / f"{filename}.sha256"
+        if not path.exists() or not digest.exists():
+            return None
+        return ArtifactInfo(filename, digest.read_text().strip(), path.stat().st_size)
 
     def upload(self, artifacts: list[PackedArtifact]) -> None:
         """Store artifacts; each file appears complete or not at all."""
@@ -135,6 +146,22 @@ class LocalArtifactCache:
         """A local artifact with its recorded sha256 and size."""
         path = self.path(filename)
         return PackedArtifact(filename, path, self.sha256(filename), path.stat().st_size)
+
+    def info(self, filename: str) -> ArtifactInfo:
+        """An artifact's sha256 and size, asking the source before downloading it.
+
+        A stratum step needs only this of its chunks' artifacts, which may
+        be gigabytes.
+        """
+        if self.path(filename).exists():
+            local = self.describe(filename)
+            return ArtifactInfo(filename, local.sha256, local.size)
+        remote = self.source.info(filename) if self.source is not None else None
+        if remote is not None:
+            return remote
+        self.fetch(filename)
+        local = self.describe(filename)
+        return ArtifactInfo(filename, local.sha256, local.size)
 
     def add(self, artifact: PackedArtifact) -> None:
         """Keep a copy of an artifact this worker built."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from distbuild.trove.client import CacheClient, CacheClientError
+from distbuild.worker.artifacts import ArtifactInfo
 from distbuild.worker.errors import MissingArtifact
 from distbuild.worker.step import StepResult
 
@@ -18,6 +19,7 @@ class TroveArtifactSource:
 
     def __init__(self, client: CacheClient) -> None:
         self.client = client
+        self._sources: dict[str, dict[str, ArtifactInfo]] = {}
 
     def download(self, filename: str, dest: Path) -> str | None:
         """Fetch `filename` into `dest`; returns the sha256 the trove recorded and checked."""
@@ -28,6 +30,16 @@ class TroveArtifactSource:
                 raise MissingArtifact(f"artifact {filename} is not in the artifact cache",
                                       self.client.base_url) from None
             raise
+
+    def info(self, filename: str) -> ArtifactInfo | None:
+        """The sha256 and size the trove recorded for `filename` (one query per source)."""
+        key = filename[:64]
+        if key not in self._sources:
+            meta = self.client.source_meta(key) or {"artifacts": []}
+            self._sources[key] = {
+                a["filename"]: ArtifactInfo(a["filename"], a["sha256"], int(a["size"]))
+                for a in meta.get("artifacts", [])}
+        return self._sources[key].get(filename)
 
 
 def upload(result: StepResult, client: CacheClient, token: str) -> bool:

@@ -31,7 +31,7 @@ from distbuild import sandbox
 from distbuild.errors import DistbuildError
 from distbuild.runprocess import CancelToken
 from distbuild.worker import artifacts
-from distbuild.worker.artifacts import PackedArtifact, artifact_filename
+from distbuild.worker.artifacts import ArtifactInfo, PackedArtifact, artifact_filename
 from distbuild.worker.cache import LocalArtifactCache
 from distbuild.worker.errors import CommandFailed, DiskFull, StepError
 from distbuild.worker.log import LogCallback, StepLog
@@ -281,7 +281,7 @@ class StepRunner:
         node, log = ctx.node, ctx.log
         chunks = [ctx.nodes[d] for d in node.depends
                   if ctx.nodes[d].kind == "chunk" and ctx.nodes[d].stratum == node.name]
-        members: dict[str, list[PackedArtifact]] = {name: [] for name in _artifact_names(node)}
+        members: dict[str, list[ArtifactInfo]] = {name: [] for name in _artifact_names(node)}
         for chunk in chunks:
             for name in _artifact_names(chunk):
                 target = node.artifact_overrides.get(name) or artifacts.first_match(
@@ -292,9 +292,9 @@ class StepRunner:
                 if target not in members:
                     raise StepError(f"chunk artifact '{name}' is assigned to '{target}', "
                                     "which is not one of the stratum's artifacts", node.id)
-                filename = artifact_filename(chunk.cache_key, "chunk", name)
-                self.cache.fetch(filename)
-                members[target].append(self.cache.describe(filename))
+                info = self.cache.info(artifact_filename(chunk.cache_key, "chunk", name))
+                members[target].append(info)
+                ctx.inputs.append({"filename": info.filename, "sha256": info.sha256})
         packed = []
         for name, chunk_artifacts in members.items():
             filename = artifact_filename(node.cache_key, "stratum", name)
