@@ -18,9 +18,10 @@ from distbuild.runprocess import Cancelled, CancelToken
 from distbuild.sandbox import SandboxError
 from distbuild.worker import artifacts
 from distbuild.worker.cache import DirectoryArtifactStore, LocalArtifactCache
+from distbuild.worker.chunk import staged_chunks
 from distbuild.worker.errors import CommandFailed, DiskFull, MissingArtifact, SourceError
 from distbuild.worker.sources import GitSources
-from distbuild.worker.step import StepRunner, WorkerSettings, load_meta, staged_chunks
+from distbuild.worker.step import StepRunner, WorkerSettings, load_meta
 from tests.proctree import descendants, wait_gone
 from tests.worker_graph import chunk_node, example_graph
 
