@@ -98,7 +98,8 @@ def integrate(ctx: StepContext, rootfs: Path, included: set[str]) -> None:
             for command in commands:
                 ctx.run_command(f"system-integration {name}", command, sandbox.SandboxSpec(
                     argv=("sh", "-e", "-c", command), root=rootfs, root_writable=True,
-                    binds=layer.binds if layer else (), env=env))
+                    binds=layer.binds if layer else (),
+                    masks=ctx.settings.host_masks() if layer else (), env=env))
     finally:
         if layer is not None:
             layer.remove()

@@ -47,13 +47,14 @@ def build_chunk(ctx: StepContext) -> list[PackedArtifact]:
              sandbox.Bind(build_dir, f"/{node.name}.build", writable=True),
              sandbox.Bind(inst_dir, f"/{node.name}.inst", writable=True))
     env = chunk_env(node, ctx.settings)
+    masks = ctx.settings.host_masks() if over_host else ()
     for phase, commands in node.commands:
         if commands:
             log.header(f"{phase} commands")
         for command in commands:
             ctx.run_command(phase, command, sandbox.SandboxSpec(
                 argv=("sh", "-e", "-c", command), root=None if over_host else root,
-                layout=layout, binds=binds, env=env, cwd=f"/{node.name}.build"))
+                layout=layout, binds=binds, masks=masks, env=env, cwd=f"/{node.name}.build"))
     if node.devices:
         log.header("devices")
         make_devices(node, inst_dir, log)

@@ -42,6 +42,9 @@ class WorkerSettings:
     staging_over_host: bool = False
     bwrap: str = "bwrap"
     log_tail_lines: int = 20
+    # Host paths builds must not read through the host layer, besides
+    # sandbox.HOST_HIDDEN and the work directory (e.g. the worker's SSH key).
+    hide_from_builds: list[Path] = field(default_factory=list)
 
     @property
     def tmp_dir(self) -> Path:
@@ -54,6 +57,11 @@ class WorkerSettings:
     @property
     def trash_dir(self) -> Path:
         return self.work_dir / "trash"
+
+    def host_masks(self) -> tuple[str, ...]:
+        """bwrap operations hiding secrets from builds that see the host."""
+        return sandbox.host_masks(self.work_dir / "empty",
+                                  [*sandbox.HOST_HIDDEN, self.work_dir, *self.hide_from_builds])
 
     def clean(self) -> None:
         """Remove what steps that crashed left behind (call when no step runs)."""
