@@ -66,8 +66,10 @@ class Worker:
     def __init__(self, cfg: WorkerConfig, log=None):
         self.cfg = cfg
         self.log = log or _log
+        # The worker's own key must never be readable by the builds it runs.
         self.settings = WorkerSettings(work_dir=cfg.work_dir, jobs=cfg.jobs,
-                                       staging_over_host=cfg.staging_over_host, bwrap=cfg.bwrap)
+                                       staging_over_host=cfg.staging_over_host, bwrap=cfg.bwrap,
+                                       hide_from_builds=[cfg.identity])
         self.settings.clean()
         self.sources = GitSources(cfg.work_dir / "mirrors")
         self.jobs: dict[str, CancelToken] = {}
