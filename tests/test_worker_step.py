@@ -351,3 +351,27 @@ def test_submodules_are_checked_out_at_the_recorded_commit(runner, tmp_path):
     misc = next(a for a in result.artifacts if a.filename.endswith("-misc"))
     with tarfile.open(misc.path) as tar:
         assert tar.extractfile("etc/inner.txt").read() == b"from the submodule\n"
+
+
+def test_commit_on_no_branch_is_fetched_by_name(runner, tmp_path):
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_AUTHOR_NAME": "t",
+           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    repo = tmp_path / "dangling"
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), *args], check=True, env=env,
+                              capture_output=True, text=True).stdout.strip()
+
+    subprocess.run(["git", "init", "-q", "-b", "master", str(repo)], check=True, env=env)
+    git("commit", "-q", "--allow-empty", "-m", "on master")
+    git("checkout", "-q", "-b", "gone")
+    (repo / "file").write_text("only on a deleted branch\n")
+    git("add", "file")
+    git("commit", "-q", "-m", "then deleted")
+    commit = git("rev-parse", "HEAD")
+    git("checkout", "-q", "master")
+    git("branch", "-q", "-D", "gone")
+    node = chunk_node(repo, commit, {"install": (
+        'mkdir -p "$DESTDIR/etc"', 'cp file "$DESTDIR/etc/file"')})
+    result = runner.run(node, {})
+    assert any(a.size > 200 for a in result.artifacts if a.filename.endswith("-misc"))

@@ -5,6 +5,10 @@ checkout fetches into it only when the wanted commit is missing, so a
 second build of the same commit touches no network. The build directory
 is a clone of the mirror (object files hard-linked, no alternates), so git
 works inside the sandbox, which cannot see the mirror.
+
+The trove's MirrorCache does the same for ref resolution; a step needs more
+of it: every git process here runs through runprocess, so cancelling a step
+kills a long fetch at once, and git's output goes to the step's log.
 """
 
 from __future__ import annotations
@@ -73,6 +77,10 @@ class GitSources:
                 if status != 0:
                     raise SourceError(f"cannot fetch repository {url} (git fetch exited "
                                       f"with status {status}): does it exist?", url)
+                if not self._has_commit(mirror, commit):
+                    # Not on any branch or tag: servers that allow it send it by name.
+                    runprocess.run(["git", "-C", str(mirror), "fetch", "-q", url, commit],
+                                   on_line=on_line, cancel=cancel, env=_env())
                 if not self._has_commit(mirror, commit):
                     raise SourceError(f"commit {commit} is not in repository {url}", url)
         return mirror
