@@ -93,6 +93,16 @@ class JobStarted:
 
 
 @dataclass(frozen=True)
+class StepJoined:
+    """A request now also waits for work that was already running for another one."""
+
+    key: str
+    worker: str
+    attempt: int
+    requests: dict[str, str]
+
+
+@dataclass(frozen=True)
 class StepBuilt:
     key: str
     worker: str
@@ -140,8 +150,8 @@ class RequestCancelled:
     request_id: str
 
 
-Event = (RequestPlanned | StepQueued | JobStarted | StepBuilt | StepRequeued | StepFailed
-         | JobCancelled | RequestFinished | RequestFailed | RequestCancelled)
+Event = (RequestPlanned | StepQueued | JobStarted | StepJoined | StepBuilt | StepRequeued
+         | StepFailed | JobCancelled | RequestFinished | RequestFailed | RequestCancelled)
 
 
 class Scheduler:
@@ -185,7 +195,11 @@ class Scheduler:
         events.append(RequestPlanned(request_id, len(steps), len(needed)))
         node_of = {s.cache_key: s.node_id for s in steps}
         for key in needed:
-            self.work[key].requests[request_id] = node_of[key]
+            work = self.work[key]
+            work.requests[request_id] = node_of[key]
+            if work.state == State.RUNNING:
+                events.append(StepJoined(key, work.worker or "", work.attempts,
+                                         {request_id: node_of[key]}))
         for key in needed:
             events += self._promote(self.work[key])
         if not needed:

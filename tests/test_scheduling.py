@@ -14,6 +14,7 @@ from distbuild.scheduling import (
     StepBuilt,
     StepFailed,
     StepInfo,
+    StepJoined,
     StepQueued,
     StepRequeued,
     steps_from_graph,
@@ -116,6 +117,9 @@ def test_two_requests_share_work_and_each_key_builds_once(example):
     # r2 wants only the core stratum: it shares libgreet and base-files with r1.
     second = sched.add_request("r2", steps, ["stratum:example-core"], cached=set())
     assert of(second, RequestPlanned)[0].unbuilt == 3
+    # r2 is told that the step it shares is already running for r1.
+    joined = of(second, StepJoined)
+    assert [j.requests for j in joined] == [{"r2": next(iter(of(first, JobStarted)[0].requests.values()))}]
     log, order = run_to_end(sched, first + second)
     assert len(order) == len(set(order)) == 8
     assert {e.request_id for e in of(log, RequestFinished)} == {"r1", "r2"}

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 import uuid
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,12 +42,15 @@ from distbuild.scheduling import (
     Scheduler,
     StepBuilt,
     StepFailed,
+    StepJoined,
     StepQueued,
     StepRequeued,
     steps_from_graph,
 )
 
 TOKEN_TTL = 24 * 3600.0
+# Output of a running job kept for requests that join it later (bounded: logs can be huge).
+REPLAY_LINES = 10_000
 
 
 @dataclass
@@ -104,6 +108,7 @@ class Controller:
         self.plans: dict[str, Plan] = {}
         self.lognames: dict[str, dict[str, str]] = {}
         self.job_results: dict[str, m.Message] = {}  # cache key -> last JobFinished/JobFailed
+        self.job_output: dict[str, deque[str]] = {}  # running job -> its recent log lines
 
     # -- links ---------------------------------------------------------------------------
 
@@ -148,6 +153,8 @@ class Controller:
         self.apply(self.scheduler.add_worker(link.hello.name, msg.arch, msg.slots))
 
     def _on_JobOutput(self, link, msg: m.JobOutput) -> None:
+        if msg.job in self.job_output:
+            self.job_output[msg.job].extend(msg.lines)
         for rid, nid in self.scheduler.job_requests(msg.job).items():
             self.tell(rid, m.StepOutput(request_id=rid, step=nid, lines=msg.lines))
 
@@ -161,6 +168,7 @@ class Controller:
 
         def checked(answer: dict[str, bool]) -> None:
             if answer.get(key):
+                self.job_output.pop(msg.job, None)
                 self.state.attempt_ended(msg.job, "built")
                 self.apply(self.scheduler.job_finished(msg.job))
             else:
@@ -178,6 +186,7 @@ class Controller:
         self._job_failed(msg.job, msg.reason)
 
     def _job_failed(self, job: str, reason: str) -> None:
+        self.job_output.pop(job, None)
         self.state.attempt_ended(job, "failed", reason)
         self.apply(self.scheduler.job_failed(job, reason))
 
@@ -290,12 +299,22 @@ class Controller:
                        artifact_cache_url=self.settings.artifact_cache_url,
                        token=tokens.issue(self.secret, e.key, TOKEN_TTL))
         self.workers[e.worker].send(run)
+        self.job_output[e.job] = deque(maxlen=REPLAY_LINES)
         self.state.attempt_started(e.job, e.key, e.worker)
         self.state.node_state(e.key, "running")
         self.log(f"{nid} started on {e.worker} (job {e.job})")
         for rid, nid in e.requests.items():
             self.tell(rid, m.StepStarted(request_id=rid, step=nid, worker=e.worker,
                                          log_name=self.lognames[rid][nid], attempt=e.attempt))
+
+    def _event_StepJoined(self, e: StepJoined) -> None:
+        work = self.scheduler.work[e.key]
+        earlier = list(self.job_output.get(work.job or "", ()))
+        for rid, nid in e.requests.items():
+            self.tell(rid, m.StepStarted(request_id=rid, step=nid, worker=e.worker,
+                                         log_name=self.lognames[rid][nid], attempt=e.attempt))
+            if earlier:
+                self.tell(rid, m.StepOutput(request_id=rid, step=nid, lines=earlier))
 
     def _event_StepBuilt(self, e: StepBuilt) -> None:
         result = self.job_results.pop(e.key, None)
@@ -310,6 +329,9 @@ class Controller:
 
     def _event_StepRequeued(self, e: StepRequeued) -> None:
         self.log(f"step {e.key[:12]} re-queued: {e.reason}")
+        for job in [j for j in self.job_output if j not in self.scheduler.jobs]:
+            self.job_output.pop(job)
+            self.state.attempt_ended(job, "lost", e.reason)
         self.state.node_state(e.key, "ready")
         for rid, nid in e.requests.items():
             self.tell(rid, m.StepRetrying(request_id=rid, step=nid, worker=e.worker,
@@ -327,6 +349,7 @@ class Controller:
         link = self.workers.get(e.worker)
         if link is not None:
             link.send(m.JobCancel(job=e.job))
+        self.job_output.pop(e.job, None)
         self.state.attempt_ended(e.job, "cancelled")
 
     def _event_RequestFinished(self, e: RequestFinished) -> None:
