@@ -377,3 +377,13 @@ def test_commit_on_no_branch_is_fetched_by_name(runner, tmp_path):
     misc = next(a for a in result.artifacts if a.filename.endswith("-misc"))
     with tarfile.open(misc.path) as tar:
         assert tar.extractfile("etc/file").read() == b"only on a deleted branch\n"
+
+
+def test_only_the_newest_outputs_are_kept(tmp_path, repo):
+    runner = make_runner(tmp_path / "work", DirectoryArtifactStore(tmp_path / "store"),
+                         keep_outputs=1)
+    first = runner.run(chunk_node(*repo, {"build": ("true",)}, name="first"), {})
+    second = runner.run(chunk_node(*repo, {"build": ("true",)}, name="second"), {})
+    assert [p.name for p in runner.settings.out_dir.iterdir()] == [second.cache_key]
+    assert not first.directory.exists()
+    assert runner.cache.path(first.artifacts[0].filename).exists()  # still cached

@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
@@ -100,6 +101,7 @@ class LocalArtifactCache:
         local = self.path(filename)
         if local.exists():
             self._check_expected(local, filename, sha256)
+            _touch(local)
             return local
         with _locked(self.directory / f".{filename}.lock"):
             if not local.exists():
@@ -174,6 +176,32 @@ class LocalArtifactCache:
         except OSError:
             _atomic_copy(artifact.path, self.path(artifact.filename))
 
+    def trim(self, max_bytes: int, min_age: float = 600.0) -> list[str]:
+        """Delete least recently used artifacts until the cache holds at most `max_bytes`.
+
+        Artifacts used in the last `min_age` seconds are kept whatever the
+        size, so that a running step never loses an input it is about to
+        unpack. Returns the names deleted.
+        """
+        entries = []
+        for entry in os.scandir(self.directory):
+            if entry.name.startswith(".") or entry.name == "index" or not entry.is_file():
+                continue
+            st = entry.stat()
+            entries.append((st.st_mtime, st.st_size, entry.name))
+        total = sum(size for _, size, _ in entries)
+        deleted = []
+        now = time.time()
+        for mtime, size, name in sorted(entries):
+            if total <= max_bytes:
+                break
+            if now - mtime < min_age:
+                continue
+            (self.directory / name).unlink(missing_ok=True)
+            total -= size
+            deleted.append(name)
+        return deleted
+
     def _write_digest(self, filename: str, sha256: str) -> None:
         with self._lock, self._index.open("a") as index:
             fcntl.flock(index, fcntl.LOCK_EX)
@@ -190,6 +218,14 @@ class LocalArtifactCache:
                 digest, _, name = line.partition(" ")
                 if len(digest) == 64 and name:
                     self._digests[name] = digest
+
+
+def _touch(path: Path) -> None:
+    # Last use, for trim(): mtime, since atime is often not kept (noatime).
+    try:
+        os.utime(path)
+    except OSError:
+        pass
 
 
 def _atomic_copy(src: Path, dest: Path) -> None:

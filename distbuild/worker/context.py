@@ -45,6 +45,11 @@ class WorkerSettings:
     # Host paths builds must not read through the host layer, besides
     # sandbox.HOST_HIDDEN and the work directory (e.g. the worker's SSH key).
     hide_from_builds: list[Path] = field(default_factory=list)
+    # The local artifact cache is trimmed to this size after each step
+    # (least recently used first); None: never.
+    cache_limit_mb: int | None = None
+    # Finished steps' output directories kept in out/ (the newest).
+    keep_outputs: int = 50
 
     @property
     def tmp_dir(self) -> Path:

@@ -153,8 +153,23 @@ class StepRunner:
                  for a in [*produced, log, meta]]
         for artifact in moved[:len(produced)]:
             self.cache.add(artifact)
+        self._trim()
         return StepResult(node.id, node.cache_key, final, moved[:len(produced)],
                           moved[-2], moved[-1], seconds, ctx.command_seconds)
+
+
+    def _trim(self) -> None:
+        """Keep the worker's disk bounded: old outputs and least used artifacts go."""
+        if self.settings.cache_limit_mb is not None:
+            self.cache.trim(self.settings.cache_limit_mb * 1024 * 1024)
+        outputs = sorted(self.settings.out_dir.iterdir(), key=lambda p: p.stat().st_mtime)
+        for old in outputs[:max(0, len(outputs) - self.settings.keep_outputs)]:
+            trash = self.settings.trash_dir / f"out-{old.name}"
+            try:
+                os.rename(old, trash)
+            except OSError:
+                continue
+            threading.Thread(target=shutil.rmtree, args=(trash, True), daemon=True).start()
 
 
 def load_meta(path: Path) -> dict[str, Any]:
