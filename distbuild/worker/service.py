@@ -58,6 +58,7 @@ class WorkerConfig:
     jobs: int | None = None
     staging_over_host: bool = False
     bwrap: str = "bwrap"
+    cache_limit_mb: int | None = None
 
 
 class Worker:
@@ -69,7 +70,8 @@ class Worker:
         # The worker's own key must never be readable by the builds it runs.
         self.settings = WorkerSettings(work_dir=cfg.work_dir, jobs=cfg.jobs,
                                        staging_over_host=cfg.staging_over_host, bwrap=cfg.bwrap,
-                                       hide_from_builds=[cfg.identity])
+                                       hide_from_builds=[cfg.identity],
+                                       cache_limit_mb=cfg.cache_limit_mb)
         self.settings.clean()
         self.sources = GitSources(cfg.work_dir / "mirrors")
         self.jobs: dict[str, CancelToken] = {}
