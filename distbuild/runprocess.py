@@ -73,7 +73,8 @@ def run(argv: Sequence[str], *, on_line: LineCallback | None = None,
     )
     if on_start is not None:
         on_start(proc.pid)
-    reader = threading.Thread(target=_pump, args=(proc.stdout, on_line), daemon=True)
+    failures: list[BaseException] = []
+    reader = threading.Thread(target=_pump, args=(proc.stdout, on_line, failures), daemon=True)
     reader.start()
     try:
         status = _wait(proc, cancel)
@@ -84,6 +85,8 @@ def run(argv: Sequence[str], *, on_line: LineCallback | None = None,
     # A grandchild that left the group could hold the pipe open forever;
     # the leader's output is complete by now, so do not wait for it.
     reader.join(timeout=2)
+    if failures:
+        raise failures[0]
     return status
 
 
@@ -114,7 +117,17 @@ def kill_group(proc: subprocess.Popen) -> None:
         time.sleep(0.01)
 
 
-def _pump(stream, on_line: LineCallback | None) -> None:
+def _pump(stream, on_line: LineCallback | None, failures: list[BaseException]) -> None:
+    # Keep draining even when the callback fails: a child blocked on a full
+    # pipe would never exit. The first failure is raised once it has.
+    def deliver(raw: bytes) -> None:
+        if on_line is None or failures:
+            return
+        try:
+            on_line(raw.decode("utf-8", "replace"))
+        except Exception as e:
+            failures.append(e)
+
     pending = b""
     while True:
         chunk = stream.read1(65536)
@@ -122,9 +135,8 @@ def _pump(stream, on_line: LineCallback | None) -> None:
             break
         pending += chunk
         *lines, pending = pending.split(b"\n")
-        if on_line is not None:
-            for line in lines:
-                on_line(line.decode("utf-8", "replace"))
-    if pending and on_line is not None:
-        on_line(pending.decode("utf-8", "replace"))
+        for line in lines:
+            deliver(line)
+    if pending:
+        deliver(pending)
     stream.close()

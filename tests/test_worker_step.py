@@ -264,6 +264,15 @@ def test_full_disk(tmp_path, repo):
             runner.run(node, {})
         assert info.value.retryable
         assert_nothing_left(runner, node.cache_key)
+        # A command that succeeds but whose output cannot be logged: no hang, same error.
+        chatty = chunk_node(*repo, {"install": (
+            'dd if=/dev/zero of="$DESTDIR/big" bs=1M count=8 2>/dev/null || true; '
+            'yes | head -c 1000000',)}, name="chatty")
+        lines: list[str] = []
+        with pytest.raises(DiskFull):
+            runner.run(chatty, {}, on_line=lines.append)
+        assert len(lines) > 100_000  # every line still reached the callback
+        assert_nothing_left(runner, chatty.cache_key)
     finally:
         subprocess.run(["umount", "-l", str(work)], check=True)
 

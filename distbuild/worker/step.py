@@ -105,6 +105,8 @@ class StepRunner:
                 raise
             finally:
                 log.close()
+            if log.error is not None:
+                raise log.error
             return self._publish(ctx, produced, time.monotonic() - started)
         except OSError as e:
             if e.errno == errno.ENOSPC:
