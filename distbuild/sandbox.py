@@ -37,6 +37,8 @@ from distbuild.errors import DistbuildError
 from distbuild.runprocess import CancelToken, LineCallback
 
 HOST_MOUNT = "/.host"
+# Where a merged layout binds the whole staging area, for symlinks into it.
+STAGING_MOUNT = "/.staging"
 
 # The only top-level host entries the host layer shows: where tools, their
 # libraries and their configuration live. Home directories, /root, /srv,
@@ -223,8 +225,11 @@ def merged_layout(root: Path, host: Path = Path("/")) -> tuple[str, ...]:
     """bwrap operations that build `root` merged over the host in an empty sandbox root.
 
     Use with `SandboxSpec(root=None, layout=..., binds=host_binds() + ...)`.
+    A directory only `root` has is one bind; a file of `root` inside a merged
+    directory is a symlink into /.staging, so a staging area of thousands of
+    files costs a handful of mounts, not thousands.
     """
-    ops: list[str] = []
+    ops: list[str] = ["--ro-bind", str(root), STAGING_MOUNT]
     _merge_ops(str(host), str(root), "", ops, top=True)
     return tuple(ops)
 
@@ -243,8 +248,10 @@ def _merge_ops(host_dir: str, root_dir: str, inside: str, ops: list[str],
         elif own is not None:
             if own.is_symlink():
                 ops += ["--symlink", os.readlink(own.path), dest]
-            else:
+            elif _real_dir(own):
                 ops += ["--ro-bind", own.path, dest]
+            else:
+                ops += ["--symlink", f"{STAGING_MOUNT}{dest}", dest]
         else:
             ops += ["--symlink", _host_target(theirs.path), dest]
 
