@@ -123,3 +123,18 @@ def test_missing_dependency_in_the_trove_is_named(trove, graph, tmp_path):
     with pytest.raises(MissingArtifact, match=f"{'f' * 64}.chunk.libgreet-"):
         run_job(runner, node_to_dict(node), closure, client,
                 tokens.issue(trove.secret, node.cache_key))
+
+
+def test_build_step_command_uses_the_trove_and_uploads(trove, graph, tmp_path):
+    from tests.conftest import MORPHS, run_distbuild
+
+    node = graph.nodes["chunk:example-apps/motd"]
+    token = tokens.issue(trove.secret, node.cache_key)
+    proc = run_distbuild(
+        "build-step", "--definitions", str(MORPHS), "--work-dir", str(tmp_path / "w"),
+        "--artifact-cache-url", trove.cache_url, "--trove-git-url", trove.git_url,
+        "--staging-over-host", "--with-deps", "--upload-token", token,
+        "systems/example-system-x86_64.morph", "motd", check=True)
+    assert f"Uploaded {node.id} to {trove.cache_url}" in proc.stdout
+    client = CacheClient(trove.cache_url)
+    assert client.cached_sources([node.cache_key]) == {node.cache_key: True}

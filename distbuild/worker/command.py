@@ -49,8 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE",
                         help="settings file (default: $DISTBUILD_CONFIG): artifact_cache_url, "
                              "trove_git_url, repo_aliases, and a worker: section")
-    parser.add_argument("--artifact-cache-url", metavar="URL")
-    parser.add_argument("--trove-git-url", metavar="URL")
+    parser.add_argument("--artifact-cache-url", metavar="URL",
+                        help="where dependencies are downloaded from (and uploads go)")
+    parser.add_argument("--trove-git-url", metavar="URL",
+                        help="the trove's git base URL, for upstream: and baserock: repos")
     parser.add_argument("--repo-alias", metavar="NAME=PULL#PUSH", action="append",
                         help="a repository alias, e.g. 'upstream=file:///srv/repos/%%s#'")
     parser.add_argument("--work-dir", metavar="DIR", type=Path,
@@ -62,7 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--with-deps", action="store_true",
                         help="build missing dependencies here first")
     parser.add_argument("--upload-token", metavar="TOKEN",
-                        help="upload the results to the artifact cache with this token")
+                        help="upload NODE's results to the artifact cache with this token "
+                             "(tokens are bound to one cache key: dependencies built with "
+                             "--with-deps stay local)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
                                   [*client.repo_aliases, *(args.repo_alias or [])])
     graph = _graph(args, aliases, settings.work_dir)
     target = find_node(graph, args.node)
+    if args.upload_token and not client.artifact_cache_url:
+        raise DistbuildError("--upload-token needs an artifact cache (--artifact-cache-url "
+                             "or artifact_cache_url in the configuration)")
     cache_client = None
     if client.artifact_cache_url:
         from distbuild.trove.client import CacheClient
@@ -96,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         result = runner.run(node, graph.nodes, on_line=_print)
         for artifact in result.artifacts:
             print(f"Artifact: {artifact.path}", flush=True)
-        if args.upload_token and cache_client is not None:
+        if args.upload_token and cache_client is not None and node_id == target:
             from distbuild.worker.remote import upload
 
             upload(result, cache_client, args.upload_token)
