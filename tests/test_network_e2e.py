@@ -141,6 +141,29 @@ def test_overlapping_requests_share_steps(network, tmp_path):
     assert built and max(built.values()) == 1
 
 
+def test_partial_build_of_components_with_logs_elsewhere(network, tmp_path):
+    checkout = network.checkout(tmp_path / "defs")
+    edit(checkout / "strata/example-apps/hello.morph", "install-commands:\n",
+         "install-commands:\n- echo partial build\n")
+    logs = tmp_path / "logs"
+    proc = network.initiator(checkout, SYSTEM, "hello", "--initiator-step-output-dir",
+                             str(logs))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    urls = re.findall(r"^Artifact: (\S+)$", proc.stdout, re.M)
+    # The chunk's own artifacts, and nothing of the strata or the system.
+    assert urls and all(".chunk.hello-" in u for u in urls)
+    assert "Started building system:" not in proc.stdout
+    names = {p.name for p in logs.iterdir()}
+    # hello and whatever it needed that was not cached yet; never what needs hello.
+    assert "build-step-hello.log" in names
+    assert names <= {"build-step-hello.log", "build-step-libgreet.log",
+                     "build-step-base-files.log", "build-step-stratum-example-core.log"}
+    assert not list(checkout.glob("build-step-*.log"))
+    unknown = network.initiator(checkout, SYSTEM, "no-such-chunk")
+    assert unknown.returncode == 1
+    assert "component 'no-such-chunk' is neither a stratum nor a chunk" in unknown.stdout
+
+
 def test_failing_chunk_fails_the_build_and_shows_its_log(network, tmp_path):
     checkout = network.checkout(tmp_path / "defs")
     edit(checkout / "strata/example-apps/hello.morph", "build-commands:\n",

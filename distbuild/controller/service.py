@@ -163,13 +163,16 @@ class Controller:
         if key is None:
             return
         self.job_results[key] = msg
-        # The worker says it uploaded; believe the cache, which only took a valid token.
+        # The worker is free at once; the step counts as built only once the cache,
+        # which took the upload only with a valid token, confirms it.
+        self.apply(self.scheduler.release_slot(msg.job))
         d = self._in_thread(self.cache.cached_sources, [key])
 
         def checked(answer: dict[str, bool]) -> None:
             if answer.get(key):
                 self.job_output.pop(msg.job, None)
-                self.state.attempt_ended(msg.job, "built")
+                self.state.attempt_ended(msg.job, "built", worker_seconds=msg.seconds,
+                                         command_seconds=msg.command_seconds)
                 self.apply(self.scheduler.job_finished(msg.job))
             else:
                 self._job_failed(msg.job, "the worker reported success but the artifact cache "

@@ -143,7 +143,8 @@ class Worker:
             out.flush()
             token.check("upload")
             upload(result, client, run.token)
-            link.send(m.JobFinished(job=run.job, seconds=round(result.seconds, 3),
+            link.send(m.JobFinished(job=run.job, seconds=round(result.seconds, 4),
+                                    command_seconds=round(result.command_seconds, 4),
                                     artifacts={a.filename: {"sha256": a.sha256, "size": a.size}
                                                for a in result.artifacts}))
             self.log(f"job {run.job}: built {node.id} in {result.seconds:.1f} s")
