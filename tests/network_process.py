@@ -95,8 +95,8 @@ class NetworkProcess:
         finally:
             db.close()
 
-    def node_key(self, node_id: str) -> str:
-        """The cache key the controller recorded for a node of the newest request."""
+    def node_key(self, node_id: str) -> str | None:
+        """The cache key the controller recorded for a node of the newest request, if any."""
         db = sqlite3.connect(self.state / "controller" / "controller.db")
         try:
             row = db.execute("SELECT n.cache_key FROM nodes n JOIN requests r "
@@ -104,7 +104,7 @@ class NetworkProcess:
                              "ORDER BY r.seq DESC LIMIT 1", (node_id,)).fetchone()
         finally:
             db.close()
-        return row[0]
+        return row[0] if row else None
 
     def stop(self) -> None:
         """SIGTERM `up`, which stops its components; then check every PID is gone."""

@@ -124,9 +124,9 @@ def test_overlapping_requests_share_steps(network, tmp_path):
     two = network.checkout(tmp_path / "two")
     for checkout in (one, two):  # the same uncommitted change in both checkouts
         edit(checkout / "strata/example-core/libgreet.morph", "install-commands:",
-             "post-install-commands:\n- sleep 2\ninstall-commands:")
+             "post-install-commands:\n- sleep 2.22\ninstall-commands:")
     a = network.initiator(one, SYSTEM, wait=False)
-    wait_for(lambda: processes_with("sleep 2"), 60, "libgreet to start")
+    wait_for(lambda: processes_with("sleep 2.22"), 60, "libgreet to start")
     b = network.initiator(two, MINIMAL, wait=False)
     out_a, _ = a.communicate(timeout=120)
     out_b, _ = b.communicate(timeout=120)
@@ -136,7 +136,7 @@ def test_overlapping_requests_share_steps(network, tmp_path):
     assert rid_a != rid_b
     # b joined libgreet while it ran for a, and followed it in its own log file.
     assert "Started building chunk:example-core/libgreet" in out_b
-    assert "sleep 2" in (two / "build-step-libgreet.log").read_text()
+    assert "sleep 2.22" in (two / "build-step-libgreet.log").read_text()
     built = Counter(x["cache_key"] for x in network.attempts() if x["outcome"] == "built")
     assert built and max(built.values()) == 1
 
@@ -256,9 +256,11 @@ def test_worker_killed_mid_step_is_re_run_elsewhere(tmp_path):
              "build-commands:\n- sleep 3.33\n")
         proc = net.initiator(checkout, SYSTEM, wait=False)
         first = wait_for(lambda: processes_with("sleep 3.33"), 60, "hello to start")
-        hello_key = net.node_key("chunk:example-apps/hello")
-        victim = next(a["worker"] for a in net.attempts()
-                      if a["cache_key"] == hello_key and a["outcome"] == "running")
+        hello_key = wait_for(lambda: net.node_key("chunk:example-apps/hello"), 10, "hello's key")
+        victim = wait_for(lambda: next((a["worker"] for a in net.attempts()
+                                        if a["cache_key"] == hello_key
+                                        and a["outcome"] == "running"), None),
+                          10, "hello's attempt")
         os.kill(net.pids[victim], signal.SIGKILL)
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, out
