@@ -351,10 +351,13 @@ class Upload:
             if self._file is None:
                 raise UploadError("more bytes than the manifest declares", self.key)
             piece = data[: self._left]
-            self._file.write(piece)
             self._hash.update(piece)
-            self._left -= len(piece)
-            data = data[len(piece):]
+            # Unbuffered: pieces are already large, and a buffer only adds a copy.
+            while piece:
+                piece = piece[self._file.write(piece):]
+            taken = min(self._left, len(data))
+            self._left -= taken
+            data = data[taken:]
             if self._left == 0:
                 self._close_current()
                 self._open_next()
@@ -363,7 +366,7 @@ class Upload:
         # Zero-length files are complete as soon as they are opened.
         while self._index < len(self.manifest.files):
             entry = self.manifest.files[self._index]
-            self._file = open(self.dir / entry.filename, "wb", buffering=_WRITE_BUFFER)  # noqa: SIM115 - stays open across write() calls
+            self._file = open(self.dir / entry.filename, "wb", buffering=0)  # noqa: SIM115 - stays open across write() calls
             self._hash = hashlib.sha256()
             self._left = entry.size
             if entry.size:
