@@ -36,7 +36,8 @@ def expand_alias(repo: str, trove_git_url: str,
     prefix, sep, rest = repo.partition(":")
     table = DEFAULT_ALIASES if aliases is None else aliases
     if sep and prefix in table and not rest.startswith("//"):
-        return f"{trove_git_url.rstrip('/')}/{table[prefix]}{rest}"
+        base = trove_git_url.rstrip("/")
+        return f"{base}/{table[prefix]}{rest}" if base else f"{table[prefix]}{rest}"
     return repo
 
 

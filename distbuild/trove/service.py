@@ -141,7 +141,8 @@ def serve(settings: TroveSettings, ready_file: Path | None = None) -> int:
     address = settings.listen_address
     try:
         http_port = reactor.listenTCP(settings.http_port,
-                                      make_site(store, settings.token_secret_file),
+                                      make_site(store, settings.token_secret_file,
+                                                git_dir=settings.git_dir),
                                       interface=address)
         ssh_port = None
         if settings.authorized_keys is not None:

@@ -228,8 +228,6 @@ class Store:
     def _commit(self, upload: Upload) -> bool:
         final = self.source_dir(upload.key)
         final.parent.mkdir(exist_ok=True)
-        if self.fsync:
-            _fsync_path(upload.dir)
         try:
             os.rename(upload.dir, final)
         except OSError:
@@ -386,6 +384,11 @@ class Upload:
 
     def finish(self) -> bool:
         """Make the source visible; True if stored, False if it was already there."""
+        self.seal()
+        return self.commit()
+
+    def seal(self) -> None:
+        """Check that everything arrived and make it durable; may run off the event loop."""
         if self.error is None and self.manifest is None:
             self._fail(UploadError("empty upload: no manifest line", self.key))
         if self.error is None and self._index < len(self.manifest.files):
@@ -396,7 +399,12 @@ class Upload:
             raise self.error
         meta = {"key": self.key, **self.manifest.to_json(), "uploaded": time.time()}
         (self.dir / META).write_text(json.dumps(meta, indent=1))
+        if self.store.fsync:
+            _fsync_path(self.dir)
         self._closed = True
+
+    def commit(self) -> bool:
+        """Rename a sealed upload into place (on the thread that owns the store)."""
         return self.store._commit(self)
 
     def abort(self) -> None:
