@@ -259,8 +259,9 @@ class CacheClient:
 def _pipelined_copy(resp: http.client.HTTPResponse, out: BinaryIO) -> tuple[int, str]:
     """Copy a response body to `out`, hashing it; (size, sha256).
 
-    A thread receives while this one hashes and writes: both release the GIL,
-    so on two or more cores the socket and the disk work at the same time.
+    A thread receives and hashes while this one writes: socket reads, sha256
+    and file writes all release the GIL, so on two or more cores the network,
+    the hash and the disk work at the same time.
     """
     free: queue.Queue = queue.Queue()
     full: queue.Queue = queue.Queue()
@@ -268,12 +269,14 @@ def _pipelined_copy(resp: http.client.HTTPResponse, out: BinaryIO) -> tuple[int,
         free.put(bytearray(BLOCK))
     failure: list[BaseException] = []
     stop = threading.Event()
+    h = hashlib.sha256()
 
     def receive() -> None:
         try:
             while not stop.is_set():
                 buf = free.get()
                 n = resp.readinto(buf)
+                h.update(memoryview(buf)[:n])
                 full.put((buf, n))
                 if not n:
                     return
@@ -283,14 +286,13 @@ def _pipelined_copy(resp: http.client.HTTPResponse, out: BinaryIO) -> tuple[int,
 
     reader = threading.Thread(target=receive, name="cache-download", daemon=True)
     reader.start()
-    h, size = hashlib.sha256(), 0
+    size = 0
     try:
         while True:
             buf, n = full.get()
             if not n:
                 break
             view = memoryview(buf)[:n]
-            h.update(view)
             while view:
                 view = view[out.write(view):]
             size += n
