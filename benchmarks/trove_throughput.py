@@ -50,8 +50,11 @@ def make_file(path: Path, mib: int) -> str:
 
 
 def warm_page_cache(work: Path, mib: int) -> None:
-    """Write and delete a file: in a VM, never-touched guest memory is slow to fault in,
-    which would otherwise charge whichever figure runs first; freed pages come back fast."""
+    """Write and delete a file so the page cache has memory it touched before.
+
+    In this VM, writing into never-touched guest memory runs at about 320 MiB/s
+    and into reused memory at over 2 GiB/s; without this, whichever figure runs
+    first would pay for the VM's memory, not for its own work."""
     block = os.urandom(1 << 20)
     path = work / "warm"
     with open(path, "wb", buffering=0) as f:
@@ -120,7 +123,8 @@ def main() -> None:
         (work / "www").mkdir()
         src = work / "www" / name
         digest = make_file(src, args.size_mib)
-        warm_page_cache(work, 3 * args.size_mib)
+        # Every upload keeps its copy, so about 8 artifacts' worth of memory gets touched.
+        warm_page_cache(work, 8 * args.size_mib)
         size_mb = args.size_mib * (1 << 20) / 1e6
         port = free_port()
         static = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
