@@ -164,7 +164,12 @@ def serve(settings: TroveSettings, ready_file: Path | None = None) -> int:
     daemon.setServiceParent(services)
 
     def collect() -> None:
-        removed = store.collect(limit)
+        try:
+            removed = store.collect(limit)
+        except OSError as e:
+            # A failed pass must not stop collection for good; the next one retries.
+            _log(f"garbage collection failed: {e}")
+            return
         if removed:
             _log(f"garbage collection removed {len(removed)} source(s); "
                  f"{store.total_size()} bytes remain")
