@@ -134,8 +134,12 @@ def serve(settings: TroveSettings, ready_file: Path | None = None) -> int:
 
     settings.git_dir.mkdir(parents=True, exist_ok=True)
     settings.artifact_dir.mkdir(parents=True, exist_ok=True)
+    # Fail now with the file named, not at the first upload or login.
     if settings.token_secret_file is not None:
-        tokens.read_secret(settings.token_secret_file)  # fail now, not at the first upload
+        tokens.read_secret(settings.token_secret_file)
+    if settings.authorized_keys is not None:
+        from distbuild import ssh
+        ssh.read_authorized_keys(settings.authorized_keys)
     store = Store(settings.artifact_dir, fsync=settings.fsync)
     limit = parse_size(settings.cache_size_limit, "cache_size_limit")
     address = settings.listen_address
