@@ -14,7 +14,7 @@ import re
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from distbuild import config
@@ -95,6 +95,13 @@ def settings_from(args: argparse.Namespace) -> TroveSettings:
         listen_address=args.listen_address, git_port=args.git_port, http_port=args.http_port,
         ssh_port=args.ssh_port, authorized_keys=args.authorized_keys, host_key=args.host_key,
         token_secret_file=args.token_secret_file, cache_size_limit=args.cache_size_limit)
+    if path is not None:
+        # Paths in the file are relative to the file, as in network.yaml; options to the cwd.
+        for field in fields(TroveSettings):
+            value = getattr(settings, field.name)
+            if (isinstance(value, Path) and not value.is_absolute() and field.name in section
+                    and getattr(args, field.name, None) is None):
+                setattr(settings, field.name, path.parent / value)
     parse_size(settings.cache_size_limit, f"{where}: cache_size_limit")
     if settings.authorized_keys is not None and settings.host_key is None:
         raise ConfigError("host_key is needed when authorized_keys enables the SSH server",
