@@ -241,3 +241,19 @@ def test_worker_local_cache_downloads_each_artifact_once(trove, tmp_path):
     with pytest.raises(CacheClientError, match="404"):
         local.get(f"{key}.chunk.missing")
     assert sorted(p.name for p in (tmp_path / "local").iterdir()) == [f"{key}.chunk.lib"]
+
+
+def test_upload_by_a_path_the_streaming_hook_does_not_see_still_works(trove, tmp_path):
+    # A query string keeps TroveRequest from streaming; the spooled body is replayed.
+    key = "f0" * 32
+    data = b"spooled" * 1000
+    head = json.dumps({"artifacts": [{"filename": f"{key}.chunk.s", "size": len(data),
+                                      "sha256": hashlib.sha256(data).hexdigest()}]})
+    body = head.encode() + b"\n" + data
+    status, text, _ = raw(trove, "PUT", f"/2.0/sources/{key}?from=test", body)
+    assert status == 401
+    status, text, _ = raw(trove, "PUT", f"/2.0/sources/{key}?from=test", body,
+                          {"Authorization": f"Bearer {tokens.issue(trove.secret, key)}"})
+    assert status == 201 and json.loads(text)["stored"] is True
+    got = CacheClient(trove.cache_url).download(f"{key}.chunk.s", tmp_path / "s")
+    assert got.path.read_bytes() == data
