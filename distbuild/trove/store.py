@@ -48,6 +48,7 @@ class FileEntry:
     sha256: str
 
     def to_json(self) -> dict:
+        """The entry as it appears in a manifest and in meta.json."""
         return {"filename": self.filename, "size": self.size, "sha256": self.sha256}
 
 
@@ -61,13 +62,16 @@ class Manifest:
 
     @property
     def files(self) -> tuple[FileEntry, ...]:
+        """Every declared file in body order: artifacts, then the log."""
         return self.artifacts + ((self.log,) if self.log else ())
 
     @property
     def total_size(self) -> int:
+        """Bytes of all declared files."""
         return sum(f.size for f in self.files)
 
     def to_json(self) -> dict:
+        """The manifest as the uploader sends it (and meta.json records it)."""
         return {"artifacts": [a.to_json() for a in self.artifacts],
                 "log": {"size": self.log.size, "sha256": self.log.sha256} if self.log else None}
 
