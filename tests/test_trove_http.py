@@ -73,6 +73,8 @@ def test_upload_then_read_back_through_both_apis(trove, tmp_path):
     assert (status, json.loads(body)) == (200, {bins: True})
     # A second upload of the same source is accepted and changes nothing.
     assert client.upload_source(KEY, files, token, log=log) is False
+    assert f"stored: {KEY} (4028 bytes from 127.0.0.1:" in trove.log()
+    assert f"already cached: {KEY}" in trove.log()
 
 
 def test_missing_artifact_and_log_are_404_with_a_clear_body(trove, tmp_path):
@@ -115,6 +117,7 @@ def test_uploads_without_a_valid_token_are_refused(trove, tmp_path, case):
     assert status == expected[case][0]
     assert expected[case][1] in text and key in text
     assert CacheClient(trove.cache_url).cached_sources([key]) == {key: False}
+    assert f"refused PUT /2.0/sources/{key} from 127.0.0.1:" in trove.log()
 
 
 @pytest.mark.parametrize("path", [

@@ -15,6 +15,7 @@ import queue
 import re
 import threading
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -215,8 +216,9 @@ class CacheResource(resource.Resource):
     isLeaf = True
 
     def __init__(self, store: Store, secret_path: Path | None, reactor=None,
-                 git_dir: Path | None = None):
+                 git_dir: Path | None = None, log: Callable[[str], None] | None = None):
         super().__init__()
+        self.log = log or (lambda message: None)
         self.git_dir = git_dir
         if reactor is None:
             from twisted.internet import reactor
@@ -237,6 +239,8 @@ class CacheResource(resource.Resource):
         try:
             return self._route(request, method, parts)
         except UploadError as e:
+            if method in ("PUT", "DELETE"):
+                self.log(f"refused {method} /{'/'.join(parts)} from {_peer(request)}: {e}")
             return _text(request, e.status, f"error: {e}")
         except TroveError as e:
             return _text(request, 400, f"error: {e}")
@@ -338,6 +342,8 @@ class CacheResource(resource.Resource):
 
     def _answer(self, request, upload: Upload) -> bytes:
         stored = upload.commit()
+        self.log(f"{'stored' if stored else 'already cached'}: {upload.key} "
+                 f"({upload.manifest.total_size} bytes from {_peer(request)})")
         return _json(request, {"key": upload.key, "stored": stored,
                                "already_cached": not stored}, 201 if stored else 200)
 
@@ -354,6 +360,7 @@ class CacheResource(resource.Resource):
             body = _text(request, e.status, f"error: {e}")
         else:
             body = _text(request, 500, f"error: upload failed: {e}")
+        self.log(f"refused upload from {_peer(request)}: {e}")
         _respond(request, body)
 
     def _get_meta(self, request, key: str):
@@ -382,6 +389,11 @@ class CacheResource(resource.Resource):
             raise UploadError(f'body must be {{"keys": [...], "ttl": 1..{MAX_PIN_TTL}}}', name)
         self.store.pins.set(name, [names.check_key(k) for k in keys], ttl)
         return _json(request, {"pin": name, "keys": len(keys), "ttl": ttl})
+
+
+def _peer(request) -> str:
+    address = request.getClientAddress()
+    return f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
 
 
 def _respond(request, body: bytes) -> None:
@@ -450,9 +462,10 @@ def _size(f) -> int:
 
 
 def make_site(store: Store, secret_path: Path | None, reactor=None,
-              git_dir: Path | None = None) -> server.Site:
+              git_dir: Path | None = None,
+              log: Callable[[str], None] | None = None) -> server.Site:
     """A Site serving the cache, with uploads streamed into `store`."""
-    cache = CacheResource(store, secret_path, reactor, git_dir)
+    cache = CacheResource(store, secret_path, reactor, git_dir, log)
     site = server.Site(cache, requestFactory=TroveRequest)
     site.cache = cache
     site.displayTracebacks = False

@@ -153,7 +153,7 @@ def serve(settings: TroveSettings, ready_file: Path | None = None) -> int:
     try:
         http_port = reactor.listenTCP(settings.http_port,
                                       make_site(store, settings.token_secret_file,
-                                                git_dir=settings.git_dir),
+                                                git_dir=settings.git_dir, log=_log),
                                       interface=address)
         ssh_port = None
         if settings.authorized_keys is not None:
