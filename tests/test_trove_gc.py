@@ -98,3 +98,15 @@ def test_relative_paths_in_the_config_file_are_relative_to_it(tmp_path):
     assert argv[0].endswith("git-daemon")
     assert {"--export-all", "--listen=127.0.0.1", "--disable=receive-pack",
             f"--base-path={settings.git_dir}"} <= set(argv)
+
+
+def test_token_command_issues_what_the_trove_accepts(tmp_path):
+    from distbuild import tokens
+
+    secret = tmp_path / "secret"
+    tokens.write_secret(secret)
+    key = "ab" * 32
+    out = run_distbuild("trove", "token", key, "--token-secret-file", str(secret), check=True)
+    tokens.verify(tokens.read_secret(secret), key, out.stdout.strip())
+    bad = run_distbuild("trove", "token", "../x", "--token-secret-file", str(secret))
+    assert bad.returncode == 2 and "not a cache key" in bad.stderr

@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-size-limit", help="collect garbage down to this size")
     parser.add_argument("--ready-file", type=Path,
                         help="write the ports as JSON here once everything listens")
-    sub = parser.add_subparsers(dest="action", metavar="{import}")
+    sub = parser.add_subparsers(dest="action", metavar="{import,token}")
     imp = sub.add_parser("import", help="add or update repository NAME on the trove from "
                          "SOURCE (git repository, directory or tarball)")
     imp.add_argument("--config", default=argparse.SUPPRESS,
@@ -80,6 +80,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     imp.add_argument("--known-hosts", type=Path, help="known_hosts file with the trove's key")
     imp.add_argument("name", help="repository name on the trove, e.g. delta/hello")
     imp.add_argument("source", help="git repository path or URL, directory, or tarball")
+    tok = sub.add_parser("token", help="print an upload token for a cache key (or pin:NAME), "
+                         "as the controller would issue it")
+    tok.add_argument("subject", help="a cache key (64 hex digits) or pin:NAME")
+    tok.add_argument("--token-secret-file", dest="secret_file", type=Path, required=True,
+                     help="the secret shared by trove and controller")
+    tok.add_argument("--ttl", type=float, default=3600, help="seconds it stays valid")
 
 
 def settings_from(args: argparse.Namespace) -> TroveSettings:
@@ -114,6 +120,13 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "import":
         from distbuild.trove import importer
         return importer.run(args)
+    if args.action == "token":
+        from distbuild import tokens
+        from distbuild.trove import names
+        if not args.subject.startswith("pin:"):
+            names.check_key(args.subject)
+        print(tokens.issue(tokens.read_secret(args.secret_file), args.subject, args.ttl))
+        return 0
     settings = settings_from(args)
     return serve(settings, args.ready_file)
 
