@@ -223,29 +223,6 @@ def test_200_mb_round_trip_keeps_the_trove_small(trove, tmp_path):
     assert grown_mib < 40
 
 
-def test_worker_local_cache_downloads_each_artifact_once(trove, tmp_path):
-    from distbuild.trove.localcache import LocalArtifactCache
-
-    key = "ee" * 32
-    files = make_files(tmp_path, key, lib=os.urandom(2 << 20))
-    client = CacheClient(trove.cache_url)
-    client.upload_source(key, files, tokens.issue(trove.secret, key))
-    local = LocalArtifactCache(tmp_path / "local", client)
-    got = []
-    threads = [threading.Thread(target=lambda: got.append(local.get(f"{key}.chunk.lib")))
-               for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert local.downloads == 1 and len(set(got)) == 1
-    assert got[0].read_bytes() == files[f"{key}.chunk.lib"].read_bytes()
-    assert local.get(f"{key}.chunk.lib") == got[0] and local.downloads == 1
-    with pytest.raises(CacheClientError, match="404"):
-        local.get(f"{key}.chunk.missing")
-    assert sorted(p.name for p in (tmp_path / "local").iterdir()) == [f"{key}.chunk.lib"]
-
-
 def test_upload_by_a_path_the_streaming_hook_does_not_see_still_works(trove, tmp_path):
     # A query string keeps TroveRequest from streaming; the spooled body is replayed.
     key = "f0" * 32
