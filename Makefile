@@ -9,8 +9,9 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test lint host-packages venv
 
+# The main job: a local network (trove, controller, 2 workers) builds the example system.
 demo: venv
-	$(DISTBUILD) graph --offline --definitions morphs systems/example-system-x86_64.morph
+	$(DISTBUILD) up --state-dir state --demo
 
 test: venv
 	$(VENV)/bin/ruff check .
@@ -34,6 +35,7 @@ host-packages:
 	command -v gcc >/dev/null || missing="$$missing gcc"; \
 	command -v make >/dev/null || missing="$$missing make"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
+	command -v ssh >/dev/null || missing="$$missing openssh-client"; \
 	command -v mkfs.ext4 >/dev/null && command -v debugfs >/dev/null || missing="$$missing e2fsprogs"; \
 	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
 	pkg-config --exists libvirt 2>/dev/null || missing="$$missing libvirt-dev"; \

@@ -16,11 +16,22 @@ from collections.abc import Sequence
 from distbuild import __version__
 from distbuild.errors import DistbuildError
 
-# name -> (module, one-line help). Each module has add_arguments(parser) and run(args) -> int.
+# name -> (module[:object], one-line help). The module (or the object in it) has
+# add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "build": ("distbuild.initiator.build", "build a system of this definitions checkout "
+              "(the default command)"),
+    "status": ("distbuild.initiator.requests:Status", "show one build request"),
+    "list": ("distbuild.initiator.requests:List", "list build requests"),
+    "cancel": ("distbuild.initiator.requests:Cancel", "cancel a build request"),
     "graph": ("distbuild.definitions.command", "show the build graph of a system"),
     "trove": ("distbuild.trove.service", "run the trove (git server and artifact cache); "
               "`trove import` adds a repository"),
+    "controller": ("distbuild.controller.service", "run the controller"),
+    "worker": ("distbuild.worker.service", "run a worker that builds steps for a controller"),
+    "up": ("distbuild.network", "start a whole network on this machine (trove, controller, "
+           "workers)"),
+    "keygen": ("distbuild.keygen", "write a network's SSH keys, known_hosts and token secret"),
 }
 
 # Used when the first argument is not a command name: `distbuild [options] SYSTEM`.
@@ -56,8 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(f"distbuild: error: unknown command '{args[0]}'\n\n{_top_help()}", file=sys.stderr)
         return 2
-    module_name, help_ = COMMANDS[name]
+    target, help_ = COMMANDS[name]
+    module_name, _, attr = target.partition(":")
     module = importlib.import_module(module_name)
+    if attr:
+        module = getattr(module, attr)
     prog = "distbuild" if name == DEFAULT_COMMAND and args[0] != name else f"distbuild {name}"
     parser = argparse.ArgumentParser(prog=prog, description=help_)
     module.add_arguments(parser)

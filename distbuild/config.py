@@ -14,6 +14,7 @@ import dataclasses
 import os
 import types
 import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -150,3 +151,41 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+@dataclass
+class ClientSettings:
+    """The top-level keys every client command reads (the keys `distbuild up` writes)."""
+
+    controller_initiator_address: str | None = None
+    controller_initiator_port: int = 7878
+    artifact_cache_url: str | None = None
+    trove_git_url: str | None = None
+    # ssh://git@HOST:PORT: where the trove accepts authenticated pushes.
+    trove_ssh_url: str | None = None
+    definitions_url: str | None = None
+    # The trove repository that initiators push snapshots of their checkout to.
+    definitions_repo: str | None = None
+    identity: Path | None = None
+    known_hosts: Path | None = None
+    repo_aliases: list[str] = field(default_factory=list)
+
+
+def client_settings(explicit_path: str | None, **overrides: Any) -> ClientSettings:
+    """Client settings from --config / $DISTBUILD_CONFIG; non-None `overrides` win.
+
+    Only the client keys are read from the top level: the same file may hold
+    other components' sections (trove:, controller:, worker:), which check
+    their own keys. Key paths in a file are relative to that file.
+    """
+    path = config_path(explicit_path)
+    values = load(path)
+    known = {f.name for f in dataclasses.fields(ClientSettings)}
+    picked = {k: v for k, v in values.items() if k in known}
+    settings = section(ClientSettings, picked, str(path) if path else "settings", **overrides)
+    base = path.parent if path else Path.cwd()
+    for name in ("identity", "known_hosts"):
+        value = getattr(settings, name)
+        if value is not None and not value.is_absolute() and overrides.get(name) is None:
+            setattr(settings, name, base / value)
+    return settings

@@ -1,0 +1,1 @@
+"""The controller: accepts build requests, schedules steps on workers, relays their output."""

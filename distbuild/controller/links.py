@@ -1,0 +1,249 @@
+"""The controller's end of the links: a conch SSH server per role, JSON lines per channel.
+
+Initiators and workers connect to different ports, each admitting only the
+keys in its own authorized-keys file. An authenticated client may open the
+`distbuild` subsystem and nothing else (no shell, no exec). The first line on
+a channel must be a Hello with our protocol version; any other version gets
+a Refused that names both versions, and the channel closes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from twisted.conch.avatar import ConchUser
+from twisted.conch.interfaces import IConchUser, ISession
+from twisted.conch.ssh import connection, factory, session
+from twisted.cred import portal
+from twisted.internet import task
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.python import components
+from zope.interface import implementer
+
+from distbuild import ssh
+from distbuild.errors import DistbuildError
+from distbuild.protocol import PROTOCOL_VERSION, Message, ProtocolError, decode, encode
+from distbuild.protocol.codec import MAX_LINE
+from distbuild.protocol.messages import Hello, Ping, Pong, Refused, Welcome
+
+SUBSYSTEM = b"distbuild"
+HEARTBEAT_SECONDS = 3.0
+# Checked every second, so a dead link is noticed at most 9 s after it went quiet.
+DEAD_AFTER_SECONDS = 8.0
+
+
+class LinkHandler(Protocol):
+    """What the controller provides to its links."""
+
+    name: str
+
+    def link_opened(self, link: LinkProtocol) -> str | None:
+        """Accept a link after its Hello, or return why it is refused."""
+
+    def message_received(self, link: LinkProtocol, message: Message) -> None: ...
+
+    def link_closed(self, link: LinkProtocol, reason: str) -> None: ...
+
+
+class LinkProtocol(TwistedProtocol):
+    """One client on one channel: handshake, heartbeats, then messages to the handler.
+
+    Lines are split here rather than by LineOnlyReceiver, which needs a
+    `disconnecting` attribute that conch's subsystem transport does not have.
+    """
+
+    MAX_LENGTH = MAX_LINE
+
+    def __init__(self, role: str, handler: LinkHandler, user: str, clock: IReactorTime,
+                 dead_after: float = DEAD_AFTER_SECONDS):
+        self.role = role
+        self.handler = handler
+        self.user = user
+        self.clock = clock
+        self.dead_after = dead_after
+        self.hello: Hello | None = None
+        self.open = False
+        self._last_heard = 0.0
+        self._seq = 0
+        self._heartbeat: task.LoopingCall | None = None
+        self._closed_reason = "link closed"
+        self._buffer = b""
+        self._closing = False
+
+    @property
+    def peer(self) -> str:
+        name = self.hello.name if self.hello else self.user
+        return f"{self.role} {name}"
+
+    def connectionMade(self) -> None:
+        self._last_heard = self.clock.seconds()
+        self._heartbeat = task.LoopingCall(self._beat)
+        self._heartbeat.clock = self.clock
+        self._heartbeat.start(1.0, now=False)
+        self._last_ping = self._last_heard
+
+    def _beat(self) -> None:
+        now = self.clock.seconds()
+        if now - self._last_heard > self.dead_after:
+            self.close(f"no heartbeat for {self.dead_after:.0f} s")
+            return
+        if now - self._last_ping >= HEARTBEAT_SECONDS:
+            self._last_ping = now
+            self._seq += 1
+            self.send(Ping(seq=self._seq))
+
+    def dataReceived(self, data: bytes) -> None:
+        self._last_heard = self.clock.seconds()
+        self._buffer += data
+        while self.transport is not None and not self._closing:
+            line, newline, rest = self._buffer.partition(b"\n")
+            if not newline:
+                if len(self._buffer) > self.MAX_LENGTH:
+                    self.refuse(f"message of more than {self.MAX_LENGTH} bytes")
+                return
+            self._buffer = rest
+            self.lineReceived(line)
+
+    def lineReceived(self, line: bytes) -> None:
+        try:
+            message = decode(line, self.peer)
+        except ProtocolError as e:
+            self.refuse(str(e))
+            return
+        if isinstance(message, Ping):
+            self.send(Pong(seq=message.seq))
+            return
+        if isinstance(message, Pong):
+            return
+        if self.hello is None:
+            self._handshake(message)
+            return
+        try:
+            self.handler.message_received(self, message)
+        except DistbuildError as e:
+            self.refuse(str(e))
+
+    def _handshake(self, message: Message) -> None:
+        if not isinstance(message, Hello):
+            self.refuse(f"expected hello first, got {message.type}")
+            return
+        if message.protocol != PROTOCOL_VERSION:
+            self.refuse(f"protocol version {message.protocol} is not supported; this "
+                        f"controller speaks version {PROTOCOL_VERSION} "
+                        f"(client: {message.software or 'unknown'})")
+            return
+        if message.role != self.role:
+            self.refuse(f"this port is for {self.role}s, not {message.role}s")
+            return
+        self.hello = message
+        why = self.handler.link_opened(self)
+        if why:
+            self.refuse(why)
+            return
+        self.open = True
+        self.send(Welcome(protocol=PROTOCOL_VERSION, controller=self.handler.name))
+
+    def send(self, message: Message) -> None:
+        if self.transport is not None:
+            self.transport.write(encode(message))
+
+    def refuse(self, reason: str) -> None:
+        self.send(Refused(reason=reason))
+        self.close(f"refused: {reason}")
+
+    def close(self, reason: str) -> None:
+        self._closed_reason = reason
+        self._closing = True
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason=None) -> None:
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        if self.open:
+            self.open = False
+            self.handler.link_closed(self, self._closed_reason)
+
+
+@implementer(ISession)
+class _NoShell:
+    """Refuses shells, commands and terminals: the link subsystem is all there is."""
+
+    def __init__(self, avatar: LinkAvatar):
+        self.avatar = avatar
+
+    def _refuse(self, proto) -> None:
+        from twisted.internet import reactor
+
+        reactor.callLater(0, _refuse, proto.session,
+                          "distbuild controller: only the distbuild subsystem is served\n")
+
+    def execCommand(self, proto, command: bytes) -> None:
+        self._refuse(proto)
+
+    def openShell(self, proto) -> None:
+        self._refuse(proto)
+
+    def getPty(self, term, window_size, modes) -> None:
+        raise DistbuildError("no terminals on the controller")
+
+    def windowChanged(self, new_window_size) -> None:
+        pass
+
+    def eofReceived(self) -> None:
+        pass
+
+    def closed(self) -> None:
+        pass
+
+
+def _refuse(channel, message: str) -> None:
+    channel.writeExtended(connection.EXTENDED_DATA_STDERR, message.encode())
+    channel.conn.sendRequest(channel, b"exit-status", struct.pack(">L", 1))
+    channel.loseConnection()
+
+
+class LinkAvatar(ConchUser):
+    """An authenticated client: may open session channels for the distbuild subsystem only."""
+
+    def __init__(self, user: str, make_protocol: Callable[[str], LinkProtocol]):
+        super().__init__()
+        self.user = user
+        self.channelLookup[b"session"] = session.SSHSession
+        self.subsystemLookup[SUBSYSTEM] = lambda data, avatar: make_protocol(self.user)
+
+
+@implementer(portal.IRealm)
+class LinkRealm:
+    def __init__(self, make_protocol: Callable[[str], LinkProtocol]):
+        self.make_protocol = make_protocol
+
+    def requestAvatar(self, avatar_id, mind, *interfaces):
+        if IConchUser not in interfaces:
+            raise NotImplementedError("only SSH users")
+        user = avatar_id.decode() if isinstance(avatar_id, bytes) else str(avatar_id)
+        return IConchUser, LinkAvatar(user, self.make_protocol), lambda: None
+
+
+components.registerAdapter(_NoShell, LinkAvatar, ISession)
+
+
+def link_factory(role: str, handler: LinkHandler, host_key: Path, authorized_keys: Path,
+                 clock: IReactorTime, dead_after: float = DEAD_AFTER_SECONDS
+                 ) -> factory.SSHFactory:
+    """An SSH server for one role, admitting exactly the keys in `authorized_keys`."""
+    key = ssh.load_host_key(host_key)
+    ssh.read_authorized_keys(authorized_keys)  # a missing or broken file fails at start-up
+
+    def make_protocol(user: str) -> LinkProtocol:
+        return LinkProtocol(role, handler, user, clock, dead_after)
+
+    f = factory.SSHFactory()
+    f.portal = ssh.make_portal(LinkRealm(make_protocol), authorized_keys)
+    f.publicKeys = {key.sshType(): key.public()}
+    f.privateKeys = {key.sshType(): key}
+    return f

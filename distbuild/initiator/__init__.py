@@ -1,0 +1,1 @@
+"""The initiator: submits a build of a definitions checkout and follows it."""

@@ -1,0 +1,249 @@
+"""`distbuild [--controller-initiator-address=HOST] SYSTEM_MORPH [COMPONENT...]`: build and follow.
+
+Run in a checkout of definitions. The exact state of the checkout goes to
+the trove, the controller builds it, and this prints a line per event with a
+UTC timestamp while every step's output lands in build-step-*.log. Exit
+status 0 when built, 1 when the build failed or was cancelled; Ctrl-C
+cancels the request on the controller.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from distbuild import config
+from distbuild.errors import ConfigError
+from distbuild.initiator import snapshot
+from distbuild.initiator.logs import StepLogs
+from distbuild.link import Link, LinkError, connect
+from distbuild.protocol import messages as m
+from distbuild.timestamps import terminal_stamp
+
+LAST_LINES = 20
+
+
+def say(text: str) -> None:
+    print(f"{terminal_stamp()} {text}", flush=True)
+
+
+def add_link_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="settings file (default: $DISTBUILD_CONFIG), "
+                                         "e.g. the network.yaml that `distbuild up` writes")
+    parser.add_argument("--controller-initiator-address", metavar="HOST")
+    parser.add_argument("--controller-initiator-port", type=int, metavar="PORT")
+    parser.add_argument("--identity", type=Path, help="the initiator's private key")
+    parser.add_argument("--known-hosts", type=Path)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_link_arguments(parser)
+    parser.add_argument("system", metavar="SYSTEM_MORPH")
+    parser.add_argument("components", metavar="COMPONENT", nargs="*",
+                        help="build only these chunks or strata of the system")
+    parser.add_argument("--initiator-step-output-dir", type=Path, default=Path("."),
+                        metavar="DIR", help="where build-step-*.log files go (default: here)")
+    parser.add_argument("--fetch-cached-logs", action="store_true",
+                        help="also write logs of steps that were already in the cache")
+    parser.add_argument("--detach", action="store_true",
+                        help="submit the request and return without following it")
+
+
+def settings(args: argparse.Namespace) -> config.ClientSettings:
+    s = config.client_settings(
+        args.config, controller_initiator_address=args.controller_initiator_address,
+        controller_initiator_port=args.controller_initiator_port,
+        identity=args.identity, known_hosts=args.known_hosts)
+    for name in ("controller_initiator_address", "identity", "known_hosts"):
+        if not getattr(s, name):
+            raise ConfigError(f"no {name} given: pass --{name.replace('_', '-')} or a "
+                              "--config file (such as the network.yaml from `distbuild up`)",
+                              "settings")
+    return s
+
+
+def open_link(s: config.ClientSettings) -> Link:
+    say(f"Connecting to {s.controller_initiator_address}:{s.controller_initiator_port}")
+    return connect(s.controller_initiator_address, s.controller_initiator_port,
+                   s.identity, s.known_hosts, "initiator",
+                   f"{_user()}@{_host()}")
+
+
+def run(args: argparse.Namespace) -> int:
+    s = settings(args)
+    for name in ("trove_ssh_url", "trove_git_url"):
+        if not getattr(s, name):
+            raise ConfigError(f"no {name} in the settings: the initiator pushes the "
+                              "definitions to the trove", "settings")
+    snap = snapshot.take(Path.cwd())
+    system = _relative_to(Path(args.system), snap.top)
+    repo = s.definitions_repo or "distbuild/definitions"
+    snapshot.push(snap, repo, s.trove_ssh_url, s.identity, s.known_hosts)
+    if snap.has_changes:
+        say(f"Uncommitted changes are included as commit {snap.commit[:12]} "
+            f"on top of {snap.head[:12]}")
+    link = open_link(s)
+    url = f"{s.trove_git_url.rstrip('/')}/{repo}"
+    say(f"Requesting build of {url} {snap.commit} {system}"
+        + (f" ({', '.join(args.components)})" if args.components else ""))
+    link.send(m.BuildRequest(definitions_repo=url, definitions_commit=snap.commit,
+                             system=system, components=list(args.components),
+                             fetch_cached_logs=args.fetch_cached_logs, detach=args.detach))
+    return Follower(link, StepLogs(args.initiator_step_output_dir), s, args).run()
+
+
+class Follower:
+    """Prints the controller's events for one request and keeps the log files."""
+
+    def __init__(self, link: Link, logs: StepLogs, s: config.ClientSettings,
+                 args: argparse.Namespace):
+        self.link = link
+        self.logs = logs
+        self.settings = s
+        self.args = args
+        self.request_id = ""
+        self.workers: dict[str, str] = {}
+        self.log_names: dict[str, str] = {}
+
+    def run(self) -> int:
+        try:
+            while True:
+                message = self.link.receive()
+                status = self.handle(message)
+                if status is not None:
+                    return status
+        except KeyboardInterrupt:
+            return self.cancel()
+        finally:
+            self.logs.close()
+            self.link.close()
+
+    def cancel(self) -> int:
+        if not self.request_id:
+            say("Interrupted")
+            return 130
+        say(f"Cancelling request {self.request_id}")
+        try:
+            self.link.send(m.CancelRequest(request_id=self.request_id))
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                message = self.link.receive(timeout=1)
+                if isinstance(message, (m.BuildCancelled, m.BuildFailed, m.BuildFinished)):
+                    break
+        except LinkError:
+            pass
+        say(f"Cancelled request {self.request_id}")
+        return 130
+
+    def handle(self, msg: m.Message) -> int | None:
+        if isinstance(msg, m.RequestAccepted):
+            self.request_id = msg.request_id
+            say(f"Request ID: {msg.request_id}")
+            if self.args.detach:
+                say(f"Detached. Follow it with `distbuild status {msg.request_id}`; "
+                    f"cancel it with `distbuild cancel {msg.request_id}`")
+                return 0
+            say(f"To cancel it: press Ctrl-C, or run `distbuild cancel {msg.request_id}`")
+        elif isinstance(msg, m.GraphingStarted):
+            say("Computing build graph")
+        elif isinstance(msg, m.GraphingFinished):
+            self.log_names = msg.log_names
+            say(f"Finished computing build graph: {msg.total} steps, system cache key "
+                f"{msg.system_cache_key[:12]}")
+            say(f"Need to build {msg.unbuilt}/{msg.total} artifacts")
+            if self.args.fetch_cached_logs:
+                self._fetch_cached_logs(msg.cached)
+        elif isinstance(msg, m.StepReady):
+            say(f"Ready to build {msg.step}: waiting for a worker to become available")
+        elif isinstance(msg, m.StepStarted):
+            self.workers[msg.step] = msg.worker
+            path = self.logs.open(msg.step, msg.log_name)
+            again = f" (attempt {msg.attempt})" if msg.attempt > 1 else ""
+            self.logs.status(msg.step, f"Started building {msg.step} on {msg.worker}{again}")
+            say(f"Started building {msg.step} on {msg.worker}{again}; log: {path}")
+        elif isinstance(msg, m.StepOutput):
+            self.logs.lines(msg.step, msg.lines)
+        elif isinstance(msg, m.StepFinished):
+            self.logs.status(msg.step, f"Finished building {msg.step} on {msg.worker}")
+            self.logs.close(msg.step)
+            say(f"Finished building {msg.step} on {msg.worker} in {msg.seconds:.1f} s")
+        elif isinstance(msg, m.StepRetrying):
+            self.logs.status(msg.step, f"Worker {msg.worker} was lost: {msg.reason}; "
+                             "the step will run again")
+            say(f"{msg.step} will run again: {msg.reason}")
+        elif isinstance(msg, m.BuildProgress):
+            say(f"Progress: {msg.built}/{msg.total} built")
+        elif isinstance(msg, m.StepFailed):
+            self._step_failed(msg)
+        elif isinstance(msg, m.BuildFinished):
+            say("Build finished")
+            for url in msg.artifacts:
+                print(f"Artifact: {url}", flush=True)
+            return 0
+        elif isinstance(msg, m.BuildFailed):
+            say(f"Failed to build {self.args.system}: {msg.reason}")
+            return 1
+        elif isinstance(msg, m.BuildCancelled):
+            say(f"Request {msg.request_id} was cancelled")
+            return 1
+        elif isinstance(msg, m.Error):
+            say(f"Error from the controller: {msg.message}")
+            return 1
+        return None
+
+    def _step_failed(self, msg: m.StepFailed) -> None:
+        self.logs.status(msg.step, f"Build of {msg.step} failed.")
+        path = self.logs.path(msg.step)
+        self.logs.close(msg.step)
+        say(f"Failed to build {msg.step} on {msg.worker}: {msg.reason}")
+        lines = msg.last_lines[-LAST_LINES:]
+        if lines:
+            say(f"Last {len(lines)} lines of its log:")
+            for line in lines:
+                print(f"    {line}", flush=True)
+        if path is not None:
+            say(f"Full log: {path}")
+
+    def _fetch_cached_logs(self, cached: dict[str, str]) -> None:
+        from distbuild.trove.client import CacheClient, CacheClientError
+
+        if not self.settings.artifact_cache_url or not cached:
+            return
+        client = CacheClient(self.settings.artifact_cache_url)
+        fetched = 0
+        for step, key in cached.items():
+            try:
+                content = client.fetch_log(key)
+            except CacheClientError as e:
+                say(f"Could not fetch the cached log of {step}: {e}")
+                continue
+            if content is not None:
+                self.logs.write_whole(step, self.log_names.get(step, f"build-step-{key}.log"),
+                                      content)
+                fetched += 1
+        say(f"Fetched {fetched} log(s) of cached steps")
+
+
+def _relative_to(system: Path, top: Path) -> str:
+    full = (Path.cwd() / system).resolve()
+    try:
+        return str(full.relative_to(top.resolve()))
+    except ValueError:
+        raise ConfigError("the system morphology is not inside the definitions checkout",
+                          str(system)) from None
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()

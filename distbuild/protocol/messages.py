@@ -1,0 +1,397 @@
+"""Every message of the distbuild protocol, one dataclass each.
+
+Messages travel as JSON lines over an SSH channel (subsystem `distbuild`).
+Each class names its wire `type`, which link carries it and which way. The
+table in docs/protocol.md is checked against this module by the tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+PROTOCOL_VERSION = 1
+
+
+@dataclass
+class Message:
+    """Base of all messages; `type` is the wire name."""
+
+    type: ClassVar[str] = ""
+    link: ClassVar[str] = ""  # "any", "worker" or "initiator"
+    sender: ClassVar[str] = ""  # "client", "controller" or "either"
+
+
+# -- handshake (both links) --------------------------------------------------------------------
+
+
+@dataclass
+class Hello(Message):
+    """First line a client sends: its protocol version, role and name."""
+
+    type: ClassVar[str] = "hello"
+    link: ClassVar[str] = "any"
+    sender: ClassVar[str] = "client"
+    protocol: int
+    role: str  # "worker" or "initiator"
+    name: str
+    software: str = ""
+
+
+@dataclass
+class Welcome(Message):
+    """The controller accepts the client; the link is open."""
+
+    type: ClassVar[str] = "welcome"
+    link: ClassVar[str] = "any"
+    sender: ClassVar[str] = "controller"
+    protocol: int
+    controller: str
+
+
+@dataclass
+class Refused(Message):
+    """The controller refuses the client (wrong version, unknown name) and closes the link."""
+
+    type: ClassVar[str] = "refused"
+    link: ClassVar[str] = "any"
+    sender: ClassVar[str] = "controller"
+    reason: str
+    protocol: int = PROTOCOL_VERSION
+
+
+@dataclass
+class Ping(Message):
+    """Heartbeat; the peer answers with Pong carrying the same number."""
+
+    type: ClassVar[str] = "ping"
+    link: ClassVar[str] = "any"
+    sender: ClassVar[str] = "either"
+    seq: int
+
+
+@dataclass
+class Pong(Message):
+    """Answer to Ping."""
+
+    type: ClassVar[str] = "pong"
+    link: ClassVar[str] = "any"
+    sender: ClassVar[str] = "either"
+    seq: int
+
+
+# -- worker link -------------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerReady(Message):
+    """A worker's capacity: its arch and how many steps it runs at once."""
+
+    type: ClassVar[str] = "worker-ready"
+    link: ClassVar[str] = "worker"
+    sender: ClassVar[str] = "client"
+    arch: str
+    slots: int
+
+
+@dataclass
+class JobRun(Message):
+    """Build one step. `step` and `closure` are graph nodes as plain data (docs/protocol.md)."""
+
+    type: ClassVar[str] = "job-run"
+    link: ClassVar[str] = "worker"
+    sender: ClassVar[str] = "controller"
+    job: str
+    step: dict[str, Any]
+    closure: list[dict[str, Any]]
+    trove_git_url: str
+    artifact_cache_url: str
+    token: str
+
+
+@dataclass
+class JobCancel(Message):
+    """Stop a running job and its whole process tree."""
+
+    type: ClassVar[str] = "job-cancel"
+    link: ClassVar[str] = "worker"
+    sender: ClassVar[str] = "controller"
+    job: str
+
+
+@dataclass
+class JobOutput(Message):
+    """Lines of a job's log, as they come."""
+
+    type: ClassVar[str] = "job-output"
+    link: ClassVar[str] = "worker"
+    sender: ClassVar[str] = "client"
+    job: str
+    lines: list[str]
+
+
+@dataclass
+class JobFinished(Message):
+    """The job built and uploaded its artifacts (name -> {sha256, size})."""
+
+    type: ClassVar[str] = "job-finished"
+    link: ClassVar[str] = "worker"
+    sender: ClassVar[str] = "client"
+    job: str
+    seconds: float  # the whole step on the worker
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    command_seconds: float = 0.0  # the part spent running the step's own commands
+
+
+@dataclass
+class JobFailed(Message):
+    """The job failed: why, the failing command's exit code, and its last log lines."""
+
+    type: ClassVar[str] = "job-failed"
+    link: ClassVar[str] = "worker"
+    sender: ClassVar[str] = "client"
+    job: str
+    reason: str
+    exit_code: int | None = None
+    last_lines: list[str] = field(default_factory=list)
+    cancelled: bool = False
+
+
+# -- initiator link ----------------------------------------------------------------------------
+
+
+@dataclass
+class BuildRequest(Message):
+    """Build SYSTEM (or only COMPONENTS of it) from a definitions commit on the trove."""
+
+    type: ClassVar[str] = "build-request"
+    link: ClassVar[str] = "initiator"
+    sender: ClassVar[str] = "client"
+    definitions_repo: str
+    definitions_commit: str
+    system: str
+    components: list[str] = field(default_factory=list)
+    fetch_cached_logs: bool = False
+    detach: bool = False
+
+
+@dataclass
+class RequestAccepted(Message):
+    """The controller took the request and gave it an ID."""
+
+    type: ClassVar[str] = "request-accepted"
+    link: ClassVar[str] = "initiator"
+    sender: ClassVar[str] = "controller"
+    request_id: str
+
+
+@dataclass
+class GraphingStarted(Message):
+    """Computing the build graph."""
+
+    type: ClassVar[str] = "graphing-started"
+    link: ClassVar[str] = "initiator"
+    sender: ClassVar[str] = "controller"
+    request_id: str
+
+
+@dataclass
+class GraphingFinished(Message):
+    """The graph is known and the cache was asked once: `unbuilt` of `total` steps to build."""
+
+    type: ClassVar[str] = "graphing-finished"
+    link: ClassVar[str] = "initiator"
+    sender: ClassVar[str] = "controller"
+    request_id: str
+    total: int
+    unbuilt: int
+    system_cache_key: str
+    cached: dict[str, str] = field(default_factory=dict)  # node id -> cache key, already built
+    log_names: dict[str, str] = field(default_factory=dict)  # node id -> build-step log file
+
+
+@dataclass
+class StepReady(Message):
+    """A step can run and waits for a free worker slot."""
+
+    type: ClassVar[str] = "step-ready"
+    link: ClassVar[str] = "initiator"
+    sender: ClassVar[str] = "controller"
+    request_id: str
+    step: str
+    log_name: str
+
+
+@dataclass
+class StepStarted(Message):
+    """A step started on a worker; its log lines follow as StepOutput."""
+
+    type: ClassVar[str] = "step-started"
+    link: ClassVar[str] = "initiator"
+    sender: ClassVar[str] = "controller"
+    request_id: str
+    step: str
+    log_name: str
+    worker: str
+    attempt: int = 1
+
+
+@dataclass
+class StepOutput(Message):
+    """Lines of a step's log."""
+
+    type: ClassVar[str] = "step-output"
+    link: ClassVar[str] = "initiator"
+    sender: ClassVar[str] = "controller"
+    request_id: str
+    step: str
+    lines: list[str]
+
+
+@dataclass
+class StepFinished(Message):
+    """A step built; `seconds` is its wall time on the worker."""
+
+    type: ClassVar[str] = "step-finished"
+    link: ClassVar[str] = "initiator"
+    sender: ClassVar[str] = "controller"
+    request_id: str
+    step: str
+    worker: str
+    seconds: float
+
+
+@dataclass
+class StepRetrying(Message):
+    """A step's worker went away mid-step; the step is queued again."""
+
+    type: ClassVar[str] = "step-retrying"
+    link: ClassVar[str] = "initiator"
+    sender: ClassVar[str] = "controller"
+    request_id: str
+    step: str
+    worker: str
+    reason: str
+
+
+@dataclass
+class StepFailed(Message):
+    """A step failed; the request fails with it."""
+
+    type: ClassVar[str] = "step-failed"
+    link: ClassVar[str] = "initiator"
+    sender: ClassVar[str] = "controller"
+    request_id: str
+    step: str
+    worker: str
+    reason: str
+    last_lines: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BuildProgress(Message):
+    """How many of the request's steps are built."""
+
+    type: ClassVar[str] = "build-progress"
+    link: ClassVar[str] = "initiator"
+    sender: ClassVar[str] = "controller"
+    request_id: str
+    built: int
+    total: int
+
+
+@dataclass
+class BuildFinished(Message):
+    """The request is built; `artifacts` are the URLs of its system (or component) artifacts."""
+
+    type: ClassVar[str] = "build-finished"
+    link: ClassVar[str] = "initiator"
+    sender: ClassVar[str] = "controller"
+    request_id: str
+    artifacts: list[str]
+
+
+@dataclass
+class BuildFailed(Message):
+    """The request failed."""
+
+    type: ClassVar[str] = "build-failed"
+    link: ClassVar[str] = "initiator"
+    sender: ClassVar[str] = "controller"
+    request_id: str
+    reason: str
+
+
+@dataclass
+class BuildCancelled(Message):
+    """The request was cancelled."""
+
+    type: ClassVar[str] = "build-cancelled"
+    link: ClassVar[str] = "initiator"
+    sender: ClassVar[str] = "controller"
+    request_id: str
+
+
+@dataclass
+class CancelRequest(Message):
+    """Cancel a request (any authorized initiator may)."""
+
+    type: ClassVar[str] = "cancel-request"
+    link: ClassVar[str] = "initiator"
+    sender: ClassVar[str] = "client"
+    request_id: str
+
+
+@dataclass
+class StatusRequest(Message):
+    """Ask for one request's status."""
+
+    type: ClassVar[str] = "status-request"
+    link: ClassVar[str] = "initiator"
+    sender: ClassVar[str] = "client"
+    request_id: str
+
+
+@dataclass
+class ListRequests(Message):
+    """Ask for the list of requests."""
+
+    type: ClassVar[str] = "list-requests"
+    link: ClassVar[str] = "initiator"
+    sender: ClassVar[str] = "client"
+
+
+@dataclass
+class StatusReply(Message):
+    """One request's status (see docs/protocol.md for the fields of `request`)."""
+
+    type: ClassVar[str] = "status-reply"
+    link: ClassVar[str] = "initiator"
+    sender: ClassVar[str] = "controller"
+    request: dict[str, Any]
+
+
+@dataclass
+class RequestList(Message):
+    """Every request the controller knows, newest first."""
+
+    type: ClassVar[str] = "request-list"
+    link: ClassVar[str] = "initiator"
+    sender: ClassVar[str] = "controller"
+    requests: list[dict[str, Any]]
+
+
+@dataclass
+class Error(Message):
+    """A request could not be served (unknown ID, bad definitions, ...)."""
+
+    type: ClassVar[str] = "error"
+    link: ClassVar[str] = "any"
+    sender: ClassVar[str] = "controller"
+    message: str
+    request_id: str = ""
+
+
+MESSAGES: dict[str, type[Message]] = {
+    cls.type: cls for cls in Message.__subclasses__()  # type: ignore[misc]
+}

@@ -1,0 +1,120 @@
+"""Running a child process: bytes in and out, and killing it, with no policy.
+
+Every child starts in a session (and so a process group) of its own, so that
+cancelling kills the whole tree with one signal to the group. Output (stdout
+and stderr together, in the order the child wrote it) is delivered line by
+line to a callback while the child runs. What a step does with exit codes,
+logs and timeouts lives in distbuild.worker, not here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from distbuild.errors import DistbuildError
+
+LineCallback = Callable[[str], None]
+
+# How often a waiting runner looks at its cancel token: well inside the
+# 2 seconds a cancelled step has to disappear in.
+_POLL_SECONDS = 0.05
+
+
+class Cancelled(DistbuildError):
+    """The work was cancelled; its processes have been killed."""
+
+
+class CancelToken:
+    """Set once to cancel whatever runs with this token, now or later."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        """Ask every process running with this token to be killed."""
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep up to `timeout` seconds; True as soon as cancelled."""
+        return self._event.wait(timeout)
+
+    def check(self, what: str = "step") -> None:
+        """Raise Cancelled if cancelled."""
+        if self.cancelled:
+            raise Cancelled(f"{what} was cancelled")
+
+
+def run(argv: Sequence[str], *, on_line: LineCallback | None = None,
+        cancel: CancelToken | None = None, env: Mapping[str, str] | None = None,
+        cwd: Path | str | None = None, pass_fds: Sequence[int] = (),
+        on_start: Callable[[int], None] | None = None) -> int:
+    """Run `argv` to completion and return its exit status (negative: killed by a signal).
+
+    Raises Cancelled (after the whole process group is dead) when `cancel`
+    is set while it runs, and FileNotFoundError if the program does not exist.
+    """
+    if cancel is not None:
+        cancel.check()
+    proc = subprocess.Popen(
+        list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, env=dict(env) if env is not None else None,
+        cwd=cwd, pass_fds=tuple(pass_fds), start_new_session=True,
+    )
+    if on_start is not None:
+        on_start(proc.pid)
+    reader = threading.Thread(target=_pump, args=(proc.stdout, on_line), daemon=True)
+    reader.start()
+    try:
+        while True:
+            try:
+                status = proc.wait(timeout=_POLL_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                if cancel is not None and cancel.cancelled:
+                    kill_group(proc)
+                    reader.join(timeout=1)
+                    raise Cancelled("step was cancelled") from None
+    except BaseException:
+        kill_group(proc)
+        raise
+    # A grandchild that left the group could hold the pipe open forever;
+    # the leader's output is complete by now, so do not wait for it.
+    reader.join(timeout=2)
+    return status
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group led by `proc` and reap the leader."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    deadline = time.monotonic() + 2
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _pump(stream, on_line: LineCallback | None) -> None:
+    pending = b""
+    while True:
+        chunk = stream.read1(65536)
+        if not chunk:
+            break
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        if on_line is not None:
+            for line in lines:
+                on_line(line.decode("utf-8", "replace"))
+    if pending and on_line is not None:
+        on_line(pending.decode("utf-8", "replace"))
+    stream.close()

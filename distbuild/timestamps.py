@@ -1,0 +1,16 @@
+"""The two timestamp formats distbuild prints, both UTC."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+
+def log_stamp() -> str:
+    """Build-step log lines: ISO 8601 with milliseconds, e.g. 2026-11-22T07:01:02.345Z."""
+    now = datetime.now(timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def terminal_stamp() -> str:
+    """Terminal lines, as morph printed them: 2026-11-22 07:01:02."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")

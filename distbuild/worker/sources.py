@@ -1,0 +1,121 @@
+"""Source checkouts for chunk steps, through a worker-local mirror of each repository.
+
+Each repository URL gets one bare mirror under the mirror directory; a
+checkout fetches into it only when the wanted commit is missing, so a
+second build of the same commit touches no network. The build directory
+is a clone of the mirror (object files hard-linked, no alternates), so git
+works inside the sandbox, which cannot see the mirror.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from distbuild import runprocess
+from distbuild.runprocess import CancelToken, LineCallback
+from distbuild.worker.errors import SourceError
+
+_GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": os.devnull, "LC_ALL": "C"}
+
+
+class GitSources:
+    """Checks out (repository URL, commit) into a directory, fetching into a mirror first."""
+
+    def __init__(self, mirror_dir: Path,
+                 resolve_url: Callable[[str], str] | None = None) -> None:
+        self.mirror_dir = mirror_dir
+        self.resolve_url = resolve_url or (lambda url: url)
+        mirror_dir.mkdir(parents=True, exist_ok=True)
+
+    def checkout(self, repo: str, commit: str, dest: Path, *,
+                 submodules: Mapping[str, Mapping[str, str]] | None = None,
+                 on_line: LineCallback | None = None,
+                 cancel: CancelToken | None = None) -> None:
+        """Make `dest` (which must not exist) a checkout of `commit` from `repo`."""
+        url = self.resolve_url(repo)
+        mirror = self._mirror(url, commit, on_line, cancel)
+        self._git(["clone", "-q", "--no-checkout", str(mirror), str(dest)], on_line, cancel,
+                  f"cannot clone mirror of {url}")
+        self._git(["-C", str(dest), "checkout", "-q", "--detach", commit], on_line, cancel,
+                  f"cannot check out {commit} of {url}")
+        for path, info in (submodules or {}).items():
+            sub_commit = self._gitlink(dest, commit, path, url)
+            sub_dest = dest / path
+            if sub_dest.is_dir() and not any(sub_dest.iterdir()):
+                sub_dest.rmdir()
+            self.checkout(info["url"], sub_commit, sub_dest, on_line=on_line, cancel=cancel)
+
+    def _mirror(self, url: str, commit: str, on_line: LineCallback | None,
+                cancel: CancelToken | None) -> Path:
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", url)[-80:]
+        digest = hashlib.sha256(url.encode()).hexdigest()[:12]
+        mirror = self.mirror_dir / f"{name}-{digest}.git"
+        with _locked(mirror.with_suffix(".lock")):
+            if not (mirror / "HEAD").exists():
+                self._git(["init", "-q", "--bare", str(mirror)], on_line, cancel,
+                          f"cannot create mirror of {url}")
+            if not self._has_commit(mirror, commit):
+                if on_line is not None:
+                    on_line(f"Fetching {url}")
+                status = runprocess.run(
+                    ["git", "-C", str(mirror), "fetch", "-q", "--prune", "--tags", url,
+                     "+refs/heads/*:refs/heads/*"],
+                    on_line=on_line, cancel=cancel, env=_env())
+                if status != 0:
+                    raise SourceError(f"cannot fetch repository {url} (git fetch exited "
+                                      f"with status {status}): does it exist?", url)
+                if not self._has_commit(mirror, commit):
+                    raise SourceError(f"commit {commit} is not in repository {url}", url)
+        return mirror
+
+    @staticmethod
+    def _has_commit(mirror: Path, commit: str) -> bool:
+        status = runprocess.run(["git", "-C", str(mirror), "cat-file", "-e",
+                                 f"{commit}^{{commit}}"], env=_env())
+        return status == 0
+
+    @staticmethod
+    def _gitlink(dest: Path, commit: str, path: str, url: str) -> str:
+        lines: list[str] = []
+        runprocess.run(["git", "-C", str(dest), "ls-tree", commit, "--", path],
+                       on_line=lines.append, env=_env())
+        fields = lines[0].split() if lines else []
+        if len(fields) < 3 or fields[1] != "commit":
+            raise SourceError(f"submodule path '{path}' is not a submodule in {commit}", url)
+        return fields[2]
+
+    @staticmethod
+    def _git(args: list[str], on_line: LineCallback | None, cancel: CancelToken | None,
+             failure: str) -> None:
+        output: list[str] = []
+
+        def keep(line: str) -> None:
+            output.append(line)
+            if on_line is not None:
+                on_line(line)
+
+        status = runprocess.run(["git", *args], on_line=keep, cancel=cancel, env=_env())
+        if status != 0:
+            detail = output[-1] if output else f"exit status {status}"
+            raise SourceError(f"{failure}: {detail}")
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, **_GIT_ENV}
+
+
+@contextmanager
+def _locked(path: Path):
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

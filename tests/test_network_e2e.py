@@ -1,0 +1,273 @@
+"""End to end: a real trove, controller and two workers as processes on 127.0.0.1.
+
+Each test runs real initiators in a git checkout of the example definitions;
+changes a test makes to its checkout stay uncommitted, so they also show that
+the initiator builds the exact state of the checkout.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import tarfile
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from distbuild import ssh
+from tests.network_process import NetworkProcess, processes_with
+
+pytestmark = pytest.mark.slow
+
+SYSTEM = "systems/example-system-x86_64.morph"
+MINIMAL = "systems/example-minimal-x86_64.morph"
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory):
+    net = NetworkProcess(tmp_path_factory.mktemp("network"), workers=2).start()
+    yield net
+    net.stop()
+    assert not [pid for pid in net.pids.values() if _alive(pid)]
+
+
+def _alive(pid: int) -> bool:
+    from tests.trove_process import pid_alive
+    return pid_alive(pid)
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1))
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def request_id(output: str) -> str:
+    return re.search(r"Request ID: ([0-9a-f]+)", output).group(1)
+
+
+def test_example_system_builds_on_two_workers_with_logs(network, tmp_path):
+    checkout = network.checkout(tmp_path / "defs")
+    proc = network.initiator(checkout, SYSTEM)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "Need to build 8/8 artifacts" in out
+    artifacts = re.findall(r"^Artifact: (\S+)$", out, re.M)
+    assert len(artifacts) == 1 and artifacts[0].endswith("-rootfs")
+    # The artifact is the system: its hello links libgreet and prints what hello.c says.
+    tarball = tmp_path / "system.tar.gz"
+    urllib.request.urlretrieve(artifacts[0], tarball)
+    root = tmp_path / "root"
+    with tarfile.open(tarball) as tar:
+        tar.extractall(root, filter="tar")
+    hello = subprocess.run([root / "usr/bin/hello"], capture_output=True, text=True,
+                           env={"LD_LIBRARY_PATH": str(root / "usr/lib")})
+    source = (Path(__file__).parent.parent / "morphs/sources/libgreet/greet.c").read_text()
+    greeting = re.search(r'return "([^"]+)";', source).group(1)
+    assert hello.returncode == 0 and hello.stdout.strip() == greeting
+    # Two workers built steps at the same time.
+    attempts = [a for a in network.attempts() if a["outcome"] == "built"]
+    assert {a["worker"] for a in attempts} == {"worker-1", "worker-2"}
+    overlapping = [(a, b) for a in attempts for b in attempts
+                   if a["worker"] != b["worker"] and a["started"] < b["ended"]
+                   and b["started"] < a["ended"]]
+    assert overlapping, attempts
+    # A log per step, with the commands echoed and their output.
+    logs = sorted(p.name for p in checkout.glob("build-step-*.log"))
+    assert logs == sorted(["build-step-libgreet.log", "build-step-base-files.log",
+                           "build-step-hello.log", "build-step-greeting-tool.log",
+                           "build-step-motd.log", "build-step-stratum-example-core.log",
+                           "build-step-stratum-example-apps.log",
+                           "build-step-system-example-system-x86_64.log"])
+    hello_log = (checkout / "build-step-hello.log").read_text()
+    assert '+ make PREFIX="$PREFIX"' in hello_log
+    assert "hello.c" in hello_log and "-lgreet" in hello_log  # the compiler's command line
+    assert re.search(r"Started building chunk:example-apps/hello on worker-\d", hello_log)
+    assert "Finished building chunk:example-apps/hello" in hello_log
+
+
+def test_second_build_builds_nothing_and_is_quick(network, tmp_path):
+    checkout = network.checkout(tmp_path / "defs")
+    first = network.initiator(checkout, SYSTEM)
+    assert first.returncode == 0, first.stdout + first.stderr
+    before = len(network.attempts())
+    started = time.monotonic()
+    again = network.initiator(checkout, SYSTEM, "--fetch-cached-logs")
+    elapsed = time.monotonic() - started
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "Need to build 0/8 artifacts" in again.stdout
+    assert "Artifact: " in again.stdout
+    assert len(network.attempts()) == before
+    assert elapsed < 2.0, f"second build took {elapsed:.2f} s"
+    # --fetch-cached-logs brought back how the cached steps were built.
+    assert "Fetched 8 log(s) of cached steps" in again.stdout
+    assert "=== build commands ===" in (checkout / "build-step-hello.log").read_text()
+
+
+def test_overlapping_requests_share_steps(network, tmp_path):
+    one = network.checkout(tmp_path / "one")
+    two = network.checkout(tmp_path / "two")
+    for checkout in (one, two):  # the same uncommitted change in both checkouts
+        edit(checkout / "strata/example-core/libgreet.morph", "install-commands:",
+             "post-install-commands:\n- sleep 2\ninstall-commands:")
+    a = network.initiator(one, SYSTEM, wait=False)
+    wait_for(lambda: processes_with("sleep 2"), 60, "libgreet to start")
+    b = network.initiator(two, MINIMAL, wait=False)
+    out_a, _ = a.communicate(timeout=120)
+    out_b, _ = b.communicate(timeout=120)
+    assert a.returncode == 0, out_a
+    assert b.returncode == 0, out_b
+    rid_a, rid_b = request_id(out_a), request_id(out_b)
+    assert rid_a != rid_b
+    # b joined libgreet while it ran for a, and followed it in its own log file.
+    assert "Started building chunk:example-core/libgreet" in out_b
+    assert "sleep 2" in (two / "build-step-libgreet.log").read_text()
+    built = Counter(x["cache_key"] for x in network.attempts() if x["outcome"] == "built")
+    assert built and max(built.values()) == 1
+
+
+def test_partial_build_of_components_with_logs_elsewhere(network, tmp_path):
+    checkout = network.checkout(tmp_path / "defs")
+    edit(checkout / "strata/example-apps/hello.morph", "install-commands:\n",
+         "install-commands:\n- echo partial build\n")
+    logs = tmp_path / "logs"
+    proc = network.initiator(checkout, SYSTEM, "hello", "--initiator-step-output-dir",
+                             str(logs))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    urls = re.findall(r"^Artifact: (\S+)$", proc.stdout, re.M)
+    # The chunk's own artifacts, and nothing of the strata or the system.
+    assert urls and all(".chunk.hello-" in u for u in urls)
+    assert "Started building system:" not in proc.stdout
+    names = {p.name for p in logs.iterdir()}
+    # hello and whatever it needed that was not cached yet; never what needs hello.
+    assert "build-step-hello.log" in names
+    assert names <= {"build-step-hello.log", "build-step-libgreet.log",
+                     "build-step-base-files.log", "build-step-stratum-example-core.log"}
+    assert not list(checkout.glob("build-step-*.log"))
+    unknown = network.initiator(checkout, SYSTEM, "no-such-chunk")
+    assert unknown.returncode == 1
+    assert "component 'no-such-chunk' is neither a stratum nor a chunk" in unknown.stdout
+
+
+def test_failing_chunk_fails_the_build_and_shows_its_log(network, tmp_path):
+    checkout = network.checkout(tmp_path / "defs")
+    edit(checkout / "strata/example-apps/hello.morph", "build-commands:\n",
+         "build-commands:\n- echo about to fail >&2; exit 3\n")
+    proc = network.initiator(checkout, SYSTEM)
+    assert proc.returncode == 1, proc.stdout
+    out = proc.stdout
+    assert "Failed to build chunk:example-apps/hello on worker-" in out
+    assert "exited with status 3" in out
+    assert "    " in out and "about to fail" in out  # its last log lines
+    log = checkout / "build-step-hello.log"
+    assert f"Full log: {log.name}" in out or f"Full log: {log}" in out
+    text = log.read_text()
+    assert "+ echo about to fail >&2; exit 3" in text and "Build of chunk:example-apps/hello failed." in text
+    assert "Failed to build systems/example-system-x86_64.morph: chunk:example-apps/hello failed" in out
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def _start_slow_build(network, tmp_path, marker: str):
+    checkout = network.checkout(tmp_path / "defs")
+    edit(checkout / "strata/example-apps/motd.morph", "install-commands:\n",
+         f"install-commands:\n- sleep {marker}\n")
+    proc = network.initiator(checkout, SYSTEM, wait=False)
+    wait_for(lambda: processes_with(f"sleep {marker}"), 60, "the slow step to start")
+    return proc
+
+
+def test_cancel_stops_the_workers_processes(network, tmp_path):
+    proc = _start_slow_build(network, tmp_path, "77.7")
+    pids = processes_with("sleep 77.7")
+    head = ""
+    while "Request ID" not in head:
+        head += proc.stdout.readline()
+    cancel = network.client("cancel", request_id(head))
+    assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+    gone_at = wait_for(lambda: not any(_alive(p) for p in pids) and time.monotonic(), 5,
+                       "the step's processes to go")
+    assert gone_at
+    rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "was cancelled" in rest
+    status = network.client("status", request_id(head))
+    assert "cancelled" in status.stdout
+
+
+def test_ctrl_c_cancels_the_request(network, tmp_path):
+    proc = _start_slow_build(network, tmp_path, "88.8")
+    pids = processes_with("sleep 88.8")
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out
+    assert "Cancelling request" in out and "Traceback" not in out
+    wait_for(lambda: not any(_alive(p) for p in pids), 5, "the step's processes to go")
+
+
+def test_detach_status_and_list(network, tmp_path):
+    checkout = network.checkout(tmp_path / "defs")
+    edit(checkout / "strata/example-apps/motd.morph", "install-commands:\n",
+         "install-commands:\n- sleep 1\n")
+    proc = network.initiator(checkout, SYSTEM, "--detach")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rid = request_id(proc.stdout)
+    assert f"distbuild status {rid}" in proc.stdout
+
+    def finished():
+        status = network.client("status", rid)
+        return status.stdout if f"Request {rid}: finished" in status.stdout else None
+
+    status = wait_for(finished, 60, "the detached request to finish")
+    assert "Artifact: http://127.0.0.1:" in status
+    listing = network.client("list")
+    assert listing.returncode == 0 and rid in listing.stdout
+
+
+def test_unauthorized_initiator_key_is_a_clear_error(network, tmp_path):
+    checkout = network.checkout(tmp_path / "defs")
+    stranger = tmp_path / "stranger"
+    ssh.generate_keypair(stranger)
+    proc = network.initiator(checkout, SYSTEM, "--identity", str(stranger))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("distbuild: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_worker_killed_mid_step_is_re_run_elsewhere(tmp_path):
+    net = NetworkProcess(tmp_path / "net", workers=2).start()
+    try:
+        checkout = net.checkout(tmp_path / "defs")
+        edit(checkout / "strata/example-apps/hello.morph", "build-commands:\n",
+             "build-commands:\n- sleep 3.33\n")
+        proc = net.initiator(checkout, SYSTEM, wait=False)
+        first = wait_for(lambda: processes_with("sleep 3.33"), 60, "hello to start")
+        hello_key = net.node_key("chunk:example-apps/hello")
+        victim = next(a["worker"] for a in net.attempts()
+                      if a["cache_key"] == hello_key and a["outcome"] == "running")
+        os.kill(net.pids[victim], signal.SIGKILL)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out
+        assert "chunk:example-apps/hello will run again" in out
+        assert "Artifact: " in out
+        tries = [a for a in net.attempts() if a["cache_key"] == hello_key]
+        assert [(a["worker"], a["outcome"]) for a in tries] == [
+            (victim, "lost"), (next(w for w in ("worker-1", "worker-2") if w != victim), "built")]
+        # The killed worker's sandbox died with it (bwrap --die-with-parent).
+        wait_for(lambda: not any(_alive(p) for p in first), 5, "the lost step's processes")
+    finally:
+        net.stop()

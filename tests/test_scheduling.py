@@ -1,0 +1,215 @@
+"""The scheduling policy, driven synchronously: sharing, priorities, retries, failure, cancel."""
+
+import pytest
+
+from distbuild.definitions import Definitions, DirectorySource, build_graph
+from distbuild.scheduling import (
+    JobCancelled,
+    JobStarted,
+    RequestCancelled,
+    RequestFailed,
+    RequestFinished,
+    RequestPlanned,
+    Scheduler,
+    StepBuilt,
+    StepFailed,
+    StepInfo,
+    StepJoined,
+    StepQueued,
+    StepRequeued,
+    steps_from_graph,
+)
+from tests.conftest import MORPHS
+
+SYSTEM = "system:example-system-x86_64"
+
+
+@pytest.fixture(scope="module")
+def example():
+    graph = build_graph(Definitions(DirectorySource(MORPHS)), "systems/example-system-x86_64.morph")
+    return graph, steps_from_graph(graph)
+
+
+def of(events, kind):
+    return [e for e in events if isinstance(e, kind)]
+
+
+def started(events):
+    return {e.requests and next(iter(e.requests.values())): e for e in of(events, JobStarted)}
+
+
+def run_to_end(sched, events, limit=100):
+    """Finish every started job until nothing runs; returns all events and the build order."""
+    log, order = list(events), []
+    pending = of(events, JobStarted)
+    while pending and limit:
+        limit -= 1
+        job = pending.pop(0)
+        order.append(job.key)
+        new = sched.job_finished(job.job)
+        log += new
+        pending += of(new, JobStarted)
+    return log, order
+
+
+def test_longest_path_first_and_workers_share_the_leaves(example):
+    _graph, steps = example
+    sched = Scheduler()
+    sched.add_worker("w1", "x86_64", 1)
+    sched.add_worker("w2", "x86_64", 1)
+    events = sched.add_request("r1", steps, [SYSTEM], cached=set())
+    assert of(events, RequestPlanned)[0] == RequestPlanned("r1", 8, 8)
+    jobs = of(events, JobStarted)
+    assert {next(iter(j.requests.values())) for j in jobs} == {
+        "chunk:example-core/libgreet", "chunk:example-core/base-files"}
+    assert {j.worker for j in jobs} == {"w1", "w2"}
+
+
+def test_longest_remaining_path_goes_first():
+    # a -> b -> c is a chain of three; d stands alone. One slot: a must go first.
+    steps = [StepInfo("chunk:s/d", "kd", "x86_64", (), 1),
+             StepInfo("chunk:s/a", "ka", "x86_64", (), 3),
+             StepInfo("chunk:s/b", "kb", "x86_64", ("chunk:s/a",), 2),
+             StepInfo("chunk:s/c", "kc", "x86_64", ("chunk:s/b",), 1)]
+    sched = Scheduler()
+    sched.add_worker("w", "x86_64", 1)
+    _log, order = run_to_end(sched, sched.add_request("r", steps, ["chunk:s/c", "chunk:s/d"], set()))
+    # b (2 left) beats d (1 left); c and d tie and go by key.
+    assert order == ["ka", "kb", "kc", "kd"]
+
+
+def test_a_request_runs_to_completion_in_dependency_order(example):
+    graph, steps = example
+    sched = Scheduler()
+    sched.add_worker("w1", "x86_64", 2)
+    log, order = run_to_end(sched, sched.add_request("r1", steps, [SYSTEM], cached=set()))
+    position = {k: i for i, k in enumerate(order)}
+    for node in graph.nodes.values():
+        assert all(position[graph.nodes[d].cache_key] < position[node.cache_key]
+                   for d in node.depends)
+    assert len(order) == 8
+    assert of(log, RequestFinished) == [RequestFinished("r1")]
+    progress = [e.progress["r1"] for e in of(log, StepBuilt)]
+    assert progress[-1] == (8, 8)
+
+
+def test_cached_steps_are_not_built(example):
+    graph, steps = example
+    sched = Scheduler()
+    sched.add_worker("w1", "x86_64", 4)
+    core = {graph.nodes[n].cache_key for n in ("chunk:example-core/libgreet",
+                                                "chunk:example-core/base-files",
+                                                "stratum:example-core")}
+    events = sched.add_request("r1", steps, [SYSTEM], cached=core)
+    assert of(events, RequestPlanned)[0].unbuilt == 5
+    assert not {j.key for j in of(events, JobStarted)} & core
+    everything = {n.cache_key for n in graph.nodes.values()}
+    again = sched.add_request("r2", steps, [SYSTEM], cached=everything)
+    assert of(again, RequestFinished) == [RequestFinished("r2")]
+    assert not of(again, JobStarted)
+
+
+def test_two_requests_share_work_and_each_key_builds_once(example):
+    _graph, steps = example
+    sched = Scheduler()
+    sched.add_worker("w1", "x86_64", 1)
+    first = sched.add_request("r1", steps, [SYSTEM], cached=set())
+    # r2 wants only the core stratum: it shares libgreet and base-files with r1.
+    second = sched.add_request("r2", steps, ["stratum:example-core"], cached=set())
+    assert of(second, RequestPlanned)[0].unbuilt == 3
+    # r2 is told that the step it shares is already running for r1.
+    joined = of(second, StepJoined)
+    assert [j.requests for j in joined] == [{"r2": next(iter(of(first, JobStarted)[0].requests.values()))}]
+    log, order = run_to_end(sched, first + second)
+    assert len(order) == len(set(order)) == 8
+    assert {e.request_id for e in of(log, RequestFinished)} == {"r1", "r2"}
+
+
+def test_lost_worker_requeues_its_step_then_gives_up_after_retry_limit(example):
+    _graph, steps = example
+    sched = Scheduler(retry_limit=1)
+    sched.add_worker("w1", "x86_64", 1)
+    first = of(sched.add_request("r1", steps, [SYSTEM], cached=set()), JobStarted)[0]
+    events = sched.add_worker("w2", "x86_64", 2) + sched.remove_worker("w1")
+    requeued = of(events, StepRequeued)
+    assert requeued and requeued[0].key == first.key and "w1" in requeued[0].reason
+    restarted = [j for j in of(events, JobStarted) if j.key == first.key]
+    assert restarted and restarted[0].worker == "w2" and restarted[0].attempt == 2
+    # A late message from the lost worker's job changes nothing.
+    assert sched.job_finished(first.job) == []
+    events = sched.remove_worker("w2")
+    assert of(events, RequestFailed)[0].reason.startswith("worker disconnected during the step")
+    assert "gave up after 2 attempts" in of(events, StepFailed)[0].reason
+
+
+def test_failed_step_fails_its_requests_and_others_go_on(example):
+    _graph, steps = example
+    sched = Scheduler()
+    sched.add_worker("w1", "x86_64", 2)
+    events = sched.add_request("r1", steps, [SYSTEM], cached=set())
+    other = [StepInfo("chunk:x/solo", "k-solo", "x86_64", (), 1)]
+    events += sched.add_request("r2", other, ["chunk:x/solo"], cached=set())
+    jobs = {next(iter(j.requests.values())): j for j in of(events, JobStarted)}
+    libgreet = jobs["chunk:example-core/libgreet"]
+    events = sched.job_failed(libgreet.job, "make exited with status 2")
+    assert of(events, RequestFailed) == [
+        RequestFailed("r1", "make exited with status 2", libgreet.key)]
+    # base-files was running only for r1: it is cancelled to free the worker.
+    assert [c.job for c in of(events, JobCancelled)] == [jobs["chunk:example-core/base-files"].job]
+    solo = of(events, JobStarted)
+    assert [j.key for j in solo] == ["k-solo"]
+    assert of(sched.job_finished(solo[0].job), RequestFinished) == [RequestFinished("r2")]
+
+
+def test_cancel_stops_unshared_work_only(example):
+    _graph, steps = example
+    sched = Scheduler()
+    sched.add_worker("w1", "x86_64", 2)
+    events = sched.add_request("r1", steps, [SYSTEM], cached=set())
+    events += sched.add_request("r2", steps, ["chunk:example-core/libgreet"], cached=set())
+    jobs = {next(iter(j.requests.values())): j for j in of(events, JobStarted)}
+    cancelled = sched.cancel_request("r1")
+    assert of(cancelled, RequestCancelled) == [RequestCancelled("r1")]
+    # libgreet is still wanted by r2; base-files was only r1's.
+    assert [c.job for c in of(cancelled, JobCancelled)] == [jobs["chunk:example-core/base-files"].job]
+    assert of(sched.job_finished(jobs["chunk:example-core/libgreet"].job), RequestFinished) == [
+        RequestFinished("r2")]
+    assert sched.cancel_request("r1") == []
+
+
+def test_arch_must_match_and_slots_are_respected():
+    sched = Scheduler()
+    steps = [StepInfo(f"chunk:s/c{i}", f"k{i}", "armv7lhf", (), 1) for i in range(3)]
+    sched.add_worker("x86", "x86_64", 4)
+    events = sched.add_request("r1", steps, [s.node_id for s in steps], cached=set())
+    assert not of(events, JobStarted) and len(of(events, StepQueued)) == 3
+    events = sched.add_worker("arm", "armv7lhf", 2)
+    assert len(of(events, JobStarted)) == 2
+    assert all(j.worker == "arm" for j in of(events, JobStarted))
+
+
+def test_failed_work_is_tried_again_for_a_new_request():
+    sched = Scheduler()
+    sched.add_worker("w", "x86_64", 1)
+    step = [StepInfo("chunk:s/c", "k", "x86_64", (), 1)]
+    job = of(sched.add_request("r1", step, ["chunk:s/c"], cached=set()), JobStarted)[0]
+    sched.job_failed(job.job, "boom")
+    again = of(sched.add_request("r2", step, ["chunk:s/c"], cached=set()), JobStarted)
+    assert [j.key for j in again] == ["k"]
+
+
+def test_released_slot_takes_the_next_step_before_the_first_is_confirmed():
+    steps = [StepInfo("chunk:s/a", "ka", "x86_64", (), 2),
+             StepInfo("chunk:s/b", "kb", "x86_64", (), 1),
+             StepInfo("chunk:s/c", "kc", "x86_64", ("chunk:s/a",), 1)]
+    sched = Scheduler()
+    sched.add_worker("w", "x86_64", 1)
+    first = of(sched.add_request("r", steps, ["chunk:s/b", "chunk:s/c"], set()), JobStarted)
+    assert [j.key for j in first] == ["ka"]
+    # a's upload is being checked: b may start, c (which needs a) may not.
+    freed = of(sched.release_slot(first[0].job), JobStarted)
+    assert [j.key for j in freed] == ["kb"]
+    assert sched.release_slot(first[0].job) == []
+    after = sched.job_finished(first[0].job)
+    assert not of(after, JobStarted)  # the slot is b's until b is released
+    assert of(after, StepQueued)[0].key == "kc"
