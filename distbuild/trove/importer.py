@@ -24,6 +24,7 @@ from distbuild import ssh
 from distbuild.errors import ConfigError, TroveError
 from distbuild.trove import names
 from distbuild.trove.client import client_settings
+from distbuild.trove.refs import expand_alias
 
 _IDENTITY = {"GIT_AUTHOR_NAME": "distbuild import", "GIT_AUTHOR_EMAIL": "distbuild@localhost",
              "GIT_COMMITTER_NAME": "distbuild import",
@@ -40,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
         if getattr(settings, key) is None:
             raise ConfigError(f"trove import needs '{key}' (in the client configuration "
                               f"or as --{key.replace('_', '-')})")
-    name = names.check_repo_name(args.name)
+    # `upstream:X` and `baserock:X` name delta/X and baserock/X, as in definitions.
+    name = names.check_repo_name(expand_alias(args.name, ""))
     refs = import_source(name, args.source, settings.trove_ssh_url, settings.identity,
                          settings.known_hosts)
     shown = f"{settings.trove_git_url.rstrip('/')}/{name}" if settings.trove_git_url else name
