@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from tests.conftest import PROJECT
-from tests.trove_process import pid_alive, wait_gone
+from tests.trove_process import pid_alive, terminate, wait_gone
 
 
 class NetworkProcess:
@@ -108,13 +108,7 @@ class NetworkProcess:
 
     def stop(self) -> None:
         """SIGTERM `up`, which stops its components; then check every PID is gone."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout=30)
         for pid in self.pids.values():
             if pid_alive(pid):
                 os.kill(pid, signal.SIGTERM)

@@ -197,15 +197,25 @@ def test_cancel_stops_the_workers_processes(network, tmp_path):
     head = ""
     while "Request ID" not in head:
         head += proc.stdout.readline()
-    cancel = network.client("cancel", request_id(head))
+    rid = request_id(head)
+    # While it runs, the request's keys are pinned against garbage collection.
+    assert f"request-{rid}" in trove_pins(network)
+    cancel = network.client("cancel", rid)
     assert cancel.returncode == 0, cancel.stdout + cancel.stderr
     gone_at = wait_for(lambda: not any(_alive(p) for p in pids) and time.monotonic(), 5,
                        "the step's processes to go")
     assert gone_at
     rest, _ = proc.communicate(timeout=30)
     assert proc.returncode == 1 and "was cancelled" in rest
-    status = network.client("status", request_id(head))
+    status = network.client("status", rid)
     assert "cancelled" in status.stdout
+    wait_for(lambda: f"request-{rid}" not in trove_pins(network), 5, "the pin to go")
+
+
+def trove_pins(network) -> list[str]:
+    import json
+    with urllib.request.urlopen(network.settings["artifact_cache_url"] + "2.0/status") as r:
+        return json.load(r)["pins"]
 
 
 def test_ctrl_c_cancels_the_request(network, tmp_path):

@@ -11,7 +11,6 @@ makes the same commit and a repeated build pushes nothing new.
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
 import tempfile
 import time
@@ -78,14 +77,6 @@ def take(path: Path) -> Snapshot:
     return Snapshot(top, commit, head)
 
 
-def git_ssh_command(identity: Path, known_hosts: Path) -> str:
-    """GIT_SSH_COMMAND that uses only this key and checks the trove's host key strictly."""
-    return " ".join(shlex.quote(a) for a in [
-        "ssh", "-i", str(identity), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-        "-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
-        "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=ERROR"])
-
-
 def push(snapshot: Snapshot, repo: str, trove_ssh_url: str, identity: Path,
          known_hosts: Path) -> str:
     """Push the snapshot to repository `repo` on the trove; returns the ref it is under."""
@@ -96,7 +87,7 @@ def push(snapshot: Snapshot, repo: str, trove_ssh_url: str, identity: Path,
     ssh.check_host_key(known_hosts, host, port, ssh.fetch_host_key(host, port))
     ref = f"{SNAPSHOT_REFS}/{snapshot.commit}"
     target = f"ssh://{parsed.username or 'git'}@{host}:{port}/{repo}"
-    env = {"GIT_SSH_COMMAND": git_ssh_command(identity, known_hosts)}
+    env = {"GIT_SSH_COMMAND": ssh.git_ssh_command(identity, known_hosts)}
     for attempt in range(PUSH_ATTEMPTS):
         try:
             _git(["push", "-q", target, f"{snapshot.commit}:{ref}"], snapshot.top, env,

@@ -17,11 +17,10 @@ import tempfile
 import threading
 import urllib.parse
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from distbuild import config
 from distbuild.errors import TroveError
 from distbuild.trove import names
 
@@ -36,35 +35,6 @@ class CacheClientError(TroveError):
                  retryable: bool = False):
         super().__init__(what, where, retryable=retryable)
         self.status = status
-
-
-@dataclass
-class ClientSettings:
-    """What a client of the trove reads from the client configuration (e.g. network.yaml)."""
-
-    artifact_cache_url: str | None = None
-    trove_git_url: str | None = None
-    # ssh://HOST:PORT where the trove accepts authenticated pushes.
-    trove_ssh_url: str | None = None
-    identity: Path | None = None
-    known_hosts: Path | None = None
-
-
-def client_settings(config_file: str | None, **overrides) -> ClientSettings:
-    """Client settings from --config or $DISTBUILD_CONFIG; other components' keys are ignored."""
-    path = config.config_path(config_file)
-    values = config.load(path)
-    known = {f.name for f in fields(ClientSettings)}
-    mine = {k: v for k, v in values.items() if k in known}
-    settings = config.section(ClientSettings, mine, str(path) if path else "command line",
-                              **overrides)
-    base = path.parent if path else Path.cwd()
-    # Key paths in a config file are relative to that file, as network.yaml writes them.
-    for name in ("identity", "known_hosts"):
-        value = getattr(settings, name)
-        if value is not None and not value.is_absolute() and overrides.get(name) is None:
-            setattr(settings, name, base / value)
-    return settings
 
 
 @dataclass(frozen=True)

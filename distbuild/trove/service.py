@@ -12,13 +12,12 @@ import json
 import os
 import re
 import socket
-import sys
-import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from distbuild import config
 from distbuild.errors import ConfigError, TroveError
+from distbuild.timestamps import service_logger
 
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -137,9 +136,7 @@ def _free_port(address: str) -> int:
         return s.getsockname()[1]
 
 
-def _log(message: str) -> None:
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
-    print(f"{stamp} trove: {message}", file=sys.stderr, flush=True)
+_log = service_logger("trove")
 
 
 def serve(settings: TroveSettings, ready_file: Path | None = None) -> int:

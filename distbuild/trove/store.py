@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -306,11 +307,20 @@ def _meta_size(meta: dict) -> int:
     return sum(int(f["size"]) for f in files)
 
 
+# fsyncs issued together share the filesystem's journal commits: an upload's ten
+# files and its directory cost about one commit's time (2 ms here) instead of ten.
+_FSYNC_POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fsync")
+
+
 def _fsync_path(path: Path) -> None:
+    """fsync a file, or a directory's files (in parallel) and then the directory."""
     if path.is_dir():
-        for child in path.iterdir():
-            if child.is_file():
-                _fsync_path(child)
+        files = [child for child in path.iterdir() if child.is_file()]
+        list(_FSYNC_POOL.map(_fsync_one, files))
+    _fsync_one(path)
+
+
+def _fsync_one(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

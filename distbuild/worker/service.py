@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import platform
 import signal
-import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from distbuild.errors import ConfigError, DistbuildError
 from distbuild.link import Link, LinkError, connect
 from distbuild.protocol import messages as m
 from distbuild.runprocess import Cancelled, CancelToken
+from distbuild.timestamps import service_logger
 from distbuild.trove.client import CacheClient
 from distbuild.worker.cache import LocalArtifactCache
 from distbuild.worker.errors import CommandFailed
@@ -246,6 +245,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _log(message: str) -> None:
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
-    print(f"{stamp} worker: {message}", file=sys.stderr, flush=True)
+_log = service_logger("worker")
