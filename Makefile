@@ -35,6 +35,7 @@ host-packages:
 	command -v gcc >/dev/null || missing="$$missing gcc"; \
 	command -v make >/dev/null || missing="$$missing make"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
+	command -v ssh >/dev/null || missing="$$missing openssh-client"; \
 	command -v mkfs.ext4 >/dev/null && command -v debugfs >/dev/null || missing="$$missing e2fsprogs"; \
 	command -v fakeroot >/dev/null || missing="$$missing fakeroot"; \
 	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \

@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("distbuild.worker.service", "run a worker that builds steps for a controller"),
     "up": ("distbuild.network", "start a whole network on this machine (trove, controller, "
            "workers)"),
+    "build-step": ("distbuild.worker.command",
+                   "build one chunk, stratum or system here, as a worker would"),
     "keygen": ("distbuild.keygen", "write a network's SSH keys, known_hosts and token secret"),
     "deploy": ("distbuild.deploy.command", "deploy built systems as a cluster morphology says"),
 }

@@ -10,6 +10,7 @@ logs and timeouts lives in distbuild.worker, not here.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import threading
@@ -72,25 +73,37 @@ def run(argv: Sequence[str], *, on_line: LineCallback | None = None,
     )
     if on_start is not None:
         on_start(proc.pid)
-    reader = threading.Thread(target=_pump, args=(proc.stdout, on_line), daemon=True)
+    failures: list[BaseException] = []
+    reader = threading.Thread(target=_pump, args=(proc.stdout, on_line, failures), daemon=True)
     reader.start()
     try:
-        while True:
-            try:
-                status = proc.wait(timeout=_POLL_SECONDS)
-                break
-            except subprocess.TimeoutExpired:
-                if cancel is not None and cancel.cancelled:
-                    kill_group(proc)
-                    reader.join(timeout=1)
-                    raise Cancelled("step was cancelled") from None
+        status = _wait(proc, cancel)
     except BaseException:
         kill_group(proc)
+        reader.join(timeout=1)
         raise
     # A grandchild that left the group could hold the pipe open forever;
     # the leader's output is complete by now, so do not wait for it.
     reader.join(timeout=2)
+    if failures:
+        raise failures[0]
     return status
+
+
+def _wait(proc: subprocess.Popen, cancel: CancelToken | None) -> int:
+    # A pidfd becomes readable the moment the child exits, so a short
+    # command is not held up by a polling interval; the timeout is only
+    # for noticing cancellation.
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        while not poller.poll(_POLL_SECONDS * 1000):
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled("step was cancelled")
+    finally:
+        os.close(pidfd)
+    return proc.wait()
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -104,7 +117,17 @@ def kill_group(proc: subprocess.Popen) -> None:
         time.sleep(0.01)
 
 
-def _pump(stream, on_line: LineCallback | None) -> None:
+def _pump(stream, on_line: LineCallback | None, failures: list[BaseException]) -> None:
+    # Keep draining even when the callback fails: a child blocked on a full
+    # pipe would never exit. The first failure is raised once it has.
+    def deliver(raw: bytes) -> None:
+        if on_line is None or failures:
+            return
+        try:
+            on_line(raw.decode("utf-8", "replace"))
+        except Exception as e:
+            failures.append(e)
+
     pending = b""
     while True:
         chunk = stream.read1(65536)
@@ -112,9 +135,8 @@ def _pump(stream, on_line: LineCallback | None) -> None:
             break
         pending += chunk
         *lines, pending = pending.split(b"\n")
-        if on_line is not None:
-            for line in lines:
-                on_line(line.decode("utf-8", "replace"))
-    if pending and on_line is not None:
-        on_line(pending.decode("utf-8", "replace"))
+        for line in lines:
+            deliver(line)
+    if pending:
+        deliver(pending)
     stream.close()

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,11 +37,21 @@ from distbuild.errors import DistbuildError
 from distbuild.runprocess import CancelToken, LineCallback
 
 HOST_MOUNT = "/.host"
+# Where a merged layout binds the whole staging area, for symlinks into it.
+STAGING_MOUNT = "/.staging"
 
-# Host directories a sandbox never sees through the host layer: it gets its
-# own /proc, /dev and /tmp, and the rest is machine state, not tools.
-_HOST_SKIP = frozenset({"proc", "dev", "sys", "tmp", "run", "lost+found", "old_root",
-                        "mnt", "media", "root", "home", HOST_MOUNT.strip("/")})
+# The only top-level host entries the host layer shows: where tools, their
+# libraries and their configuration live. Home directories, /root, /srv,
+# /var, /tmp and wherever the worker keeps its keys and work stay unseen,
+# so a build cannot copy the network's secrets into an artifact.
+HOST_VISIBLE = frozenset({"usr", "etc", "opt", "bin", "sbin", "lib", "lib32", "lib64",
+                          "libx32"})
+
+# Host files a build must not read even within HOST_VISIBLE: builds run as
+# root in their sandbox, so root-only files would otherwise be readable.
+HOST_HIDDEN = (Path("/etc/shadow"), Path("/etc/gshadow"), Path("/etc/shadow-"),
+               Path("/etc/gshadow-"), Path("/etc/ssh"), Path("/etc/sudoers"),
+               Path("/etc/sudoers.d"), Path("/etc/distbuild"), Path("/etc/ssl/private"))
 
 
 class SandboxError(DistbuildError):
@@ -66,6 +76,8 @@ class SandboxSpec:
     root: Path | None
     root_writable: bool = False
     layout: tuple[str, ...] = ()
+    # bwrap operations applied after the binds (see `host_masks`).
+    masks: tuple[str, ...] = ()
     binds: tuple[Bind, ...] = ()
     tmpfs: tuple[str, ...] = ("/tmp",)
     env: Mapping[str, str] = field(default_factory=dict)
@@ -85,6 +97,7 @@ def bwrap_argv(spec: SandboxSpec, bwrap: str = "bwrap", status_fd: int | None = 
         args += ["--tmpfs", path]
     for bind in spec.binds:
         args += ["--bind" if bind.writable else "--ro-bind", str(bind.source), bind.dest]
+    args += spec.masks
     if spec.root is None and not spec.root_writable:
         args += ["--remount-ro", "/"]
     for key, value in sorted(spec.env.items()):
@@ -181,18 +194,42 @@ def host_binds(host: Path = Path("/")) -> tuple[Bind, ...]:
     binds = []
     for entry in sorted(os.listdir(host)):
         path = host / entry
-        if entry in _HOST_SKIP or path.is_symlink() or not path.is_dir():
+        if entry not in HOST_VISIBLE or path.is_symlink() or not path.is_dir():
             continue
         binds.append(Bind(path, f"{HOST_MOUNT}/{entry}"))
     return tuple(binds)
+
+
+def host_masks(empty_file: Path, hidden: Iterable[Path] = HOST_HIDDEN) -> tuple[str, ...]:
+    """bwrap operations that blank out `hidden` host paths under /.host (put after the binds).
+
+    A directory becomes an empty tmpfs; a file reads as `empty_file` (created
+    if missing: /dev/null cannot stand in, binds are mounted nodev).
+    """
+    if not empty_file.exists():
+        empty_file.parent.mkdir(parents=True, exist_ok=True)
+        empty_file.touch(mode=0o444)
+    ops: list[str] = []
+    for path in hidden:
+        path = Path(path).absolute()
+        if path.parts[1:2] and path.parts[1] not in HOST_VISIBLE:
+            continue  # not visible through the host layer at all
+        if path.is_dir() and not path.is_symlink():
+            ops += ["--tmpfs", f"{HOST_MOUNT}{path}"]
+        elif path.exists() and not path.is_symlink():
+            ops += ["--ro-bind", str(empty_file), f"{HOST_MOUNT}{path}"]
+    return tuple(ops)
 
 
 def merged_layout(root: Path, host: Path = Path("/")) -> tuple[str, ...]:
     """bwrap operations that build `root` merged over the host in an empty sandbox root.
 
     Use with `SandboxSpec(root=None, layout=..., binds=host_binds() + ...)`.
+    A directory only `root` has is one bind; a file of `root` inside a merged
+    directory is a symlink into /.staging, so a staging area of thousands of
+    files costs a handful of mounts, not thousands.
     """
-    ops: list[str] = []
+    ops: list[str] = ["--ro-bind", str(root), STAGING_MOUNT]
     _merge_ops(str(host), str(root), "", ops, top=True)
     return tuple(ops)
 
@@ -200,7 +237,7 @@ def merged_layout(root: Path, host: Path = Path("/")) -> tuple[str, ...]:
 def _merge_ops(host_dir: str, root_dir: str, inside: str, ops: list[str],
                top: bool = False) -> None:
     host_entries = {e.name: e for e in os.scandir(host_dir)
-                    if not (top and e.name in _HOST_SKIP)}
+                    if not top or e.name in HOST_VISIBLE}
     own_entries = {e.name: e for e in os.scandir(root_dir)}
     for name in sorted(host_entries.keys() | own_entries.keys()):
         dest = f"{inside}/{name}"
@@ -211,8 +248,10 @@ def _merge_ops(host_dir: str, root_dir: str, inside: str, ops: list[str],
         elif own is not None:
             if own.is_symlink():
                 ops += ["--symlink", os.readlink(own.path), dest]
-            else:
+            elif _real_dir(own):
                 ops += ["--ro-bind", own.path, dest]
+            else:
+                ops += ["--symlink", f"{STAGING_MOUNT}{dest}", dest]
         else:
             ops += ["--symlink", _host_target(theirs.path), dest]
 
@@ -256,7 +295,7 @@ def layer_host(root: Path, host: Path = Path("/")) -> HostLayer:
 
 def _link_missing(host_dir: Path, root_dir: Path, links: list[Path], top: bool = False) -> None:
     for entry in os.listdir(host_dir):
-        if top and entry in _HOST_SKIP:
+        if top and entry not in HOST_VISIBLE:
             continue
         host_path, root_path = host_dir / entry, root_dir / entry
         if os.path.lexists(root_path):

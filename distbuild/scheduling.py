@@ -288,6 +288,21 @@ class Scheduler:
         key = self.jobs.get(job)
         return dict(self.work[key].requests) if key else {}
 
+    def release_slot(self, job: str) -> list[Event]:
+        """The worker is done with `job` (its result is being checked): give the slot away.
+
+        The step stays running until job_finished or job_failed; only the
+        worker's capacity is freed, so the next step need not wait for the check.
+        """
+        key = self.jobs.get(job)
+        if key is None:
+            return []
+        worker = self.workers.get(self.work[key].worker or "")
+        if worker is None or job not in worker.jobs:
+            return []
+        worker.jobs.discard(job)
+        return self.dispatch()
+
     def job_finished(self, job: str) -> list[Event]:
         """A job built its step; dependents may become ready, requests may finish."""
         work = self._end_job(job)

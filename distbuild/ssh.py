@@ -197,6 +197,16 @@ def fetch_host_key(host: str, port: int, timeout: float = 10.0) -> PublicKey:
         transport.close()
 
 
+def git_ssh_command(identity: Path, known_hosts: Path) -> str:
+    """GIT_SSH_COMMAND that uses only `identity` and checks host keys strictly."""
+    import shlex
+
+    return " ".join(shlex.quote(a) for a in [
+        "ssh", "-i", str(identity), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+        "-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=ERROR"])
+
+
 # --- twisted.conch server glue ------------------------------------------------
 
 

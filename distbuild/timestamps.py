@@ -14,3 +14,13 @@ def log_stamp() -> str:
 def terminal_stamp() -> str:
     """Terminal lines, as morph printed them: 2026-11-22 07:01:02."""
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def service_logger(component: str):
+    """A function that prints `STAMP COMPONENT: MESSAGE` lines to stderr, for the services."""
+    import sys
+
+    def log(message: str) -> None:
+        print(f"{terminal_stamp()} {component}: {message}", file=sys.stderr, flush=True)
+
+    return log

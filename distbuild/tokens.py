@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 import time
 from pathlib import Path
@@ -30,6 +31,15 @@ class TokenError(DistbuildError):
 def new_secret() -> str:
     """A fresh random secret suitable for a token secret file."""
     return secrets.token_hex(32)
+
+
+def write_secret(path: Path) -> None:
+    """Create a new secret file readable only by its owner (mode 0600)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(new_secret() + "\n")
 
 
 def read_secret(path: Path) -> bytes:

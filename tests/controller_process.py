@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import yaml
 
 from distbuild import keygen, ssh
 from tests.conftest import PROJECT
+from tests.trove_process import terminate
 
 
 class ControllerProcess:
@@ -74,11 +74,4 @@ class ControllerProcess:
         return self.log_file.read_text() if self.log_file.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc)

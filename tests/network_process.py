@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from tests.conftest import PROJECT
-from tests.trove_process import pid_alive, wait_gone
+from tests.trove_process import pid_alive, terminate, wait_gone
 
 
 class NetworkProcess:
@@ -95,8 +95,8 @@ class NetworkProcess:
         finally:
             db.close()
 
-    def node_key(self, node_id: str) -> str:
-        """The cache key the controller recorded for a node of the newest request."""
+    def node_key(self, node_id: str) -> str | None:
+        """The cache key the controller recorded for a node of the newest request, if any."""
         db = sqlite3.connect(self.state / "controller" / "controller.db")
         try:
             row = db.execute("SELECT n.cache_key FROM nodes n JOIN requests r "
@@ -104,17 +104,11 @@ class NetworkProcess:
                              "ORDER BY r.seq DESC LIMIT 1", (node_id,)).fetchone()
         finally:
             db.close()
-        return row[0]
+        return row[0] if row else None
 
     def stop(self) -> None:
         """SIGTERM `up`, which stops its components; then check every PID is gone."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout=30)
         for pid in self.pids.values():
             if pid_alive(pid):
                 os.kill(pid, signal.SIGTERM)

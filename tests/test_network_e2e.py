@@ -124,9 +124,9 @@ def test_overlapping_requests_share_steps(network, tmp_path):
     two = network.checkout(tmp_path / "two")
     for checkout in (one, two):  # the same uncommitted change in both checkouts
         edit(checkout / "strata/example-core/libgreet.morph", "install-commands:",
-             "post-install-commands:\n- sleep 2\ninstall-commands:")
+             "post-install-commands:\n- sleep 2.22\ninstall-commands:")
     a = network.initiator(one, SYSTEM, wait=False)
-    wait_for(lambda: processes_with("sleep 2"), 60, "libgreet to start")
+    wait_for(lambda: processes_with("sleep 2.22"), 60, "libgreet to start")
     b = network.initiator(two, MINIMAL, wait=False)
     out_a, _ = a.communicate(timeout=120)
     out_b, _ = b.communicate(timeout=120)
@@ -136,9 +136,32 @@ def test_overlapping_requests_share_steps(network, tmp_path):
     assert rid_a != rid_b
     # b joined libgreet while it ran for a, and followed it in its own log file.
     assert "Started building chunk:example-core/libgreet" in out_b
-    assert "sleep 2" in (two / "build-step-libgreet.log").read_text()
+    assert "sleep 2.22" in (two / "build-step-libgreet.log").read_text()
     built = Counter(x["cache_key"] for x in network.attempts() if x["outcome"] == "built")
     assert built and max(built.values()) == 1
+
+
+def test_partial_build_of_components_with_logs_elsewhere(network, tmp_path):
+    checkout = network.checkout(tmp_path / "defs")
+    edit(checkout / "strata/example-apps/hello.morph", "install-commands:\n",
+         "install-commands:\n- echo partial build\n")
+    logs = tmp_path / "logs"
+    proc = network.initiator(checkout, SYSTEM, "hello", "--initiator-step-output-dir",
+                             str(logs))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    urls = re.findall(r"^Artifact: (\S+)$", proc.stdout, re.M)
+    # The chunk's own artifacts, and nothing of the strata or the system.
+    assert urls and all(".chunk.hello-" in u for u in urls)
+    assert "Started building system:" not in proc.stdout
+    names = {p.name for p in logs.iterdir()}
+    # hello and whatever it needed that was not cached yet; never what needs hello.
+    assert "build-step-hello.log" in names
+    assert names <= {"build-step-hello.log", "build-step-libgreet.log",
+                     "build-step-base-files.log", "build-step-stratum-example-core.log"}
+    assert not list(checkout.glob("build-step-*.log"))
+    unknown = network.initiator(checkout, SYSTEM, "no-such-chunk")
+    assert unknown.returncode == 1
+    assert "component 'no-such-chunk' is neither a stratum nor a chunk" in unknown.stdout
 
 
 def test_failing_chunk_fails_the_build_and_shows_its_log(network, tmp_path):
@@ -174,15 +197,25 @@ def test_cancel_stops_the_workers_processes(network, tmp_path):
     head = ""
     while "Request ID" not in head:
         head += proc.stdout.readline()
-    cancel = network.client("cancel", request_id(head))
+    rid = request_id(head)
+    # While it runs, the request's keys are pinned against garbage collection.
+    assert f"request-{rid}" in trove_pins(network)
+    cancel = network.client("cancel", rid)
     assert cancel.returncode == 0, cancel.stdout + cancel.stderr
     gone_at = wait_for(lambda: not any(_alive(p) for p in pids) and time.monotonic(), 5,
                        "the step's processes to go")
     assert gone_at
     rest, _ = proc.communicate(timeout=30)
     assert proc.returncode == 1 and "was cancelled" in rest
-    status = network.client("status", request_id(head))
+    status = network.client("status", rid)
     assert "cancelled" in status.stdout
+    wait_for(lambda: f"request-{rid}" not in trove_pins(network), 5, "the pin to go")
+
+
+def trove_pins(network) -> list[str]:
+    import json
+    with urllib.request.urlopen(network.settings["artifact_cache_url"] + "2.0/status") as r:
+        return json.load(r)["pins"]
 
 
 def test_ctrl_c_cancels_the_request(network, tmp_path):
@@ -233,9 +266,11 @@ def test_worker_killed_mid_step_is_re_run_elsewhere(tmp_path):
              "build-commands:\n- sleep 3.33\n")
         proc = net.initiator(checkout, SYSTEM, wait=False)
         first = wait_for(lambda: processes_with("sleep 3.33"), 60, "hello to start")
-        hello_key = net.node_key("chunk:example-apps/hello")
-        victim = next(a["worker"] for a in net.attempts()
-                      if a["cache_key"] == hello_key and a["outcome"] == "running")
+        hello_key = wait_for(lambda: net.node_key("chunk:example-apps/hello"), 10, "hello's key")
+        victim = wait_for(lambda: next((a["worker"] for a in net.attempts()
+                                        if a["cache_key"] == hello_key
+                                        and a["outcome"] == "running"), None),
+                          10, "hello's attempt")
         os.kill(net.pids[victim], signal.SIGKILL)
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, out

@@ -60,3 +60,14 @@ def test_a_cancelled_token_starts_nothing():
     token.cancel()
     with pytest.raises(Cancelled):
         runprocess.run(["true"], cancel=token)
+
+
+def test_a_failing_callback_does_not_block_the_child():
+    def explode(line: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    started = time.monotonic()
+    # 1 MB of output: far more than a pipe holds, so an undrained pipe would hang.
+    with pytest.raises(OSError, match="No space left"):
+        runprocess.run(["sh", "-c", "yes | head -c 1000000"], on_line=explode)
+    assert time.monotonic() - started < 10

@@ -19,6 +19,7 @@ def layered(root: Path, command: str, *binds: Bind, env=None) -> tuple[int, list
     spec = SandboxSpec(argv=("sh", "-e", "-c", command), root=None,
                        layout=sandbox.merged_layout(root),
                        binds=(*sandbox.host_binds(), *binds),
+                       masks=sandbox.host_masks(root.parent / "empty"),
                        env=env or {"PATH": "/usr/bin:/bin"})
     return sandbox.run(spec, on_line=lines.append), lines
 
@@ -56,10 +57,10 @@ def test_writes_outside_the_writable_binds_fail(root, tmp_path):
     build = tmp_path / "build"
     build.mkdir()
     marker = f"distbuild-escape-{uuid.uuid4().hex}"
-    host_target = Path("/var/tmp") / marker
+    host_target = Path("/etc") / marker
     status, lines = layered(
         root,
-        f"for p in /usr/{marker} /etc/{marker} /{marker} /.host/var/tmp/{marker} "
+        f"for p in /usr/{marker} /etc/{marker} /{marker} /.host/etc/{marker} "
         f"/usr/include/staged.h; do "
         f"  if echo x 2>/dev/null > $p; then echo WROTE $p; fi; done; "
         f"echo built > /build/out; echo done",
@@ -70,6 +71,16 @@ def test_writes_outside_the_writable_binds_fail(root, tmp_path):
     assert not host_target.exists()
     assert (root / "usr/include/staged.h").read_text() == "#define STAGED 42\n"
     assert not (root / marker).exists()
+
+
+def test_host_layer_shows_tools_but_not_secrets_or_work(root):
+    status, lines = layered(root, "wc -c < /etc/shadow; wc -c < /.host/etc/shadow; "
+                                  "ls -A /.host; ls -d /work /root /home 2>/dev/null || true")
+    assert status == 0, lines
+    if Path("/etc/shadow").exists():
+        assert lines[:2] == ["0", "0"]
+    assert set(lines[2:]) <= sandbox.HOST_VISIBLE
+    assert "usr" in lines[2:] and "etc" in lines[2:]
 
 
 def test_staged_files_win_over_host_and_host_tools_are_visible(root):
@@ -134,3 +145,16 @@ def test_layer_host_in_a_writable_root_is_removed_afterwards(tmp_path):
     assert lines == ["mine"]
     assert sorted(p.name for p in root.iterdir()) == ["etc"]
     assert sorted(p.name for p in (root / "etc").iterdir()) == ["new", "own"]
+
+
+def test_a_large_staging_area_costs_few_mounts(root):
+    for i in range(500):
+        (root / "usr" / "include" / f"h{i}.h").write_text(f"#define H{i} {i}\n")
+    (root / "usr" / "share" / "only-staged" / "deep").mkdir(parents=True)
+    layout = sandbox.merged_layout(root)
+    assert layout.count("--ro-bind") <= 3  # the staging area, and dirs only it has
+    status, lines = layered(root, "cat /usr/include/h499.h; ls /usr/share/only-staged; "
+                                  "grep -c . /proc/self/mountinfo")
+    assert status == 0, lines
+    assert lines[:2] == ["#define H499 499", "deep"]
+    assert int(lines[2]) < 60

@@ -196,3 +196,20 @@ def test_failed_work_is_tried_again_for_a_new_request():
     sched.job_failed(job.job, "boom")
     again = of(sched.add_request("r2", step, ["chunk:s/c"], cached=set()), JobStarted)
     assert [j.key for j in again] == ["k"]
+
+
+def test_released_slot_takes_the_next_step_before_the_first_is_confirmed():
+    steps = [StepInfo("chunk:s/a", "ka", "x86_64", (), 2),
+             StepInfo("chunk:s/b", "kb", "x86_64", (), 1),
+             StepInfo("chunk:s/c", "kc", "x86_64", ("chunk:s/a",), 1)]
+    sched = Scheduler()
+    sched.add_worker("w", "x86_64", 1)
+    first = of(sched.add_request("r", steps, ["chunk:s/b", "chunk:s/c"], set()), JobStarted)
+    assert [j.key for j in first] == ["ka"]
+    # a's upload is being checked: b may start, c (which needs a) may not.
+    freed = of(sched.release_slot(first[0].job), JobStarted)
+    assert [j.key for j in freed] == ["kb"]
+    assert sched.release_slot(first[0].job) == []
+    after = sched.job_finished(first[0].job)
+    assert not of(after, JobStarted)  # the slot is b's until b is released
+    assert of(after, StepQueued)[0].key == "kc"

@@ -49,3 +49,13 @@ def test_secret_file_errors_name_the_file(tmp_path):
         tokens.read_secret(tmp_path / "short")
     (tmp_path / "ok").write_text(tokens.new_secret() + "\n")
     assert len(tokens.read_secret(tmp_path / "ok")) == 64
+
+
+def test_write_secret_is_private_and_readable(tmp_path):
+    import os
+    import stat
+    tokens.write_secret(tmp_path / "keys" / "secret")
+    assert stat.S_IMODE(os.stat(tmp_path / "keys" / "secret").st_mode) == 0o600
+    assert len(tokens.read_secret(tmp_path / "keys" / "secret")) == 64
+    with pytest.raises(FileExistsError):
+        tokens.write_secret(tmp_path / "keys" / "secret")

@@ -1,6 +1,7 @@
 """Garbage collection and pins against a real trove process, configured from YAML."""
 
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -74,3 +75,38 @@ def test_bad_trove_settings_are_one_line_errors(tmp_path):
     assert out.returncode == 2 and "unknown key 'http_prot'" in out.stderr
     out = run_distbuild("trove", "--git-dir", str(tmp_path / "g"))
     assert out.returncode == 2 and "missing required key(s): artifact_dir" in out.stderr
+
+
+def test_relative_paths_in_the_config_file_are_relative_to_it(tmp_path):
+    import argparse
+
+    from distbuild.trove import gitdaemon, service
+
+    conf = tmp_path / "state" / "network.yaml"
+    conf.parent.mkdir()
+    conf.write_text(yaml.safe_dump({"trove": {"git_dir": "git", "artifact_dir": "cache"}}))
+    parser = argparse.ArgumentParser()
+    service.add_arguments(parser)
+    settings = service.settings_from(parser.parse_args(["--config", str(conf)]))
+    assert settings.git_dir == tmp_path / "state" / "git"
+    assert settings.artifact_dir == tmp_path / "state" / "cache"
+    settings = service.settings_from(parser.parse_args(
+        ["--config", str(conf), "--git-dir", "elsewhere"]))
+    assert settings.git_dir == Path("elsewhere")
+    # git daemon serves read-only, everything under git_dir, only on the given address.
+    argv = gitdaemon.daemon_argv(settings.git_dir, "127.0.0.1", 9418)
+    assert argv[0].endswith("git-daemon")
+    assert {"--export-all", "--listen=127.0.0.1", "--disable=receive-pack",
+            f"--base-path={settings.git_dir}"} <= set(argv)
+
+
+def test_token_command_issues_what_the_trove_accepts(tmp_path):
+    from distbuild import tokens
+
+    secret = tmp_path / "secret"
+    tokens.write_secret(secret)
+    key = "ab" * 32
+    out = run_distbuild("trove", "token", key, "--token-secret-file", str(secret), check=True)
+    tokens.verify(tokens.read_secret(secret), key, out.stdout.strip())
+    bad = run_distbuild("trove", "token", "../x", "--token-secret-file", str(secret))
+    assert bad.returncode == 2 and "not a cache key" in bad.stderr

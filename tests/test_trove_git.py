@@ -1,9 +1,13 @@
 """git daemon, ref resolution and the mirror cache against a real trove process."""
 
+import json
 import os
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -175,3 +179,16 @@ def test_git_daemon_is_restarted_and_dies_with_the_trove(tmp_path):
     finally:
         trove.stop()
     assert not pid_alive(first)
+
+
+def test_morph_cache_server_sha1s_endpoint(served):
+    trove, shas = served
+    base = trove.cache_url + "1.0/sha1s?"
+    for repo in ("upstream:hello", "delta/hello", f"{trove.git_url}/delta/hello"):
+        with urllib.request.urlopen(base + urllib.parse.urlencode(
+                {"repo": repo, "ref": "v1.0"})) as resp:
+            assert json.loads(resp.read()) == {"repo": repo, "ref": "v1.0",
+                                               "sha1": shas["first"], "tree": shas["first_tree"]}
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(base + "repo=upstream:hello&ref=nope")
+    assert e.value.code == 404 and "ref 'nope' not found" in e.value.read().decode()

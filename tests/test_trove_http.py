@@ -73,6 +73,8 @@ def test_upload_then_read_back_through_both_apis(trove, tmp_path):
     assert (status, json.loads(body)) == (200, {bins: True})
     # A second upload of the same source is accepted and changes nothing.
     assert client.upload_source(KEY, files, token, log=log) is False
+    assert f"stored: {KEY} (4028 bytes from 127.0.0.1:" in trove.log()
+    assert f"already cached: {KEY}" in trove.log()
 
 
 def test_missing_artifact_and_log_are_404_with_a_clear_body(trove, tmp_path):
@@ -115,6 +117,7 @@ def test_uploads_without_a_valid_token_are_refused(trove, tmp_path, case):
     assert status == expected[case][0]
     assert expected[case][1] in text and key in text
     assert CacheClient(trove.cache_url).cached_sources([key]) == {key: False}
+    assert f"refused PUT /2.0/sources/{key} from 127.0.0.1:" in trove.log()
 
 
 @pytest.mark.parametrize("path", [
@@ -218,3 +221,19 @@ def test_200_mb_round_trip_keeps_the_trove_small(trove, tmp_path):
     grown_mib = (trove.rss_peak_kib() - before) / 1024
     print(f"trove peak RSS grew by {grown_mib:.1f} MiB during a 200 MiB round trip")
     assert grown_mib < 40
+
+
+def test_upload_by_a_path_the_streaming_hook_does_not_see_still_works(trove, tmp_path):
+    # A query string keeps TroveRequest from streaming; the spooled body is replayed.
+    key = "f0" * 32
+    data = b"spooled" * 1000
+    head = json.dumps({"artifacts": [{"filename": f"{key}.chunk.s", "size": len(data),
+                                      "sha256": hashlib.sha256(data).hexdigest()}]})
+    body = head.encode() + b"\n" + data
+    status, text, _ = raw(trove, "PUT", f"/2.0/sources/{key}?from=test", body)
+    assert status == 401
+    status, text, _ = raw(trove, "PUT", f"/2.0/sources/{key}?from=test", body,
+                          {"Authorization": f"Bearer {tokens.issue(trove.secret, key)}"})
+    assert status == 201 and json.loads(text)["stored"] is True
+    got = CacheClient(trove.cache_url).download(f"{key}.chunk.s", tmp_path / "s")
+    assert got.path.read_bytes() == data

@@ -81,6 +81,23 @@ def test_import_a_git_repository_with_all_branches_and_tags(net, tmp_path):
     assert "refs/tags/v1.0" in refs
 
 
+def test_import_under_a_baserock_alias(net, tmp_path):
+    (tmp_path / "f").write_text("x\n")
+    run_distbuild("trove", "import", "upstream:aliased", str(tmp_path), "--config",
+                  str(net["conf"]), check=True)
+    assert "refs/heads/master" in git("ls-remote", f"{net['trove'].git_url}/delta/aliased")
+
+
+def test_import_from_a_git_url(net, tmp_path):
+    make_source(tmp_path / "work")
+    run_distbuild("trove", "import", "delta/upstream-copy", str(tmp_path / "work"),
+                  "--config", str(net["conf"]), check=True)
+    url = f"{net['trove'].git_url}/delta/upstream-copy"
+    run_distbuild("trove", "import", "delta/second-copy", url, "--config", str(net["conf"]),
+                  check=True)
+    assert git("ls-remote", f"{net['trove'].git_url}/delta/second-copy") == git("ls-remote", url)
+
+
 def test_import_a_tarball_strips_its_top_directory(net, tmp_path):
     top = tmp_path / "binutils-2.25"
     top.mkdir()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -77,3 +79,21 @@ def test_without_a_source_only_local_artifacts_are_found(tmp_path):
     cache = LocalArtifactCache(tmp_path / "local")
     with pytest.raises(MissingArtifact, match="no artifact cache to fetch it from"):
         cache.fetch("K.chunk.x")
+
+
+def test_trim_removes_least_recently_used_and_keeps_recent(tmp_path, store):
+    for name in ("K.chunk.old", "K.chunk.mid", "K.chunk.new"):
+        (tmp_path / name).write_bytes(b"x" * 1000)
+        store.upload([describe(tmp_path / name, name)])
+    cache = LocalArtifactCache(tmp_path / "local", store)
+    for age, name in ((3000, "K.chunk.old"), (2000, "K.chunk.mid"), (1000, "K.chunk.new")):
+        path = cache.fetch(name)
+        os.utime(path, (time.time() - age, time.time() - age))
+    cache.fetch("K.chunk.x-bins")  # just used: kept whatever the limit
+    assert cache.trim(1500, min_age=600) == ["K.chunk.old", "K.chunk.mid"]
+    assert sorted(p.name for p in cache.directory.iterdir()
+                  if not p.name.startswith(".") and p.name != "index") == [
+        "K.chunk.new", "K.chunk.x-bins"]
+    calls = store.calls
+    assert cache.fetch("K.chunk.old").read_bytes() == b"x" * 1000  # fetched again, checked
+    assert store.calls == calls + 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -12,16 +13,17 @@ from pathlib import Path
 import pytest
 
 from distbuild import examples, sandbox
+from distbuild.definitions import Node
 from distbuild.runprocess import Cancelled, CancelToken
 from distbuild.sandbox import SandboxError
 from distbuild.worker import artifacts
 from distbuild.worker.cache import DirectoryArtifactStore, LocalArtifactCache
+from distbuild.worker.chunk import staged_chunks
 from distbuild.worker.errors import CommandFailed, DiskFull, MissingArtifact, SourceError
 from distbuild.worker.sources import GitSources
-from distbuild.worker.spec import StepSpec
-from distbuild.worker.step import StepRunner, WorkerSettings, load_meta, staged_chunks
+from distbuild.worker.step import StepRunner, WorkerSettings, load_meta
 from tests.proctree import descendants, wait_gone
-from tests.worker_graph import build_order, chunk_node, example_graph
+from tests.worker_graph import chunk_node, example_graph
 
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ")
 
@@ -35,12 +37,13 @@ def make_runner(work: Path, store: DirectoryArtifactStore, **settings) -> StepRu
 def built(tmp_path_factory):
     """The example system built step by step, in dependency order."""
     base = tmp_path_factory.mktemp("example")
-    commits = examples.make_all(base / "repos")
-    nodes = example_graph(base / "repos", commits)
+    examples.make_all(base / "repos")
+    graph = example_graph(base / "repos", base / "resolver")
+    nodes = graph.nodes
     store = DirectoryArtifactStore(base / "store")
     runner = make_runner(base / "work", store)
     results, logs = {}, {}
-    for node_id in build_order(nodes):
+    for node_id in graph.order:
         logs[node_id] = []
         results[node_id] = runner.run(nodes[node_id], nodes, on_line=logs[node_id].append)
         store.upload(results[node_id].files)
@@ -95,9 +98,7 @@ def test_system_metadata_names_what_went_in_with_cache_keys(built, system_root):
 def test_every_chunk_produces_every_split_artifact(built):
     for node_id, result in built["results"].items():
         node = built["nodes"][node_id]
-        expected = ([f"{node.cache_key}.system.{node.name}-rootfs"] if node.kind == "system"
-                    else [f"{node.cache_key}.{node.kind}.{r.artifact}" for r in node.split_rules])
-        assert [a.filename for a in result.artifacts] == expected
+        assert [a.filename for a in result.artifacts] == list(node.artifact_filenames())
         meta = load_meta(result.meta.path)
         for a in result.artifacts:
             assert meta["artifacts"][a.filename]["sha256"] == \
@@ -112,6 +113,16 @@ def test_stratum_artifacts_split_chunk_artifacts(built):
     assert {c["filename"].rsplit(".", 1)[1] for c in devel["chunks"]} == {
         "libgreet-devel", "libgreet-doc", "base-files-devel", "base-files-doc"}
     assert "libgreet-libs" in {c["filename"].rsplit(".", 1)[1] for c in runtime["chunks"]}
+
+
+def test_stratum_step_downloads_no_chunk_artifacts(built, tmp_path):
+    runner = make_runner(tmp_path / "fresh", built["store"])
+    node = built["nodes"]["stratum:example-core"]
+    result = runner.run(node, built["nodes"])
+    assert runner.cache.downloads == 0
+    before = built["results"]["stratum:example-core"].artifacts
+    assert [a.path.read_bytes() for a in result.artifacts] == [
+        a.path.read_bytes() for a in before]
 
 
 def test_log_lines_are_stamped_with_phase_headers_and_echoed_commands(built):
@@ -133,16 +144,16 @@ def test_greeting_tool_configure_found_hello_through_the_staging_closure(built):
 
 def test_staging_semantics_for_bootstrap_chunks():
     def chunk(stratum, name, mode="staging", depends=()):
-        return StepSpec(id=f"chunk:{stratum}/{name}", kind="chunk", name=name, arch="x86_64",
+        return Node(id=f"chunk:{stratum}/{name}", kind="chunk", name=name, arch="x86_64",
                         stratum=stratum, build_mode=mode, depends=depends)
 
     nodes = {n.id: n for n in [
         chunk("core", "boot-cc", "bootstrap"),
         chunk("core", "libc", "staging", ("chunk:core/boot-cc",)),
         chunk("core", "boot-2", "bootstrap", ("chunk:core/libc",)),
-        StepSpec(id="stratum:core", kind="stratum", name="core", arch="x86_64",
+        Node(id="stratum:core", kind="stratum", name="core", arch="x86_64",
                  depends=("chunk:core/boot-cc", "chunk:core/libc", "chunk:core/boot-2")),
-        StepSpec(id="stratum:other", kind="stratum", name="other", arch="x86_64"),
+        Node(id="stratum:other", kind="stratum", name="other", arch="x86_64"),
         chunk("other", "x", "staging"),
     ]}
     nodes["chunk:apps/app"] = chunk("apps", "app", "staging", ("stratum:core",))
@@ -253,6 +264,15 @@ def test_full_disk(tmp_path, repo):
             runner.run(node, {})
         assert info.value.retryable
         assert_nothing_left(runner, node.cache_key)
+        # A command that succeeds but whose output cannot be logged: no hang, same error.
+        chatty = chunk_node(*repo, {"install": (
+            'dd if=/dev/zero of="$DESTDIR/big" bs=1M count=8 2>/dev/null || true; '
+            'yes | head -c 1000000',)}, name="chatty")
+        lines: list[str] = []
+        with pytest.raises(DiskFull):
+            runner.run(chatty, {}, on_line=lines.append)
+        assert len(lines) > 100_000  # every line still reached the callback
+        assert_nothing_left(runner, chatty.cache_key)
     finally:
         subprocess.run(["umount", "-l", str(work)], check=True)
 
@@ -303,3 +323,76 @@ def test_retry_after_a_failure_starts_clean(runner, repo):
     out.mkdir()
     assert artifacts.extract(misc.path, out, misc.filename) == ["etc", "etc/file"]
     assert list(runner.settings.tmp_dir.iterdir()) == []
+
+
+def test_declared_devices_are_in_the_chunk_artifact(runner, repo):
+    if os.geteuid() != 0:
+        pytest.skip("creating device nodes needs root")
+    node = chunk_node(*repo, {"install": ('mkdir -p "$DESTDIR/dev"',)})
+    node.devices = ({"type": "c", "filename": "/dev/null", "major": 1, "minor": 3,
+                     "permissions": "0666", "uid": 0, "gid": 0},)
+    result = runner.run(node, {})
+    misc = next(a for a in result.artifacts if a.filename.endswith("-misc"))
+    with tarfile.open(misc.path) as tar:
+        dev = tar.getmember("dev/null")
+    assert dev.ischr() and (dev.devmajor, dev.devminor, dev.mode) == (1, 3, 0o666)
+
+
+def test_submodules_are_checked_out_at_the_recorded_commit(runner, tmp_path):
+    sub_src = tmp_path / "sub-src"
+    sub_src.mkdir()
+    (sub_src / "inner.txt").write_text("from the submodule\n")
+    examples.make_git_repo(sub_src, tmp_path / "sub")
+    top = tmp_path / "top"
+    examples.make_git_repo(tmp_path / "sub-src", top)
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_AUTHOR_NAME": "t",
+           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    subprocess.run(["git", "-C", str(top), "-c", "protocol.file.allow=always", "submodule",
+                    "add", "-q", str(tmp_path / "sub"), "third-party/sub"],
+                   check=True, env=env, capture_output=True)
+    subprocess.run(["git", "-C", str(top), "commit", "-qm", "add sub"], check=True, env=env)
+    commit = subprocess.run(["git", "-C", str(top), "rev-parse", "HEAD"], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    node = chunk_node(top, commit, {"install": (
+        'mkdir -p "$DESTDIR/etc"', 'cp third-party/sub/inner.txt "$DESTDIR/etc/"',)})
+    node.submodules = {"third-party/sub": {"url": str(tmp_path / "sub")}}
+    result = runner.run(node, {})
+    misc = next(a for a in result.artifacts if a.filename.endswith("-misc"))
+    with tarfile.open(misc.path) as tar:
+        assert tar.extractfile("etc/inner.txt").read() == b"from the submodule\n"
+
+
+def test_commit_on_no_branch_is_fetched_by_name(runner, tmp_path):
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_AUTHOR_NAME": "t",
+           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    repo = tmp_path / "dangling"
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), *args], check=True, env=env,
+                              capture_output=True, text=True).stdout.strip()
+
+    subprocess.run(["git", "init", "-q", "-b", "master", str(repo)], check=True, env=env)
+    git("commit", "-q", "--allow-empty", "-m", "on master")
+    git("checkout", "-q", "-b", "gone")
+    (repo / "file").write_text("only on a deleted branch\n")
+    git("add", "file")
+    git("commit", "-q", "-m", "then deleted")
+    commit = git("rev-parse", "HEAD")
+    git("checkout", "-q", "master")
+    git("branch", "-q", "-D", "gone")
+    node = chunk_node(repo, commit, {"install": (
+        'mkdir -p "$DESTDIR/etc"', 'cp file "$DESTDIR/etc/file"')})
+    result = runner.run(node, {})
+    misc = next(a for a in result.artifacts if a.filename.endswith("-misc"))
+    with tarfile.open(misc.path) as tar:
+        assert tar.extractfile("etc/file").read() == b"only on a deleted branch\n"
+
+
+def test_only_the_newest_outputs_are_kept(tmp_path, repo):
+    runner = make_runner(tmp_path / "work", DirectoryArtifactStore(tmp_path / "store"),
+                         keep_outputs=1)
+    first = runner.run(chunk_node(*repo, {"build": ("true",)}, name="first"), {})
+    second = runner.run(chunk_node(*repo, {"build": ("true",)}, name="second"), {})
+    assert [p.name for p in runner.settings.out_dir.iterdir()] == [second.cache_key]
+    assert not first.directory.exists()
+    assert runner.cache.path(first.artifacts[0].filename).exists()  # still cached

@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-import time
 import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -47,6 +45,7 @@ from distbuild.scheduling import (
     StepRequeued,
     steps_from_graph,
 )
+from distbuild.timestamps import service_logger
 
 TOKEN_TTL = 24 * 3600.0
 # Output of a running job kept for requests that join it later (bounded: logs can be huge).
@@ -163,13 +162,16 @@ class Controller:
         if key is None:
             return
         self.job_results[key] = msg
-        # The worker says it uploaded; believe the cache, which only took a valid token.
+        # The worker is free at once; the step counts as built only once the cache,
+        # which took the upload only with a valid token, confirms it.
+        self.apply(self.scheduler.release_slot(msg.job))
         d = self._in_thread(self.cache.cached_sources, [key])
 
         def checked(answer: dict[str, bool]) -> None:
             if answer.get(key):
                 self.job_output.pop(msg.job, None)
-                self.state.attempt_ended(msg.job, "built")
+                self.state.attempt_ended(msg.job, "built", worker_seconds=msg.seconds,
+                                         command_seconds=msg.command_seconds)
                 self.apply(self.scheduler.job_finished(msg.job))
             else:
                 self._job_failed(msg.job, "the worker reported success but the artifact cache "
@@ -203,18 +205,22 @@ class Controller:
         link.send(m.GraphingStarted(request_id=rid))
         self.log(f"request {rid}: {msg.system} at {msg.definitions_commit[:12]} "
                  f"from {link.peer}")
-        d = self._in_thread(self._plan, msg)
+        d = self._in_thread(self._plan, rid, msg)
         d.addCallbacks(lambda plan: self._planned(rid, plan),
                        lambda failure: self._plan_failed(rid, failure))
 
-    def _plan(self, msg: m.BuildRequest) -> Plan:
-        """Runs in a thread: definitions from the trove, the graph, one cache query."""
+    def _plan(self, rid: str, msg: m.BuildRequest) -> Plan:
+        """Runs in a thread: definitions from the trove, the graph, one cache query, a pin."""
         repo = self.aliases.resolve(msg.definitions_repo)
         path = self.mirrors.ensure(repo, msg.definitions_commit)
         defs = Definitions(GitSource(path, msg.definitions_commit))
         graph = build_graph(defs, msg.system, self.resolver, self.aliases)
         targets = components(graph, msg.components) if msg.components else [graph.system.id]
-        answer = self.cache.cached_sources(sorted({n.cache_key for n in graph.nodes.values()}))
+        keys = sorted({n.cache_key for n in graph.nodes.values()})
+        # Garbage collection must not remove what this build stages from, until it ends.
+        self.cache.pin(pin_name(rid), keys, tokens.issue(self.secret, f"pin:{pin_name(rid)}"),
+                       ttl=TOKEN_TTL)
+        answer = self.cache.cached_sources(keys)
         return Plan(graph, targets, {k for k, present in answer.items() if present})
 
     def _planned(self, rid: str, plan: Plan) -> None:
@@ -380,6 +386,10 @@ class Controller:
         self.owners.pop(rid, None)
         self.plans.pop(rid, None)
         self.lognames.pop(rid, None)
+        name = pin_name(rid)
+        self._in_thread(self.cache.unpin, name, tokens.issue(self.secret, f"pin:{name}")
+                        ).addErrback(lambda f: self.log(f"could not unpin {name}: "
+                                                        f"{f.getErrorMessage()}"))
 
     def tell(self, rid: str, message: m.Message) -> None:
         for link in list(self.watchers.get(rid, ())):
@@ -389,6 +399,11 @@ class Controller:
         from twisted.internet import threads
 
         return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *args)
+
+
+def pin_name(rid: str) -> str:
+    """The artifact cache pin that keeps request `rid`'s artifacts while it runs."""
+    return f"request-{rid}"
 
 
 def components(graph: BuildGraph, names: list[str]) -> list[str]:
@@ -447,9 +462,7 @@ def run(args: argparse.Namespace) -> int:
     return serve(settings_from(args), args.ready_file)
 
 
-def _log(message: str) -> None:
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
-    print(f"{stamp} controller: {message}", file=sys.stderr, flush=True)
+_log = service_logger("controller")
 
 
 def serve(settings: ControllerSettings, ready_file: Path | None = None) -> int:

@@ -46,7 +46,9 @@ CREATE TABLE IF NOT EXISTS attempts (
     started REAL NOT NULL,
     ended REAL,
     outcome TEXT NOT NULL DEFAULT 'running',
-    reason TEXT NOT NULL DEFAULT ''
+    reason TEXT NOT NULL DEFAULT '',
+    worker_seconds REAL,
+    command_seconds REAL
 );
 """
 
@@ -110,9 +112,13 @@ class ControllerState:
         self.db.execute("INSERT OR REPLACE INTO attempts (job, cache_key, worker, started) "
                         "VALUES (?, ?, ?, ?)", (job, cache_key, worker, time.time()))
 
-    def attempt_ended(self, job: str, outcome: str, reason: str = "") -> None:
-        self.db.execute("UPDATE attempts SET ended=?, outcome=?, reason=? WHERE job=?",
-                        (time.time(), outcome, reason, job))
+    def attempt_ended(self, job: str, outcome: str, reason: str = "",
+                      worker_seconds: float | None = None,
+                      command_seconds: float | None = None) -> None:
+        """An attempt ended; a built one records the worker's own timings too."""
+        self.db.execute("UPDATE attempts SET ended=?, outcome=?, reason=?, worker_seconds=?, "
+                        "command_seconds=? WHERE job=?",
+                        (time.time(), outcome, reason, worker_seconds, command_seconds, job))
 
     def request(self, request_id: str) -> dict[str, Any] | None:
         """One request as status reports it, with counts of its nodes by state."""

@@ -11,9 +11,9 @@ makes the same commit and a repeated build pushes nothing new.
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
 import tempfile
+import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,7 @@ from distbuild import ssh
 from distbuild.errors import ConfigError, DistbuildError
 
 SNAPSHOT_REFS = "refs/distbuild/snapshots"
+PUSH_ATTEMPTS = 3
 
 
 class SnapshotError(DistbuildError):
@@ -76,14 +77,6 @@ def take(path: Path) -> Snapshot:
     return Snapshot(top, commit, head)
 
 
-def git_ssh_command(identity: Path, known_hosts: Path) -> str:
-    """GIT_SSH_COMMAND that uses only this key and checks the trove's host key strictly."""
-    return " ".join(shlex.quote(a) for a in [
-        "ssh", "-i", str(identity), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-        "-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
-        "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=ERROR"])
-
-
 def push(snapshot: Snapshot, repo: str, trove_ssh_url: str, identity: Path,
          known_hosts: Path) -> str:
     """Push the snapshot to repository `repo` on the trove; returns the ref it is under."""
@@ -94,7 +87,16 @@ def push(snapshot: Snapshot, repo: str, trove_ssh_url: str, identity: Path,
     ssh.check_host_key(known_hosts, host, port, ssh.fetch_host_key(host, port))
     ref = f"{SNAPSHOT_REFS}/{snapshot.commit}"
     target = f"ssh://{parsed.username or 'git'}@{host}:{port}/{repo}"
-    _git(["push", "-q", target, f"{snapshot.commit}:{ref}"], snapshot.top,
-         {"GIT_SSH_COMMAND": git_ssh_command(identity, known_hosts)},
-         what=f"pushing the definitions to {target}")
+    env = {"GIT_SSH_COMMAND": ssh.git_ssh_command(identity, known_hosts)}
+    for attempt in range(PUSH_ATTEMPTS):
+        try:
+            _git(["push", "-q", target, f"{snapshot.commit}:{ref}"], snapshot.top, env,
+                 what=f"pushing the definitions to {target}")
+            return ref
+        except SnapshotError:
+            # Two initiators pushing the same state at once race for the ref's lock;
+            # the loser finds the ref already there on its next try.
+            if attempt == PUSH_ATTEMPTS - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
     return ref

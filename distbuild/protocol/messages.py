@@ -138,8 +138,9 @@ class JobFinished(Message):
     link: ClassVar[str] = "worker"
     sender: ClassVar[str] = "client"
     job: str
-    seconds: float
+    seconds: float  # the whole step on the worker
     artifacts: dict[str, Any] = field(default_factory=dict)
+    command_seconds: float = 0.0  # the part spent running the step's own commands
 
 
 @dataclass

@@ -12,17 +12,20 @@ import hashlib
 import http.client
 import json
 import os
+import queue
 import tempfile
+import threading
 import urllib.parse
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from distbuild import config
 from distbuild.errors import TroveError
 from distbuild.trove import names
 
 BLOCK = 1 << 20
+_PIPELINE_DEPTH = 4
 
 
 class CacheClientError(TroveError):
@@ -32,35 +35,6 @@ class CacheClientError(TroveError):
                  retryable: bool = False):
         super().__init__(what, where, retryable=retryable)
         self.status = status
-
-
-@dataclass
-class ClientSettings:
-    """What a client of the trove reads from the client configuration (e.g. network.yaml)."""
-
-    artifact_cache_url: str | None = None
-    trove_git_url: str | None = None
-    # ssh://HOST:PORT where the trove accepts authenticated pushes.
-    trove_ssh_url: str | None = None
-    identity: Path | None = None
-    known_hosts: Path | None = None
-
-
-def client_settings(config_file: str | None, **overrides) -> ClientSettings:
-    """Client settings from --config or $DISTBUILD_CONFIG; other components' keys are ignored."""
-    path = config.config_path(config_file)
-    values = config.load(path)
-    known = {f.name for f in fields(ClientSettings)}
-    mine = {k: v for k, v in values.items() if k in known}
-    settings = config.section(ClientSettings, mine, str(path) if path else "command line",
-                              **overrides)
-    base = path.parent if path else Path.cwd()
-    # Key paths in a config file are relative to that file, as network.yaml writes them.
-    for name in ("identity", "known_hosts"):
-        value = getattr(settings, name)
-        if value is not None and not value.is_absolute() and overrides.get(name) is None:
-            setattr(settings, name, base / value)
-    return settings
 
 
 @dataclass(frozen=True)
@@ -120,37 +94,41 @@ class CacheClient:
         """Fetch one artifact to `dest`, checking its sha256 (given, or as the trove recorded)."""
         names.check_filename(filename)
         dest = Path(dest)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+        try:
+            with os.fdopen(fd, "wb", buffering=0) as out:
+                size, digest = self.stream(filename, out, expected_sha256)
+            os.replace(tmp, dest)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return Downloaded(dest, size, digest)
+
+    def stream(self, filename: str, out: BinaryIO,
+               expected_sha256: str | None = None) -> tuple[int, str]:
+        """Write one artifact to the open file `out` (e.g. a pipe into tar); (size, sha256).
+
+        Raises CacheClientError if it arrives short or its sha256 is wrong; what
+        was already written to `out` is then the caller's to discard.
+        """
+        names.check_filename(filename)
         query = urllib.parse.urlencode({"filename": filename})
         conn, resp = self._request("GET", f"/1.0/artifacts?{query}")
         try:
             self._check(resp, filename)
             want = expected_sha256 or resp.getheader("x-distbuild-sha256")
             length = resp.getheader("content-length")
-            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-            try:
-                h, size = hashlib.sha256(), 0
-                buf = bytearray(BLOCK)
-                view = memoryview(buf)
-                with os.fdopen(fd, "wb") as out:
-                    while n := resp.readinto(buf):
-                        h.update(view[:n])
-                        out.write(view[:n])
-                        size += n
-                got = h.hexdigest()
-                if length is not None and size != int(length):
-                    raise CacheClientError(f"download truncated: {size} of {length} bytes",
-                                           filename, retryable=True)
-                if want and got != want:
-                    raise CacheClientError(f"sha256 mismatch: expected {want}, got {got}",
-                                           filename, retryable=True)
-                os.replace(tmp, dest)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
-            return Downloaded(dest, size, got)
+            size, got = _pipelined_copy(resp, out)
         finally:
             conn.close()
+        if length is not None and size != int(length):
+            raise CacheClientError(f"download truncated: {size} of {length} bytes",
+                                   filename, retryable=True)
+        if want and got != want:
+            raise CacheClientError(f"sha256 mismatch: expected {want}, got {got}",
+                                   filename, retryable=True)
+        return size, got
 
     # --- uploads -------------------------------------------------------------
 
@@ -187,8 +165,8 @@ class CacheClient:
             conn.send(head)
             for path in paths:
                 with open(path, "rb") as f:
-                    while block := f.read(BLOCK):
-                        conn.send(block)
+                    # sendfile: the kernel moves the bytes, no copy through Python.
+                    conn.sock.sendfile(f)
             resp = conn.getresponse()
             self._check(resp, key)
             return bool(json.loads(resp.read())["stored"])
@@ -246,6 +224,60 @@ class CacheClient:
         message = message.removeprefix("error: ") or resp.reason
         raise CacheClientError(f"artifact cache answered {resp.status}: {message}",
                                what, status=resp.status, retryable=resp.status >= 500)
+
+
+def _pipelined_copy(resp: http.client.HTTPResponse, out: BinaryIO) -> tuple[int, str]:
+    """Copy a response body to `out`, hashing it; (size, sha256).
+
+    A thread receives and hashes while this one writes: socket reads, sha256
+    and file writes all release the GIL, so on two or more cores the network,
+    the hash and the disk work at the same time.
+    """
+    free: queue.Queue = queue.Queue()
+    full: queue.Queue = queue.Queue()
+    for _ in range(_PIPELINE_DEPTH):
+        free.put(bytearray(BLOCK))
+    failure: list[BaseException] = []
+    stop = threading.Event()
+    h = hashlib.sha256()
+
+    def receive() -> None:
+        try:
+            while not stop.is_set():
+                buf = free.get()
+                n = resp.readinto(buf)
+                h.update(memoryview(buf)[:n])
+                full.put((buf, n))
+                if not n:
+                    return
+        except BaseException as e:  # handed to the consumer below
+            failure.append(e)
+            full.put((None, 0))
+
+    reader = threading.Thread(target=receive, name="cache-download", daemon=True)
+    reader.start()
+    size = 0
+    try:
+        while True:
+            buf, n = full.get()
+            if not n:
+                break
+            view = memoryview(buf)[:n]
+            while view:
+                view = view[out.write(view):]
+            size += n
+            free.put(buf)
+    finally:
+        stop.set()
+        free.put(bytearray(BLOCK))  # unblocks the reader if it waits for a buffer
+        reader.join()
+    if failure:
+        e = failure[0]
+        if isinstance(e, (OSError, http.client.HTTPException)):
+            raise CacheClientError(f"download failed: {e}", "artifact cache",
+                                   retryable=True) from None
+        raise e
+    return size, h.hexdigest()
 
 
 def _sha256(path: Path) -> str:

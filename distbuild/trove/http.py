@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
+import threading
+import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote
 
+from twisted.internet import defer
 from twisted.web import resource, server
 
 from distbuild import tokens
-from distbuild.errors import TroveError
+from distbuild.errors import ResolveError, TroveError
 from distbuild.trove import names
+from distbuild.trove.refs import expand_alias, resolve_in
 from distbuild.trove.store import Store, Upload, UploadError
 
 UPLOAD_PATH_RE = re.compile(rb"/2\.0/sources/([0-9a-f]{64})")
@@ -62,20 +68,88 @@ class _Refused:
 
 
 class _UploadSink(_Refused):
-    """Request body sink that feeds an Upload; closing it unfinished discards the upload."""
+    """Request body sink that hands an Upload's bytes to a writer thread.
 
-    def __init__(self, upload: Upload):
+    The event loop only queues what the socket delivers; hashing and writing
+    (both release the GIL) run on the thread, so receiving and storing overlap.
+    When more than HIGH bytes wait, the socket stops being read until the
+    thread is down to LOW: memory stays bounded however fast the client sends.
+    """
+
+    HIGH = 16 << 20
+    LOW = 4 << 20
+
+    def __init__(self, upload: Upload, request, reactor):
         self.upload = upload
         self.error = None
+        self.request = request
+        self.reactor = reactor
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.pending = 0
+        self.paused = False
+        self.body_done = False
+        self.sealed: defer.Deferred | None = None
+        self.thread = threading.Thread(target=self._run, name=f"upload-{upload.key[:12]}",
+                                       daemon=True)
+        self.thread.start()
 
     def write(self, data: bytes) -> None:
-        self.upload.write(data)
+        with self.lock:
+            self.pending += len(data)
+            over = self.pending > self.HIGH
+        self.queue.put(data)
+        transport = self.request.transport
+        if over and not self.paused and transport is not None:
+            self.paused = True
+            transport.pauseProducing()
 
     def tell(self) -> int:
         return self.upload.received
 
+    def seal(self) -> defer.Deferred:
+        """Fires (on the event loop) once every byte is stored and synced, or fails."""
+        self.body_done = True
+        self.sealed = defer.Deferred()
+        self.queue.put(_SEAL)
+        return self.sealed
+
     def close(self) -> None:
-        self.upload.abort()
+        if self.sealed is None:
+            self.queue.put(_ABORT)
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is _ABORT:
+                self.upload.abort()
+                return
+            if item is _SEAL:
+                try:
+                    self.upload.seal()
+                except Exception as e:  # handed to the event loop as the answer
+                    self.upload.abort()
+                    self.reactor.callFromThread(self.sealed.errback, e)
+                else:
+                    self.reactor.callFromThread(self.sealed.callback, None)
+                return
+            self.upload.write(item)
+            with self.lock:
+                self.pending -= len(item)
+                drained = self.pending < self.LOW
+            if drained and self.paused:
+                self.reactor.callFromThread(self._resume)
+
+    def _resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            # Once the body is complete the channel manages reading itself.
+            if not self.body_done and self.request.transport is not None:
+                self.request.transport.resumeProducing()
+
+
+_SEAL = object()
+_ABORT = object()
 
 
 def check_upload_token(secret: bytes, key: str, token: str | None) -> None:
@@ -104,7 +178,7 @@ class TroveRequest(server.Request):
         key = match.group(1).decode()
         try:
             check_upload_token(cache.secret(), key, token_from(self))
-            self.content = _UploadSink(cache.store.begin(key))
+            self.content = _UploadSink(cache.store.begin(key), self, cache.reactor)
         except UploadError as e:
             self.content = _Refused(e)
         except TroveError as e:
@@ -141,8 +215,14 @@ class CacheResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, store: Store, secret_path: Path | None):
+    def __init__(self, store: Store, secret_path: Path | None, reactor=None,
+                 git_dir: Path | None = None, log: Callable[[str], None] | None = None):
         super().__init__()
+        self.log = log or (lambda message: None)
+        self.git_dir = git_dir
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
         self.store = store
         self.secret_path = secret_path
 
@@ -159,11 +239,15 @@ class CacheResource(resource.Resource):
         try:
             return self._route(request, method, parts)
         except UploadError as e:
+            if method in ("PUT", "DELETE"):
+                self.log(f"refused {method} /{'/'.join(parts)} from {_peer(request)}: {e}")
             return _text(request, e.status, f"error: {e}")
         except TroveError as e:
             return _text(request, 400, f"error: {e}")
 
     def _route(self, request, method: str, parts: list[str]):
+        if parts == ["1.0", "sha1s"] and method == "GET" and self.git_dir is not None:
+            return self._sha1s(request)
         if parts == ["1.0", "artifacts"]:
             if method in ("GET", "HEAD"):
                 return self._get_artifact(request)
@@ -185,6 +269,23 @@ class CacheResource(resource.Resource):
                                    "bytes": self.store.total_size(),
                                    "pins": sorted(self.store.pins.names())})
         return _text(request, 404, f"error: no such endpoint: {method} /{'/'.join(parts)}")
+
+    def _sha1s(self, request):
+        repo = request.args.get(b"repo", [b""])[0].decode("utf-8", "replace")
+        ref = request.args.get(b"ref", [b""])[0].decode("utf-8", "replace")
+        if not repo or not ref:
+            return _text(request, 400, "error: need ?repo=NAME&ref=REF")
+        # Accept what morph sent: an alias, a git:// URL of this trove, or a name.
+        name = expand_alias(repo, "")
+        if "://" in name:
+            name = urllib.parse.urlsplit(name).path
+        path = self.git_dir / f"{names.check_repo_name(name)}.git"
+        try:
+            resolved = resolve_in(path, ref, repo)
+        except ResolveError as e:
+            return _text(request, 404, f"error: {e}")
+        return _json(request, {"repo": repo, "ref": ref, "sha1": resolved.commit,
+                               "tree": resolved.tree})
 
     def _get_artifact(self, request):
         values = request.args.get(b"filename")
@@ -226,18 +327,41 @@ class CacheResource(resource.Resource):
         sink = request.content
         if isinstance(sink, _Refused) and sink.error is not None:
             raise sink.error
-        if not isinstance(sink, _UploadSink):
-            # Streaming was not possible (see TroveRequest): replay the spooled body.
-            check_upload_token(self.secret(), key, token_from(request))
-            upload = self.store.begin(key)
-            sink.seek(0, 0)
-            while block := sink.read(1 << 20):
-                upload.write(block)
-        else:
-            upload = sink.upload
-        stored = upload.finish()
-        return _json(request, {"key": key, "stored": stored,
+        if isinstance(sink, _UploadSink):
+            sink.seal().addCallbacks(lambda _: self._stored(request, sink.upload),
+                                     lambda f: self._failed(request, f))
+            return server.NOT_DONE_YET
+        # Streaming was not possible (see TroveRequest): replay the spooled body.
+        check_upload_token(self.secret(), key, token_from(request))
+        upload = self.store.begin(key)
+        sink.seek(0, 0)
+        while block := sink.read(1 << 20):
+            upload.write(block)
+        upload.seal()
+        return self._answer(request, upload)
+
+    def _answer(self, request, upload: Upload) -> bytes:
+        stored = upload.commit()
+        self.log(f"{'stored' if stored else 'already cached'}: {upload.key} "
+                 f"({upload.manifest.total_size} bytes from {_peer(request)})")
+        return _json(request, {"key": upload.key, "stored": stored,
                                "already_cached": not stored}, 201 if stored else 200)
+
+    def _stored(self, request, upload: Upload) -> None:
+        try:
+            body = self._answer(request, upload)
+        except TroveError as e:
+            body = _text(request, 500, f"error: {e}")
+        _respond(request, body)
+
+    def _failed(self, request, failure) -> None:
+        e = failure.value
+        if isinstance(e, UploadError):
+            body = _text(request, e.status, f"error: {e}")
+        else:
+            body = _text(request, 500, f"error: upload failed: {e}")
+        self.log(f"refused upload from {_peer(request)}: {e}")
+        _respond(request, body)
 
     def _get_meta(self, request, key: str):
         meta = self.store.meta(names.check_key(key))
@@ -265,6 +389,17 @@ class CacheResource(resource.Resource):
             raise UploadError(f'body must be {{"keys": [...], "ttl": 1..{MAX_PIN_TTL}}}', name)
         self.store.pins.set(name, [names.check_key(k) for k in keys], ttl)
         return _json(request, {"pin": name, "keys": len(keys), "ttl": ttl})
+
+
+def _peer(request) -> str:
+    address = request.getClientAddress()
+    return f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
+
+
+def _respond(request, body: bytes) -> None:
+    if not request._disconnected and not request.finished:
+        request.write(body)
+        request.finish()
 
 
 class _FileProducer:
@@ -326,9 +461,11 @@ def _size(f) -> int:
     return os.fstat(f.fileno()).st_size
 
 
-def make_site(store: Store, secret_path: Path | None) -> server.Site:
+def make_site(store: Store, secret_path: Path | None, reactor=None,
+              git_dir: Path | None = None,
+              log: Callable[[str], None] | None = None) -> server.Site:
     """A Site serving the cache, with uploads streamed into `store`."""
-    cache = CacheResource(store, secret_path)
+    cache = CacheResource(store, secret_path, reactor, git_dir, log)
     site = server.Site(cache, requestFactory=TroveRequest)
     site.cache = cache
     site.displayTracebacks = False

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import subprocess
 import tarfile
 import tempfile
 import urllib.parse
 from pathlib import Path
 
-from distbuild import ssh
+from distbuild import config, ssh
 from distbuild.errors import ConfigError, TroveError
 from distbuild.trove import names
-from distbuild.trove.client import client_settings
+from distbuild.trove.refs import expand_alias
 
 _IDENTITY = {"GIT_AUTHOR_NAME": "distbuild import", "GIT_AUTHOR_EMAIL": "distbuild@localhost",
              "GIT_COMMITTER_NAME": "distbuild import",
@@ -34,13 +33,15 @@ _IDENTITY = {"GIT_AUTHOR_NAME": "distbuild import", "GIT_AUTHOR_EMAIL": "distbui
 
 def run(args: argparse.Namespace) -> int:
     """Run the import subcommand; prints the repository's git URL on success."""
-    settings = client_settings(getattr(args, "config", None), trove_ssh_url=args.trove_ssh_url,
-                               identity=args.identity, known_hosts=args.known_hosts)
+    settings = config.client_settings(getattr(args, "config", None),
+                                      trove_ssh_url=args.trove_ssh_url,
+                                      identity=args.identity, known_hosts=args.known_hosts)
     for key in ("trove_ssh_url", "identity", "known_hosts"):
         if getattr(settings, key) is None:
             raise ConfigError(f"trove import needs '{key}' (in the client configuration "
                               f"or as --{key.replace('_', '-')})")
-    name = names.check_repo_name(args.name)
+    # `upstream:X` and `baserock:X` name delta/X and baserock/X, as in definitions.
+    name = names.check_repo_name(expand_alias(args.name, ""))
     refs = import_source(name, args.source, settings.trove_ssh_url, settings.identity,
                          settings.known_hosts)
     shown = f"{settings.trove_git_url.rstrip('/')}/{name}" if settings.trove_git_url else name
@@ -65,10 +66,7 @@ def import_source(name: str, source: str, ssh_url: str, identity: Path,
         raise ConfigError("identity key file does not exist", str(identity))
     target = f"ssh://{user}@{host}:{port}/{name}"
     env = _git_env()
-    env["GIT_SSH_COMMAND"] = " ".join(shlex.quote(a) for a in [
-        "ssh", "-i", str(identity), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-        "-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
-        "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=ERROR"])
+    env["GIT_SSH_COMMAND"] = ssh.git_ssh_command(identity, known_hosts)
     with tempfile.TemporaryDirectory(prefix="distbuild-import-") as tmp:
         repo = _as_git_repo(source, Path(tmp), env)
         refs = _git(["for-each-ref", "--format=%(refname)", "refs/heads", "refs/tags"],

@@ -46,8 +46,10 @@ def check_repo_name(name: str) -> str:
     if stripped.endswith(".git"):
         stripped = stripped[:-4]
     parts = stripped.split("/")
+    # No part may end in .git: a repository must never be created inside another.
     if (not stripped or len(stripped) > MAX_REPO_NAME
-            or not all(_REPO_PART_RE.fullmatch(p) and ".." not in p for p in parts)):
+            or not all(_REPO_PART_RE.fullmatch(p) and ".." not in p and not p.endswith(".git")
+                       for p in parts)):
         raise TroveError("invalid repository name (letters, digits, '._+-' and '/' "
                          "between parts; no '..')", _shown(name))
     return stripped

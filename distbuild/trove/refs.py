@@ -9,25 +9,20 @@ repository or ref is a ResolveError naming both.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import git
 import gitdb.exc
 
+# The definitions engine's type: the resolver protocol it calls returns it.
+from distbuild.definitions.resolve import Resolved
 from distbuild.errors import ResolveError
 from distbuild.trove.mirror import SHA_RE, MirrorCache
 
 # Baserock's trove aliases: `upstream:X` is delta/X, `baserock:X` is baserock/X.
 DEFAULT_ALIASES = {"upstream": "delta/", "baserock": "baserock/"}
 
-
-@dataclass(frozen=True)
-class Resolved:
-    """What a ref named: its commit SHA and that commit's tree SHA."""
-
-    commit: str
-    tree: str
+__all__ = ["DEFAULT_ALIASES", "GitResolver", "Resolved", "expand_alias", "resolve_in"]
 
 
 def expand_alias(repo: str, trove_git_url: str,
@@ -36,7 +31,8 @@ def expand_alias(repo: str, trove_git_url: str,
     prefix, sep, rest = repo.partition(":")
     table = DEFAULT_ALIASES if aliases is None else aliases
     if sep and prefix in table and not rest.startswith("//"):
-        return f"{trove_git_url.rstrip('/')}/{table[prefix]}{rest}"
+        base = trove_git_url.rstrip("/")
+        return f"{base}/{table[prefix]}{rest}" if base else f"{table[prefix]}{rest}"
     return repo
 
 

@@ -12,13 +12,12 @@ import json
 import os
 import re
 import socket
-import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from distbuild import config
 from distbuild.errors import ConfigError, TroveError
+from distbuild.timestamps import service_logger
 
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -70,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-size-limit", help="collect garbage down to this size")
     parser.add_argument("--ready-file", type=Path,
                         help="write the ports as JSON here once everything listens")
-    sub = parser.add_subparsers(dest="action", metavar="{import}")
+    sub = parser.add_subparsers(dest="action", metavar="{import,token}")
     imp = sub.add_parser("import", help="add or update repository NAME on the trove from "
                          "SOURCE (git repository, directory or tarball)")
     imp.add_argument("--config", default=argparse.SUPPRESS,
@@ -80,6 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     imp.add_argument("--known-hosts", type=Path, help="known_hosts file with the trove's key")
     imp.add_argument("name", help="repository name on the trove, e.g. delta/hello")
     imp.add_argument("source", help="git repository path or URL, directory, or tarball")
+    tok = sub.add_parser("token", help="print an upload token for a cache key (or pin:NAME), "
+                         "as the controller would issue it")
+    tok.add_argument("subject", help="a cache key (64 hex digits) or pin:NAME")
+    tok.add_argument("--token-secret-file", dest="secret_file", type=Path, required=True,
+                     help="the secret shared by trove and controller")
+    tok.add_argument("--ttl", type=float, default=3600, help="seconds it stays valid")
 
 
 def settings_from(args: argparse.Namespace) -> TroveSettings:
@@ -95,6 +100,13 @@ def settings_from(args: argparse.Namespace) -> TroveSettings:
         listen_address=args.listen_address, git_port=args.git_port, http_port=args.http_port,
         ssh_port=args.ssh_port, authorized_keys=args.authorized_keys, host_key=args.host_key,
         token_secret_file=args.token_secret_file, cache_size_limit=args.cache_size_limit)
+    if path is not None:
+        # Paths in the file are relative to the file, as in network.yaml; options to the cwd.
+        for field in fields(TroveSettings):
+            value = getattr(settings, field.name)
+            if (isinstance(value, Path) and not value.is_absolute() and field.name in section
+                    and getattr(args, field.name, None) is None):
+                setattr(settings, field.name, path.parent / value)
     parse_size(settings.cache_size_limit, f"{where}: cache_size_limit")
     if settings.authorized_keys is not None and settings.host_key is None:
         raise ConfigError("host_key is needed when authorized_keys enables the SSH server",
@@ -107,6 +119,13 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "import":
         from distbuild.trove import importer
         return importer.run(args)
+    if args.action == "token":
+        from distbuild import tokens
+        from distbuild.trove import names
+        if not args.subject.startswith("pin:"):
+            names.check_key(args.subject)
+        print(tokens.issue(tokens.read_secret(args.secret_file), args.subject, args.ttl))
+        return 0
     settings = settings_from(args)
     return serve(settings, args.ready_file)
 
@@ -117,9 +136,7 @@ def _free_port(address: str) -> int:
         return s.getsockname()[1]
 
 
-def _log(message: str) -> None:
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
-    print(f"{stamp} trove: {message}", file=sys.stderr, flush=True)
+_log = service_logger("trove")
 
 
 def serve(settings: TroveSettings, ready_file: Path | None = None) -> int:
@@ -134,14 +151,19 @@ def serve(settings: TroveSettings, ready_file: Path | None = None) -> int:
 
     settings.git_dir.mkdir(parents=True, exist_ok=True)
     settings.artifact_dir.mkdir(parents=True, exist_ok=True)
+    # Fail now with the file named, not at the first upload or login.
     if settings.token_secret_file is not None:
-        tokens.read_secret(settings.token_secret_file)  # fail now, not at the first upload
+        tokens.read_secret(settings.token_secret_file)
+    if settings.authorized_keys is not None:
+        from distbuild import ssh
+        ssh.read_authorized_keys(settings.authorized_keys)
     store = Store(settings.artifact_dir, fsync=settings.fsync)
     limit = parse_size(settings.cache_size_limit, "cache_size_limit")
     address = settings.listen_address
     try:
         http_port = reactor.listenTCP(settings.http_port,
-                                      make_site(store, settings.token_secret_file),
+                                      make_site(store, settings.token_secret_file,
+                                                git_dir=settings.git_dir, log=_log),
                                       interface=address)
         ssh_port = None
         if settings.authorized_keys is not None:
@@ -163,7 +185,12 @@ def serve(settings: TroveSettings, ready_file: Path | None = None) -> int:
     daemon.setServiceParent(services)
 
     def collect() -> None:
-        removed = store.collect(limit)
+        try:
+            removed = store.collect(limit)
+        except OSError as e:
+            # A failed pass must not stop collection for good; the next one retries.
+            _log(f"garbage collection failed: {e}")
+            return
         if removed:
             _log(f"garbage collection removed {len(removed)} source(s); "
                  f"{store.total_size()} bytes remain")

@@ -20,7 +20,6 @@ from twisted.conch.avatar import ConchUser
 from twisted.conch.interfaces import ISession
 from twisted.conch.ssh import connection, factory, session
 from twisted.cred import portal
-from twisted.internet import reactor
 from twisted.python import components
 from zope.interface import implementer
 
@@ -82,6 +81,8 @@ class GitSession:
         self.process = None
 
     def execCommand(self, proto, command: bytes) -> None:
+        from twisted.internet import reactor
+
         text = command.decode("utf-8", "replace")
         try:
             program, name = parse_command(text)
@@ -105,6 +106,8 @@ class GitSession:
         raise TroveError("no terminals on the trove")
 
     def openShell(self, proto):
+        from twisted.internet import reactor
+
         reactor.callLater(0, _refuse, proto.session,
                           "distbuild trove: no shell here; use git push or git fetch\n")
 

@@ -35,6 +35,15 @@ SYSTEM_META_FORMAT = "distbuild-system/1"
 
 
 @dataclass(frozen=True)
+class ArtifactInfo:
+    """An artifact's identity: its cache file name, sha256 and size."""
+
+    filename: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
 class PackedArtifact:
     """An artifact file ready for the cache."""
 
@@ -147,7 +156,7 @@ def _keep_modes_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
 
 
 def stratum_document(stratum: str, artifact: str, cache_key: str,
-                     chunks: Sequence[PackedArtifact]) -> dict[str, Any]:
+                     chunks: Sequence[ArtifactInfo | PackedArtifact]) -> dict[str, Any]:
     """A stratum artifact's content: the chunk artifacts it holds, in build order."""
     return {
         "format": STRATUM_FORMAT,

@@ -4,7 +4,9 @@
 built, so each is downloaded at most once per worker, and checks each
 download against the sha256 its source declares (or the caller expects)
 before anyone can use it. Concurrent steps wanting the same artifact wait
-for one download (a lock file per artifact).
+for one download (a lock file per artifact). Checked sha256s are appended
+to one index file (`index`: `SHA256 FILENAME` lines), which costs one
+write per artifact instead of a file and a rename each.
 
 `ArtifactSource` is what the local cache downloads from: the trove's cache
 client, or `DirectoryArtifactStore` (a plain directory, used by tests and
@@ -18,11 +20,12 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
-from distbuild.worker.artifacts import PackedArtifact, describe
+from distbuild.worker.artifacts import ArtifactInfo, PackedArtifact, describe
 from distbuild.worker.errors import CorruptArtifact, MissingArtifact
 
 
@@ -34,6 +37,9 @@ class ArtifactSource(Protocol):
 
         Raises MissingArtifact when the source does not have it.
         """
+
+    def info(self, filename: str) -> ArtifactInfo | None:
+        """The recorded sha256 and size of `filename` without downloading it; None: unknown."""
 
 
 class DirectoryArtifactStore:
@@ -58,6 +64,14 @@ class DirectoryArtifactStore:
         """Whether the directory holds `filename`."""
         return (self.directory / filename).exists()
 
+    def info(self, filename: str) -> ArtifactInfo | None:
+        """The recorded sha256 and size, or None if the artifact or its sha256 is missing."""
+        path = self.directory / filename
+        digest = self.directory / f"{filename}.sha256"
+        if not path.exists() or not digest.exists():
+            return None
+        return ArtifactInfo(filename, digest.read_text().strip(), path.stat().st_size)
+
     def upload(self, artifacts: list[PackedArtifact]) -> None:
         """Store artifacts; each file appears complete or not at all."""
         for artifact in artifacts:
@@ -73,6 +87,10 @@ class LocalArtifactCache:
         self.source = source
         self.downloads = 0
         directory.mkdir(parents=True, exist_ok=True)
+        self._index = directory / "index"
+        self._digests: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._read_index()
 
     def path(self, filename: str) -> Path:
         """Where `filename` is (or would be) kept locally."""
@@ -83,6 +101,7 @@ class LocalArtifactCache:
         local = self.path(filename)
         if local.exists():
             self._check_expected(local, filename, sha256)
+            _touch(local)
             return local
         with _locked(self.directory / f".{filename}.lock"):
             if not local.exists():
@@ -119,25 +138,94 @@ class LocalArtifactCache:
 
     def sha256(self, filename: str) -> str:
         """The recorded sha256 of a local artifact (computed once, when it arrived)."""
-        digest = self.directory / f".{filename}.sha256"
-        if digest.exists():
-            return digest.read_text().strip()
-        value = describe(self.path(filename), filename).sha256
-        self._write_digest(filename, value)
-        return value
+        if filename not in self._digests:
+            self._read_index()  # another worker process may have added it
+        if filename not in self._digests:
+            self._write_digest(filename, describe(self.path(filename), filename).sha256)
+        return self._digests[filename]
 
     def describe(self, filename: str) -> PackedArtifact:
         """A local artifact with its recorded sha256 and size."""
         path = self.path(filename)
         return PackedArtifact(filename, path, self.sha256(filename), path.stat().st_size)
 
+    def info(self, filename: str) -> ArtifactInfo:
+        """An artifact's sha256 and size, asking the source before downloading it.
+
+        A stratum step needs only this of its chunks' artifacts, which may
+        be gigabytes.
+        """
+        if self.path(filename).exists():
+            local = self.describe(filename)
+            return ArtifactInfo(filename, local.sha256, local.size)
+        remote = self.source.info(filename) if self.source is not None else None
+        if remote is not None:
+            return remote
+        self.fetch(filename)
+        local = self.describe(filename)
+        return ArtifactInfo(filename, local.sha256, local.size)
+
     def add(self, artifact: PackedArtifact) -> None:
         """Keep a copy of an artifact this worker built."""
         self._write_digest(artifact.filename, artifact.sha256)
-        _atomic_copy(artifact.path, self.path(artifact.filename))
+        try:
+            # A complete file linked in place appears whole: no rename needed.
+            os.link(artifact.path, self.path(artifact.filename))
+        except FileExistsError:
+            _atomic_copy(artifact.path, self.path(artifact.filename))
+        except OSError:
+            _atomic_copy(artifact.path, self.path(artifact.filename))
+
+    def trim(self, max_bytes: int, min_age: float = 600.0) -> list[str]:
+        """Delete least recently used artifacts until the cache holds at most `max_bytes`.
+
+        Artifacts used in the last `min_age` seconds are kept whatever the
+        size, so that a running step never loses an input it is about to
+        unpack. Returns the names deleted.
+        """
+        entries = []
+        for entry in os.scandir(self.directory):
+            if entry.name.startswith(".") or entry.name == "index" or not entry.is_file():
+                continue
+            st = entry.stat()
+            entries.append((st.st_mtime, st.st_size, entry.name))
+        total = sum(size for _, size, _ in entries)
+        deleted = []
+        now = time.time()
+        for mtime, size, name in sorted(entries):
+            if total <= max_bytes:
+                break
+            if now - mtime < min_age:
+                continue
+            (self.directory / name).unlink(missing_ok=True)
+            total -= size
+            deleted.append(name)
+        return deleted
 
     def _write_digest(self, filename: str, sha256: str) -> None:
-        _atomic_text(self.directory / f".{filename}.sha256", sha256 + "\n")
+        with self._lock, self._index.open("a") as index:
+            fcntl.flock(index, fcntl.LOCK_EX)
+            index.write(f"{sha256} {filename}\n")
+            self._digests[filename] = sha256
+
+    def _read_index(self) -> None:
+        try:
+            text = self._index.read_text()
+        except FileNotFoundError:
+            return
+        with self._lock:
+            for line in text.splitlines():
+                digest, _, name = line.partition(" ")
+                if len(digest) == 64 and name:
+                    self._digests[name] = digest
+
+
+def _touch(path: Path) -> None:
+    # Last use, for trim(): mtime, since atime is often not kept (noatime).
+    try:
+        os.utime(path)
+    except OSError:
+        pass
 
 
 def _atomic_copy(src: Path, dest: Path) -> None:

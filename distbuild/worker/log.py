@@ -28,13 +28,20 @@ class StepLog:
         self._on_line = on_line
         self._tail: collections.deque[str] = collections.deque(maxlen=tail)
         self._lock = threading.Lock()
+        # The first failure to write the file (a full disk): lines still go
+        # to the callback, and the step raises it when it ends.
+        self.error: OSError | None = None
 
     def line(self, text: str) -> None:
         """Log one line of text (command output or a status message)."""
         stamped = f"{timestamp()} {text}"
         with self._lock:
-            self._file.write(stamped + "\n")
-            self._file.flush()
+            if self.error is None:
+                try:
+                    self._file.write(stamped + "\n")
+                    self._file.flush()
+                except OSError as e:
+                    self.error = e
             self._tail.append(text)
         if self._on_line is not None:
             self._on_line(stamped)
@@ -61,4 +68,7 @@ class StepLog:
 
     def close(self) -> None:
         """Close the file; the callback gets nothing more."""
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError as e:
+            self.error = self.error or e

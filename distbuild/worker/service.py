@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import platform
 import signal
-import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +23,11 @@ from distbuild.errors import ConfigError, DistbuildError
 from distbuild.link import Link, LinkError, connect
 from distbuild.protocol import messages as m
 from distbuild.runprocess import Cancelled, CancelToken
-from distbuild.trove.client import CacheClient, CacheClientError
+from distbuild.timestamps import service_logger
+from distbuild.trove.client import CacheClient
 from distbuild.worker.cache import LocalArtifactCache
-from distbuild.worker.errors import CommandFailed, MissingArtifact
+from distbuild.worker.errors import CommandFailed
+from distbuild.worker.remote import TroveArtifactSource, upload
 from distbuild.worker.sources import GitSources
 from distbuild.worker.step import StepRunner, WorkerSettings
 
@@ -57,22 +57,7 @@ class WorkerConfig:
     jobs: int | None = None
     staging_over_host: bool = False
     bwrap: str = "bwrap"
-
-
-class TroveArtifacts:
-    """The trove's artifact cache as the worker's local cache sees it."""
-
-    def __init__(self, client: CacheClient):
-        self.client = client
-
-    def download(self, filename: str, dest: Path) -> str | None:
-        try:
-            return self.client.download(filename, dest).sha256
-        except CacheClientError as e:
-            if e.status == 404:
-                raise MissingArtifact(f"artifact {filename} is not in the artifact cache",
-                                      self.client.base_url) from None
-            raise
+    cache_limit_mb: int | None = None
 
 
 class Worker:
@@ -81,8 +66,11 @@ class Worker:
     def __init__(self, cfg: WorkerConfig, log=None):
         self.cfg = cfg
         self.log = log or _log
+        # The worker's own key must never be readable by the builds it runs.
         self.settings = WorkerSettings(work_dir=cfg.work_dir, jobs=cfg.jobs,
-                                       staging_over_host=cfg.staging_over_host, bwrap=cfg.bwrap)
+                                       staging_over_host=cfg.staging_over_host, bwrap=cfg.bwrap,
+                                       hide_from_builds=[cfg.identity],
+                                       cache_limit_mb=cfg.cache_limit_mb)
         self.settings.clean()
         self.sources = GitSources(cfg.work_dir / "mirrors")
         self.jobs: dict[str, CancelToken] = {}
@@ -146,17 +134,16 @@ class Worker:
             nodes = {d["id"]: node_from_dict(d) for d in run.closure}
             nodes[node.id] = node
             client = CacheClient(run.artifact_cache_url)
-            cache = LocalArtifactCache(self.cfg.work_dir / "artifacts", TroveArtifacts(client))
+            cache = LocalArtifactCache(self.cfg.work_dir / "artifacts",
+                                       TroveArtifactSource(client))
             runner = StepRunner(self.settings, self.sources, cache)
             self.log(f"job {run.job}: building {node.id}")
             result = runner.run(node, nodes, on_line=out.line, cancel=token)
             out.flush()
             token.check("upload")
-            client.upload_source(node.cache_key,
-                                 {a.filename: a.path for a in result.artifacts}, run.token,
-                                 log=result.log.path,
-                                 sha256s={a.filename: a.sha256 for a in result.artifacts})
-            link.send(m.JobFinished(job=run.job, seconds=round(result.seconds, 3),
+            upload(result, client, run.token)
+            link.send(m.JobFinished(job=run.job, seconds=round(result.seconds, 4),
+                                    command_seconds=round(result.command_seconds, 4),
                                     artifacts={a.filename: {"sha256": a.sha256, "size": a.size}
                                                for a in result.artifacts}))
             self.log(f"job {run.job}: built {node.id} in {result.seconds:.1f} s")
@@ -258,6 +245,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _log(message: str) -> None:
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
-    print(f"{stamp} worker: {message}", file=sys.stderr, flush=True)
+_log = service_logger("worker")

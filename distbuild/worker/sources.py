@@ -5,6 +5,10 @@ checkout fetches into it only when the wanted commit is missing, so a
 second build of the same commit touches no network. The build directory
 is a clone of the mirror (object files hard-linked, no alternates), so git
 works inside the sandbox, which cannot see the mirror.
+
+The trove's MirrorCache does the same for ref resolution; a step needs more
+of it: every git process here runs through runprocess, so cancelling a step
+kills a long fetch at once, and git's output goes to the step's log.
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ class GitSources:
         """Make `dest` (which must not exist) a checkout of `commit` from `repo`."""
         url = self.resolve_url(repo)
         mirror = self._mirror(url, commit, on_line, cancel)
-        self._git(["clone", "-q", "--no-checkout", str(mirror), str(dest)], on_line, cancel,
+        # No template: hook samples are a dozen files to write and delete per step.
+        self._git(["clone", "-q", "--no-checkout", "--template=", str(mirror), str(dest)],
+                  on_line, cancel,
                   f"cannot clone mirror of {url}")
         self._git(["-C", str(dest), "checkout", "-q", "--detach", commit], on_line, cancel,
                   f"cannot check out {commit} of {url}")
@@ -71,6 +77,10 @@ class GitSources:
                 if status != 0:
                     raise SourceError(f"cannot fetch repository {url} (git fetch exited "
                                       f"with status {status}): does it exist?", url)
+                if not self._has_commit(mirror, commit):
+                    # Not on any branch or tag: servers that allow it send it by name.
+                    runprocess.run(["git", "-C", str(mirror), "fetch", "-q", url, commit],
+                                   on_line=on_line, cancel=cancel, env=_env())
                 if not self._has_commit(mirror, commit):
                     raise SourceError(f"commit {commit} is not in repository {url}", url)
         return mirror

@@ -1,0 +1,105 @@
+"""Building strata and systems from chunk artifacts already in the cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from distbuild import sandbox
+from distbuild.worker import artifacts
+from distbuild.worker.artifacts import ArtifactInfo, PackedArtifact, artifact_filename
+from distbuild.worker.context import StepContext
+from distbuild.worker.errors import StepError
+
+# Directories every assembled system has, even when no chunk installs them.
+SYSTEM_DIRS = ("dev", "proc", "sys", "tmp", "run", "var", "home", "root", "mnt")
+
+
+def build_stratum(ctx: StepContext) -> list[PackedArtifact]:
+    """Sort the stratum's chunk artifacts into its stratum artifacts (JSON documents)."""
+    node, log = ctx.node, ctx.log
+    chunks = [ctx.nodes[d] for d in node.depends
+              if ctx.nodes[d].kind == "chunk" and ctx.nodes[d].stratum == node.name]
+    members: dict[str, list[ArtifactInfo]] = {r.artifact: [] for r in node.split_rules}
+    for chunk in chunks:
+        for rule in chunk.split_rules:
+            name = rule.artifact
+            target = node.artifact_overrides.get(name) or artifacts.first_match(
+                name, node.split_rules)
+            if target is None:
+                raise StepError(f"chunk artifact '{name}' matches no stratum split rule",
+                                node.id)
+            if target not in members:
+                raise StepError(f"chunk artifact '{name}' is assigned to '{target}', "
+                                "which is not one of the stratum's artifacts", node.id)
+            info = ctx.cache.info(artifact_filename(chunk.cache_key, "chunk", name))
+            members[target].append(info)
+            ctx.record_input(info.filename, info.sha256)
+    packed = []
+    for name, chunk_artifacts in members.items():
+        filename = artifact_filename(node.cache_key, "stratum", name)
+        artifacts.write_json(ctx.out / filename, artifacts.stratum_document(
+            node.name, name, node.cache_key, chunk_artifacts))
+        packed.append(artifacts.describe(ctx.out / filename, filename))
+        log.line(f"{filename}: {len(chunk_artifacts)} chunk artifacts")
+    return packed
+
+
+def build_system(ctx: StepContext) -> list[PackedArtifact]:
+    """Assemble the root filesystem, run system integration in it, and pack it."""
+    node, log = ctx.node, ctx.log
+    rootfs = ctx.tmp / "rootfs"
+    rootfs.mkdir()
+    log.header("assembling")
+    contents = []
+    for stratum_name, selected in node.strata_artifacts.items():
+        stratum = ctx.nodes[f"stratum:{stratum_name}"]
+        names = selected if selected is not None else [r.artifact for r in stratum.split_rules]
+        for name in names:
+            filename = artifact_filename(stratum.cache_key, "stratum", name)
+            doc = artifacts.read_stratum(ctx.cache.fetch(filename), filename)
+            ctx.record_input(filename, ctx.cache.sha256(filename))
+            for chunk in doc["chunks"]:
+                ctx.unpack(chunk["filename"], rootfs, chunk["sha256"])
+                contents.append({"stratum": stratum_name, **chunk})
+            log.line(f"{filename}: {len(doc['chunks'])} chunk artifacts")
+    for d in SYSTEM_DIRS:
+        (rootfs / d).mkdir(exist_ok=True)
+    integrate(ctx, rootfs, {c["filename"] for c in contents})
+    meta_dir = rootfs / "baserock"
+    meta_dir.mkdir(exist_ok=True)
+    artifacts.write_json(meta_dir / f"{node.name}.meta", {
+        "format": artifacts.SYSTEM_META_FORMAT, "system": node.name, "arch": node.arch,
+        "cache_key": node.cache_key, "contents": contents})
+    log.header("packing")
+    filename = artifact_filename(node.cache_key, "system", f"{node.name}-rootfs")
+    everything = [str(p.relative_to(rootfs)) for p in sorted(rootfs.rglob("*"))]
+    packed = artifacts.pack(rootfs, everything, ctx.out / filename, filename)
+    log.line(f"{filename}: {len(everything)} entries, {packed.size} bytes")
+    ctx.extra_meta["contents"] = contents
+    return [packed]
+
+
+def integrate(ctx: StepContext, rootfs: Path, included: set[str]) -> None:
+    """Run the system-integration commands of the chunk artifacts in `included`, by name."""
+    scripts: list[tuple[str, str, tuple[str, ...]]] = []
+    for chunk in (n for n in ctx.nodes.values() if n.kind == "chunk"):
+        for artifact, named in (chunk.system_integration or {}).items():
+            if artifact_filename(chunk.cache_key, "chunk", artifact) in included:
+                scripts += [(name, artifact, tuple(cmds)) for name, cmds in named.items()]
+    if not scripts:
+        return
+    ctx.log.header("system-integration")
+    layer = sandbox.layer_host(rootfs) if ctx.settings.staging_over_host else None
+    env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": "/tmp", "LC_ALL": "C",
+           "MORPH_ARCH": ctx.node.arch}
+    try:
+        for name, artifact, commands in sorted(scripts):
+            ctx.log.line(f"{name} (from {artifact})")
+            for command in commands:
+                ctx.run_command(f"system-integration {name}", command, sandbox.SandboxSpec(
+                    argv=("sh", "-e", "-c", command), root=rootfs, root_writable=True,
+                    binds=layer.binds if layer else (),
+                    masks=ctx.settings.host_masks() if layer else (), env=env))
+    finally:
+        if layer is not None:
+            layer.remove()

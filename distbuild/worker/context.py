@@ -1,0 +1,136 @@
+"""What one running step has at hand: its node, directories, log, and the worker's services.
+
+The chunk, stratum and system builders (worker.chunk, worker.assemble) get a
+StepContext and nothing else; running a sandboxed command and unpacking an
+input artifact, with their error reporting, live here once for all three.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distbuild import sandbox
+from distbuild.runprocess import CancelToken
+from distbuild.worker import artifacts
+from distbuild.worker.cache import LocalArtifactCache
+from distbuild.worker.errors import CommandFailed, DiskFull
+from distbuild.worker.log import StepLog
+from distbuild.worker.sources import GitSources
+
+# Below this much free space a failing command is taken to have filled the disk.
+_FULL_BYTES = 64 * 1024
+
+
+@dataclass
+class WorkerSettings:
+    """How a worker runs steps (the `worker:` section of the shared configuration).
+
+    `staging_over_host`: when yes, the staging area is layered over the
+    host's root read-only (see distbuild.sandbox), so chunks whose
+    definitions bring no toolchain of their own build with the host's
+    compiler and tools. When no, a `staging` chunk sees only its
+    dependencies, as in Baserock; `bootstrap` chunks always see the host.
+    """
+
+    work_dir: Path
+    jobs: int | None = None
+    staging_over_host: bool = False
+    bwrap: str = "bwrap"
+    log_tail_lines: int = 20
+    # Host paths builds must not read through the host layer, besides
+    # sandbox.HOST_HIDDEN and the work directory (e.g. the worker's SSH key).
+    hide_from_builds: list[Path] = field(default_factory=list)
+    # The local artifact cache is trimmed to this size after each step
+    # (least recently used first); None: never.
+    cache_limit_mb: int | None = None
+    # Finished steps' output directories kept in out/ (the newest).
+    keep_outputs: int = 50
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.work_dir / "tmp"
+
+    @property
+    def out_dir(self) -> Path:
+        return self.work_dir / "out"
+
+    @property
+    def trash_dir(self) -> Path:
+        return self.work_dir / "trash"
+
+    def host_masks(self) -> tuple[str, ...]:
+        """bwrap operations hiding secrets from builds that see the host."""
+        return sandbox.host_masks(self.work_dir / "empty",
+                                  [*sandbox.HOST_HIDDEN, self.work_dir, *self.hide_from_builds])
+
+    def clean(self) -> None:
+        """Remove what steps that crashed left behind (call when no step runs)."""
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        shutil.rmtree(self.trash_dir, ignore_errors=True)
+
+
+@dataclass
+class StepContext:
+    """One step in progress; builders write only under `tmp` and `out`."""
+
+    node: Any
+    nodes: Any
+    tmp: Path
+    out: Path
+    log: StepLog
+    cancel: CancelToken
+    settings: WorkerSettings
+    cache: LocalArtifactCache
+    sources: GitSources
+    inputs: list[dict[str, str]] = field(default_factory=list)
+    extra_meta: dict[str, Any] = field(default_factory=dict)
+    command_seconds: float = 0.0
+
+    def run_command(self, phase: str, command: str, spec: sandbox.SandboxSpec) -> None:
+        """Echo `command`, run it as `spec` says, and raise the right error if it fails."""
+        self.log.command(command)
+        self.log.output_started()
+        started = time.monotonic()
+        try:
+            status = sandbox.run(spec, on_line=self.log.line, cancel=self.cancel,
+                                 bwrap=self.settings.bwrap)
+        except sandbox.SandboxError as e:
+            hint = ""
+            if "execvp sh" in e.what and spec.root is not None:
+                hint = ("; the staging area has no /bin/sh (these definitions bring no shell "
+                        "of their own: set the worker's staging_over_host to build with the "
+                        "host's tools)")
+            raise sandbox.SandboxError(f"{e.what} (running {phase} command {command!r}){hint}",
+                                       self.node.id) from None
+        finally:
+            self.command_seconds += time.monotonic() - started
+        if status == 0:
+            return
+        tail = self.log.last_lines
+        if any("No space left on device" in line for line in tail) or self._disk_full():
+            raise DiskFull(f"no space left on device while running {phase} command "
+                           f"{command!r} (exit status {status})", self.node.id)
+        raise CommandFailed(self.node.id, phase, command, status, tail)
+
+    def unpack(self, filename: str, dest: Path, sha256: str | None = None) -> list[str]:
+        """Unpack input artifact `filename` (checked against `sha256` if given) into `dest`."""
+        self.cancel.check()
+        local = self.cache.fetch(filename, sha256)
+        self.record_input(filename, self.cache.sha256(filename))
+        return artifacts.extract(local, dest, filename)
+
+    def record_input(self, filename: str, sha256: str) -> None:
+        """Note an artifact the step read, for its metadata."""
+        self.inputs.append({"filename": filename, "sha256": sha256})
+
+    def _disk_full(self) -> bool:
+        try:
+            st = os.statvfs(self.tmp)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < _FULL_BYTES
