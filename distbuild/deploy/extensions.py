@@ -22,7 +22,23 @@ from distbuild.deploy.errors import DeployError
 
 KINDS = ("check", "configure", "write")
 _PACKAGE_ROOT = Path(distbuild.__file__).resolve().parent.parent
-PROJECT_EXTENSIONS = _PACKAGE_ROOT / "extensions"
+
+
+def data_dir(package_root: Path, prefixes: Sequence[str]) -> Path:
+    """Where distbuild's extensions/ and deploy/ are: the checkout it runs from, else the
+    share/distbuild folder an installation put them in (setup.cfg's data_files)."""
+    if (package_root / "extensions").is_dir():
+        return package_root
+    for prefix in prefixes:
+        candidate = Path(prefix) / "share" / "distbuild"
+        if (candidate / "extensions").is_dir():
+            return candidate
+    return package_root
+
+
+DATA_DIR = data_dir(_PACKAGE_ROOT, (sys.prefix, "/usr/local", "/usr"))
+PROJECT_EXTENSIONS = DATA_DIR / "extensions"
+DEPLOY_FILES = DATA_DIR / "deploy"
 _STDERR_LINES_SHOWN = 20
 
 

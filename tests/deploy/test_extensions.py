@@ -12,6 +12,7 @@ from distbuild.deploy.errors import DeployError
 from distbuild.deploy.extensions import (
     PROJECT_EXTENSIONS,
     ExtensionFailed,
+    data_dir,
     find_extension,
     require_extension,
     run_extension,
@@ -89,3 +90,14 @@ def test_failure_without_stderr_and_by_signal(tmp_path):
     killed = script(tmp_path / "killed.write", "#!/bin/sh\nkill -9 $$\n")
     with pytest.raises(ExtensionFailed, match=r"killed\.write failed \(killed by signal 9\)"):
         run(killed, cwd=tmp_path)
+
+
+def test_data_dir_prefers_the_checkout_then_an_installation(tmp_path):
+    checkout, site = tmp_path / "checkout", tmp_path / "site-packages"
+    (checkout / "extensions").mkdir(parents=True)
+    site.mkdir()
+    installed = tmp_path / "prefix" / "share" / "distbuild"
+    assert data_dir(checkout, [str(tmp_path / "prefix")]) == checkout
+    assert data_dir(site, [str(tmp_path / "prefix")]) == site, "nothing installed: no change"
+    (installed / "extensions").mkdir(parents=True)
+    assert data_dir(site, ["/nonexistent", str(tmp_path / "prefix")]) == installed
