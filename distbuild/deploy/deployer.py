@@ -54,7 +54,6 @@ class Deployer:
     environ: Mapping[str, str] | None = None
 
     fakeroot: str | None = field(default_factory=lambda: _fakeroot_if_needed())
-    _wrapper: tuple[str, ...] = field(default=(), init=False, repr=False)
 
     def deploy(self, deployments: Sequence[Deployment]) -> None:
         """Deploy each deployment with its subsystems; stop at the first failure."""
@@ -66,14 +65,11 @@ class Deployer:
                           "belong to you, not to the owners the build gave them")
         for plan in plans:
             with tempfile.TemporaryDirectory(prefix="distbuild-deploy-") as scratch:
-                self._wrapper = self._session(Path(scratch))
-                try:
-                    self._deploy(plan, Path(scratch), parent_tree=None)
-                finally:
-                    self._wrapper = ()
+                self._deploy(plan, Path(scratch), self._session(Path(scratch)), None)
             self.progress(f"Deployed {plan.deployment.id} to {plan.deployment.location}")
 
     def _session(self, scratch: Path) -> tuple[str, ...]:
+        """The command prefix that runs a command in this deployment's fakeroot session."""
         if self.fakeroot is None:
             return ()
         state = scratch / "fakeroot.state"
@@ -96,20 +92,22 @@ class Deployer:
 
     def _check(self, plan: Plan) -> None:
         # A subsystem's location is inside a tree that does not exist yet,
-        # so only top-level deployments can be checked up front.
+        # so only top-level deployments can be checked up front. Checks
+        # change nothing, so they need no fakeroot session.
         if plan.check is not None:
             self.progress(f"Checking {plan.deployment.id} ({plan.check.name})")
-            self._run(plan, plan.check, [plan.deployment.location])
+            self._run(plan, plan.check, [plan.deployment.location], ())
 
-    def _deploy(self, plan: Plan, scratch: Path, parent_tree: Path | None) -> None:
+    def _deploy(self, plan: Plan, scratch: Path, wrapper: tuple[str, ...],
+                parent_tree: Path | None) -> None:
         d = plan.deployment
         tree = scratch / f"{d.id}-rootfs"
-        self._unpack(plan, scratch, tree)
+        self._unpack(plan, scratch, tree, wrapper)
         for sub in plan.subsystems:
-            self._deploy(sub, scratch, parent_tree=tree)
+            self._deploy(sub, scratch, wrapper, parent_tree=tree)
         for ext in plan.configure:
             self.progress(f"Configuring {d.id} with {ext.name}")
-            self._run(plan, ext, [str(tree)])
+            self._run(plan, ext, [str(tree)], wrapper)
         location = d.location
         if parent_tree is not None:
             # Subsystems land inside their parent's tree, as with morph.
@@ -117,26 +115,25 @@ class Deployer:
             inside.parent.mkdir(parents=True, exist_ok=True)
             location = str(inside)
         self.progress(f"Writing {d.id} with {plan.write.name} to {d.location}")
-        self._run(plan, plan.write, [str(tree), location])
+        self._run(plan, plan.write, [str(tree), location], wrapper)
         shutil.rmtree(tree, ignore_errors=True)
 
-    def _unpack(self, plan: Plan, scratch: Path, tree: Path) -> None:
+    def _unpack(self, plan: Plan, scratch: Path, tree: Path,
+                wrapper: tuple[str, ...]) -> None:
         artifact = scratch / plan.system.filename
         self.progress(f"Fetching {plan.system.name} ({plan.system.cache_key[:12]})")
         fetch_system_artifact(self.artifact_cache_url, plan.system.filename, artifact,
                               plan.system.morph)
         tree.mkdir()
         # GNU tar keeps owners, modes, links and device nodes (as root) exactly.
-        proc = subprocess.run([*self._wrapper, "tar", "-xzf", str(artifact), "-C", str(tree),
+        proc = subprocess.run([*wrapper, "tar", "-xzf", str(artifact), "-C", str(tree),
                                "--numeric-owner"], capture_output=True, text=True)
         artifact.unlink()
         if proc.returncode != 0:
             raise DeployError(f"cannot unpack {plan.system.filename}: "
                               f"{proc.stderr.strip() or 'tar failed'}", plan.where)
 
-    def _run(self, plan: Plan, ext: Path, args: list[str]) -> None:
-        # Checks change nothing, so they need no fakeroot session.
-        wrapper = () if ext == plan.check else self._wrapper
+    def _run(self, plan: Plan, ext: Path, args: list[str], wrapper: tuple[str, ...]) -> None:
         run_extension(ext, args, plan.deployment.settings, cwd=self.definitions,
                       progress=self.progress, where=plan.where, base_environ=self.environ,
                       wrapper=wrapper)
