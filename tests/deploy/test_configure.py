@@ -231,3 +231,19 @@ def test_distbuild_configure_leaves_other_systems_alone(rootfs, tmp_path):
     lines = configure("distbuild", rootfs, {"DISTBUILD_WORKER": "False"}, tmp_path)
     assert snapshot(rootfs) == before
     assert any("nothing to do" in line for line in lines)
+
+
+def test_fstab(rootfs, tmp_path):
+    (rootfs / "etc" / "fstab").write_text("proc /proc proc defaults 0 0\n")
+    settings = {"FSTAB_SRC": "LABEL=src /srv/distbuild auto defaults,nofail 0 2",
+                "FSTAB_HOMES": "no", "FSTAB_PROC": "proc /proc proc defaults 0 0"}
+    configure("fstab", rootfs, settings, tmp_path)
+    configure("fstab", rootfs, settings, tmp_path)
+    assert (rootfs / "etc" / "fstab").read_text() == (
+        "proc /proc proc defaults 0 0\nLABEL=src /srv/distbuild auto defaults,nofail 0 2\n")
+
+
+def test_fstab_refuses_a_short_line(rootfs, tmp_path):
+    with pytest.raises(ExtensionFailed, match="fstab line '/dev/vdb /srv' needs at least"):
+        configure("fstab", rootfs, {"FSTAB_SRC": "/dev/vdb /srv"}, tmp_path)
+    assert not (rootfs / "etc" / "fstab").exists()

@@ -88,5 +88,7 @@ def test_deploy_distbuild_network_to_kvm(artifact_cache, tmp_path):
         link = debugfs(image, f"stat /etc/systemd/system/multi-user.target.wants/{unit}.service")
         assert f'Fast link dest: "/etc/systemd/system/{unit}.service"' in link
         assert "admin" in debugfs(image, "cat /root/.ssh/authorized_keys")
+        fstab = debugfs(image, "cat /etc/fstab")
+        assert ("/srv/distbuild" in fstab) is not is_controller
     assert "WORKERS" in debugfs(vms / "distbuild-controller.img",
                                 "cat /etc/distbuild/distbuild.conf")
