@@ -95,8 +95,14 @@ def make_ext4_image(rootfs: Path, image: Path, size: int, label: str = "rootfs")
     """Make a sparse ext4 filesystem image of `rootfs` with `mkfs.ext4 -d`: no mount, no loop."""
     if size < (8 << 20):
         raise ExtensionError(f"disk size {size} bytes is too small for an ext4 filesystem")
-    with open(image, "xb") as f:
-        f.truncate(size)
+    try:
+        with open(image, "xb") as f:
+            f.truncate(size)
+    except FileExistsError:
+        raise ExtensionError(f"{image} already exists; remove it or choose another "
+                             "location") from None
+    except OSError as e:
+        raise ExtensionError(f"cannot create {image}: {e.strerror}") from None
     cmd = ["mkfs.ext4", "-q", "-F", "-L", label, "-d", str(rootfs), str(image)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -17,6 +17,7 @@ from distbuild.deploy.extensions import (
     require_extension,
     run_extension,
 )
+from distbuild.deploy.writeext import ExtensionError, make_ext4_image
 
 
 def script(path: Path, text: str, mode: int = 0o755) -> Path:
@@ -101,3 +102,14 @@ def test_data_dir_prefers_the_checkout_then_an_installation(tmp_path):
     assert data_dir(site, [str(tmp_path / "prefix")]) == site, "nothing installed: no change"
     (installed / "extensions").mkdir(parents=True)
     assert data_dir(site, ["/nonexistent", str(tmp_path / "prefix")]) == installed
+
+
+def test_image_maker_refuses_existing_file_and_bad_folder(tmp_path):
+    (tmp_path / "taken.img").write_text("keep")
+    with pytest.raises(ExtensionError, match=r"taken\.img already exists"):
+        make_ext4_image(tmp_path, tmp_path / "taken.img", 16 << 20)
+    assert (tmp_path / "taken.img").read_text() == "keep"
+    with pytest.raises(ExtensionError, match=r"cannot create .*: No such file or directory"):
+        make_ext4_image(tmp_path, tmp_path / "no" / "x.img", 16 << 20)
+    with pytest.raises(ExtensionError, match="too small"):
+        make_ext4_image(tmp_path, tmp_path / "tiny.img", 1 << 20)
