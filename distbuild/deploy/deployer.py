@@ -24,6 +24,7 @@ from distbuild.deploy.errors import DeployError
 from distbuild.deploy.extensions import find_extension, require_extension, run_extension
 from distbuild.deploy.fetch import fetch_system_artifact
 from distbuild.deploy.systems import SystemArtifact, SystemResolver
+from distbuild.errors import DistbuildError
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,11 @@ class Deployer:
     def plan(self, d: Deployment) -> Plan:
         """Find `d`'s system and extensions (and its subsystems'); a missing one is an error."""
         where = f"deployment '{d.id}'"
-        system = self.systems.system(d.morph)
+        try:
+            system = self.systems.system(d.morph)
+        except DistbuildError as e:
+            # The definitions name the file; say which deployment needed it too.
+            raise DeployError(str(e), where, retryable=e.retryable) from None
         return Plan(
             deployment=d,
             system=system,

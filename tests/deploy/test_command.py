@@ -31,6 +31,9 @@ def defs(tmp_path: Path) -> Path:
             one: {{type: extensions/tar, location: {tmp_path}/one.tar}}
             two: {{type: tar, location: {tmp_path}/two.tar}}
         """))
+    (path / "clusters" / "ghost.morph").write_text(
+        "name: ghost\nkind: cluster\nsystems:\n- morph: systems/ghost.morph\n"
+        "  deploy: {ghost: {type: tar, location: ghost.tar}}\n")
     return path
 
 
@@ -82,6 +85,7 @@ def test_not_built(defs, artifact_cache):
      "no deployment named 'three' (deployments: one, two)"),
     (["clusters/pair.morph"], {}, "deployment 'one': HOSTNAME: variable $site is not set"),
     (["clusters/nope.morph"], {"site": "lab"}, "clusters/nope.morph"),
+    (["clusters/ghost.morph"], {}, "deployment 'ghost': systems/ghost.morph: no such file"),
     (["clusters/pair.morph", "three.X=1"], {"site": "lab"}, "'three.X=...' names no deployment"),
 ])
 def test_user_mistakes_are_one_line(defs, artifact_cache, args, env, message):
