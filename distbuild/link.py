@@ -111,6 +111,9 @@ def connect(host: str, port: int, identity: Path, known_hosts: Path, role: str, 
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as e:
         raise LinkError(f"cannot connect: {e.strerror or e}", peer, retryable=True) from None
+    # Messages are small and often come in pairs (last output, then job-finished):
+    # with Nagle's algorithm the second waits ~40 ms for the peer's delayed ACK.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     transport = paramiko.Transport(sock)
     try:
         try:
