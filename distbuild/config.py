@@ -97,6 +97,29 @@ def section(cls: type[T], values: dict[str, Any], where: str, **overrides: Any) 
         raise ConfigError(f"missing required key(s): {', '.join(missing)}", where) from None
 
 
+def component_settings(cls: type[T], explicit_path: str | None, name: str, /,
+                       **overrides: Any) -> T:
+    """A service's settings: section `name` of the configuration file, then `overrides`.
+
+    Relative paths written in the file are relative to the file, as in
+    network.yaml; paths given as overrides (command-line options) are left as given.
+    """
+    path = config_path(explicit_path)
+    values = load(path)
+    where = f"{path}: {name}" if path else name
+    section_values = values.get(name) or {}
+    if not isinstance(section_values, dict):
+        raise ConfigError(f"the {name} section must be a mapping of settings", where)
+    settings = section(cls, section_values, where, **overrides)
+    if path is not None:
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            value = getattr(settings, f.name)
+            if (isinstance(value, Path) and not value.is_absolute() and f.name in section_values
+                    and overrides.get(f.name) is None):
+                setattr(settings, f.name, path.parent / value)
+    return settings
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):

@@ -152,6 +152,7 @@ class Network:
                 # The example definitions bring no toolchain: build with the host's.
                 "staging_over_host": True}}))
             self._start(f"worker-{n}", self._distbuild("worker", "--config", str(worker_conf)))
+        self._wait_for_workers()
         network_yaml = d / "network.yaml"
         tmp = network_yaml.with_name("network.yaml.tmp")
         tmp.write_text(yaml.safe_dump(settings, sort_keys=False))
@@ -159,6 +160,26 @@ class Network:
         (d / "run" / "pids.json").write_text(json.dumps(
             {c.name: c.proc.pid for c in self.components if c.proc}))
         return settings
+
+    def _wait_for_workers(self, timeout: float = 30) -> None:
+        """Return once every worker has joined the controller; a worker that died is an error."""
+        controller_log = self.state_dir / "logs" / "controller.log"
+        workers = [c for c in self.components if c.name.startswith("worker-")]
+        deadline = time.monotonic() + timeout
+        while True:
+            text = controller_log.read_text() if controller_log.exists() else ""
+            waiting = [c for c in workers if f"worker {c.name}: arch " not in text]
+            if not waiting:
+                return
+            for c in waiting:
+                if c.proc is not None and c.proc.poll() is not None:
+                    tail = c.log.read_text().strip().splitlines()[-1:] if c.log.exists() else []
+                    raise NetworkError(f"{c.name} exited with status {c.proc.returncode}: "
+                                       f"{' '.join(tail)}", str(c.log))
+            if time.monotonic() > deadline:
+                raise NetworkError(f"{', '.join(c.name for c in waiting)} did not join the "
+                                   f"controller within {timeout:.0f} s", str(controller_log))
+            time.sleep(0.05)
 
     def _trust(self, initiator_port: int, worker_port: int, trove_ssh_port: int) -> None:
         controller_key = ssh.public_key_of(self.keys.controller_host_key)

@@ -66,3 +66,28 @@ def test_env_var_names_the_file(monkeypatch, tmp_path):
     monkeypatch.setenv(config.CONFIG_ENV, str(tmp_path / "x.yaml"))
     assert config.config_path(None) == tmp_path / "x.yaml"
     assert config.config_path("y.yaml") == Path("y.yaml")
+
+
+@dataclass
+class Service:
+    name: str
+    key: Path
+    port: int = 1
+
+
+def test_component_settings_reads_its_section_relative_to_the_file(tmp_path):
+    conf = tmp_path / "etc" / "distbuild.conf"
+    conf.parent.mkdir()
+    conf.write_text("TROVE_HOST: t\nworker:\n  name: w1\n  key: keys/worker_key\n")
+    got = config.component_settings(Service, str(conf), "worker", port=7)
+    assert got == Service(name="w1", key=tmp_path / "etc" / "keys" / "worker_key", port=7)
+    # A command-line path stays as given, and a field called `name` is just a setting.
+    got = config.component_settings(Service, str(conf), "worker", name="w2", key=Path("k"))
+    assert (got.name, got.key) == ("w2", Path("k"))
+
+
+def test_component_settings_section_must_be_a_mapping(tmp_path):
+    conf = tmp_path / "c.yaml"
+    conf.write_text("worker: [1, 2]\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: worker: the worker section must be a mapping"):
+        config.component_settings(Service, str(conf), "worker")

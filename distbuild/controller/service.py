@@ -446,16 +446,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> ControllerSettings:
-    path = config.config_path(args.config)
-    values = config.load(path)
-    section = values.get("controller") or {}
-    if not isinstance(section, dict):
-        raise ConfigError("the controller section must be a mapping", f"{path}: controller")
-    return config.section(
-        ControllerSettings, section, f"{path}: controller" if path else "controller",
-        state_dir=args.state_dir, listen_address=args.listen_address,
-        initiator_port=args.initiator_port, worker_port=args.worker_port,
-        trove_git_url=args.trove_git_url, artifact_cache_url=args.artifact_cache_url)
+    """The `controller:` section of the configuration file, then command-line options."""
+    return config.component_settings(
+        ControllerSettings, args.config, "controller", state_dir=args.state_dir,
+        listen_address=args.listen_address, initiator_port=args.initiator_port,
+        worker_port=args.worker_port, trove_git_url=args.trove_git_url,
+        artifact_cache_url=args.artifact_cache_url)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from distbuild.errors import TroveError
+from distbuild.files import sha256_file
 from distbuild.trove import names
 
 BLOCK = 1 << 20
@@ -294,8 +295,4 @@ def _pipelined_copy(resp: http.client.HTTPResponse, out: BinaryIO) -> tuple[int,
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(BLOCK):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(path)[0]

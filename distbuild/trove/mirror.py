@@ -9,7 +9,6 @@ mirror keeps concurrent steps on one machine from fetching into it at once.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
@@ -21,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from distbuild.errors import ResolveError
+from distbuild.files import locked
 
 SHA_RE = re.compile(r"[0-9a-f]{40}")
 FETCH_REFSPECS = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
@@ -61,8 +61,7 @@ class MirrorCache:
     @contextmanager
     def _locked(self, url: str) -> Iterator[Path]:
         path = self.path_for(url)
-        with open(str(path) + ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with locked(Path(str(path) + ".lock")):
             yield path
 
     def has_commit(self, url: str, commit: str) -> bool:

@@ -12,7 +12,7 @@ import json
 import os
 import re
 import socket
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from distbuild import config
@@ -89,24 +89,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from(args: argparse.Namespace) -> TroveSettings:
     """The trove's settings: the config file's `trove:` section, then command-line options."""
-    path = config.config_path(args.config)
-    values = config.load(path)
-    section = values.get("trove", {})
-    where = f"{path}: trove" if path else "command line"
-    if not isinstance(section, dict):
-        raise ConfigError("'trove' must be a mapping of settings", str(path))
-    settings = config.section(
-        TroveSettings, section, where, git_dir=args.git_dir, artifact_dir=args.artifact_dir,
-        listen_address=args.listen_address, git_port=args.git_port, http_port=args.http_port,
-        ssh_port=args.ssh_port, authorized_keys=args.authorized_keys, host_key=args.host_key,
+    settings = config.component_settings(
+        TroveSettings, args.config, "trove", git_dir=args.git_dir,
+        artifact_dir=args.artifact_dir, listen_address=args.listen_address,
+        git_port=args.git_port, http_port=args.http_port, ssh_port=args.ssh_port,
+        authorized_keys=args.authorized_keys, host_key=args.host_key,
         token_secret_file=args.token_secret_file, cache_size_limit=args.cache_size_limit)
-    if path is not None:
-        # Paths in the file are relative to the file, as in network.yaml; options to the cwd.
-        for field in fields(TroveSettings):
-            value = getattr(settings, field.name)
-            if (isinstance(value, Path) and not value.is_absolute() and field.name in section
-                    and getattr(args, field.name, None) is None):
-                setattr(settings, field.name, path.parent / value)
+    path = config.config_path(args.config)
+    where = f"{path}: trove" if path else "command line"
     parse_size(settings.cache_size_limit, f"{where}: cache_size_limit")
     if settings.authorized_keys is not None and settings.host_key is None:
         raise ConfigError("host_key is needed when authorized_keys enables the SSH server",

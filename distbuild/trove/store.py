@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distbuild import files
 from distbuild.errors import TroveError
 from distbuild.trove import names
 
@@ -113,12 +114,8 @@ def _entry(item: object, where: str, filename: str | None) -> FileEntry:
 
 
 def sha256_file(path: Path) -> str:
-    """The sha256 (hex) of a file, read in large blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_WRITE_BUFFER):
-            h.update(block)
-    return h.hexdigest()
+    """The sha256 (hex) of a file."""
+    return files.sha256_file(path)[0]
 
 
 @dataclass

@@ -17,7 +17,6 @@ went in, with cache keys and sha256s).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from distbuild.files import sha256_file
 from distbuild.worker.errors import CorruptArtifact, StepError
 
 STRATUM_FORMAT = "distbuild-stratum/1"
@@ -122,13 +122,8 @@ def pack(root: Path, paths: Iterable[str], dest: Path, filename: str) -> PackedA
 
 def describe(path: Path, filename: str) -> PackedArtifact:
     """The sha256 and size of an artifact file."""
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-            size += len(block)
-    return PackedArtifact(filename, path, digest.hexdigest(), size)
+    digest, size = sha256_file(path)
+    return PackedArtifact(filename, path, digest, size)
 
 
 def extract(artifact: Path, dest: Path, filename: str) -> list[str]:

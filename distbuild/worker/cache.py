@@ -21,10 +21,10 @@ import shutil
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
+from distbuild.files import locked
 from distbuild.worker.artifacts import ArtifactInfo, PackedArtifact, describe
 from distbuild.worker.errors import CorruptArtifact, MissingArtifact
 
@@ -103,7 +103,7 @@ class LocalArtifactCache:
             self._check_expected(local, filename, sha256)
             _touch(local)
             return local
-        with _locked(self.directory / f".{filename}.lock"):
+        with locked(self.directory / f".{filename}.lock"):
             if not local.exists():
                 self._download(filename, sha256, local)
         return local
@@ -246,11 +246,3 @@ def _atomic_text(dest: Path, text: str) -> None:
     os.replace(tmp, dest)
 
 
-@contextmanager
-def _locked(path: Path):
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from distbuild import config
 from distbuild.definitions import node_from_dict
-from distbuild.errors import ConfigError, DistbuildError
+from distbuild.errors import DistbuildError
 from distbuild.link import Link, LinkError, connect
 from distbuild.protocol import messages as m
 from distbuild.runprocess import Cancelled, CancelToken
@@ -222,16 +222,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    path = config.config_path(args.config)
-    values = config.load(path)
-    section = values.get("worker") or {}
-    if not isinstance(section, dict):
-        raise ConfigError("the worker section must be a mapping", f"{path}: worker")
-    cfg = config.section(WorkerConfig, section, f"{path}: worker" if path else "worker",
-                         name=args.name, controller_address=args.controller_address,
-                         controller_port=args.controller_port, identity=args.identity,
-                         known_hosts=args.known_hosts, work_dir=args.work_dir,
-                         slots=args.slots)
+    cfg = config.component_settings(
+        WorkerConfig, args.config, "worker", name=args.name,
+        controller_address=args.controller_address, controller_port=args.controller_port,
+        identity=args.identity, known_hosts=args.known_hosts, work_dir=args.work_dir,
+        slots=args.slots)
     worker = Worker(cfg)
 
     def stop(signum, frame):

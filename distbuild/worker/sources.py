@@ -13,15 +13,14 @@ kills a long fetch at once, and git's output goes to the step's log.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
 from collections.abc import Callable, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 
 from distbuild import runprocess
+from distbuild.files import locked
 from distbuild.runprocess import CancelToken, LineCallback
 from distbuild.worker.errors import SourceError
 
@@ -63,7 +62,7 @@ class GitSources:
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", url)[-80:]
         digest = hashlib.sha256(url.encode()).hexdigest()[:12]
         mirror = self.mirror_dir / f"{name}-{digest}.git"
-        with _locked(mirror.with_suffix(".lock")):
+        with locked(mirror.with_suffix(".lock")):
             if not (mirror / "HEAD").exists():
                 self._git(["init", "-q", "--bare", str(mirror)], on_line, cancel,
                           f"cannot create mirror of {url}")
@@ -121,11 +120,3 @@ def _env() -> dict[str, str]:
     return {**os.environ, **_GIT_ENV}
 
 
-@contextmanager
-def _locked(path: Path):
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
