@@ -247,6 +247,22 @@ def test_detach_status_and_list(network, tmp_path):
     assert listing.returncode == 0 and rid in listing.stdout
 
 
+def test_definitions_only_from_the_trove(network, tmp_path):
+    from distbuild import link
+    from distbuild.protocol import messages as m
+    s = network.settings
+    conn = link.connect("127.0.0.1", s["controller_initiator_port"], Path(s["identity"]),
+                        Path(s["known_hosts"]), "initiator", "mallory")
+    try:
+        conn.send(m.BuildRequest(definitions_repo="file:///etc", definitions_commit="0" * 40,
+                                 system=SYSTEM))
+        answers = [conn.receive(timeout=10) for _ in range(3)]
+    finally:
+        conn.close()
+    failed = [a for a in answers if isinstance(a, m.BuildFailed)]
+    assert failed and "definitions must come from this network's trove" in failed[0].reason
+
+
 def test_unauthorized_initiator_key_is_a_clear_error(network, tmp_path):
     checkout = network.checkout(tmp_path / "defs")
     stranger = tmp_path / "stranger"

@@ -212,6 +212,12 @@ class Controller:
     def _plan(self, rid: str, msg: m.BuildRequest) -> Plan:
         """Runs in a thread: definitions from the trove, the graph, one cache query, a pin."""
         repo = self.aliases.resolve(msg.definitions_repo)
+        trove = self.settings.trove_git_url.rstrip("/") + "/"
+        if not repo.startswith(trove) or "/../" in repo[len(trove) - 1:]:
+            # The controller reads only the network's trove: an initiator cannot make it
+            # fetch from elsewhere (another host, or a path on the controller itself).
+            raise DistbuildError(f"definitions must come from this network's trove "
+                                 f"({trove}), not {repo}", "build-request")
         path = self.mirrors.ensure(repo, msg.definitions_commit)
         defs = Definitions(GitSource(path, msg.definitions_commit))
         graph = build_graph(defs, msg.system, self.resolver, self.aliases)
