@@ -231,7 +231,8 @@ class Controller:
 
     def _planned(self, rid: str, plan: Plan) -> None:
         if rid not in self.watchers:
-            return  # cancelled while graphing
+            self._unpin(rid)  # cancelled while graphing, after its pin was made
+            return
         graph = plan.graph
         self.plans[rid] = plan
         self.lognames[rid] = log_names(graph.order)
@@ -392,6 +393,9 @@ class Controller:
         self.owners.pop(rid, None)
         self.plans.pop(rid, None)
         self.lognames.pop(rid, None)
+        self._unpin(rid)
+
+    def _unpin(self, rid: str) -> None:
         name = pin_name(rid)
         self._in_thread(self.cache.unpin, name, tokens.issue(self.secret, f"pin:{name}")
                         ).addErrback(lambda f: self.log(f"could not unpin {name}: "
