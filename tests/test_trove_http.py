@@ -237,3 +237,83 @@ def test_upload_by_a_path_the_streaming_hook_does_not_see_still_works(trove, tmp
     assert status == 201 and json.loads(text)["stored"] is True
     got = CacheClient(trove.cache_url).download(f"{key}.chunk.s", tmp_path / "s")
     assert got.path.read_bytes() == data
+
+
+def upload_head(key, data, declared=None):
+    return (json.dumps({"artifacts": [{
+        "filename": f"{key}.system.big-rootfs", "size": len(data),
+        "sha256": declared or hashlib.sha256(data).hexdigest()}]}) + "\n").encode()
+
+
+def test_a_large_upload_with_a_wrong_sha256_is_refused_and_leaves_nothing(trove):
+    key = "ab" * 32
+    data = os.urandom(4 << 20)
+    status, text, _ = raw(trove, "PUT", f"/2.0/sources/{key}",
+                          upload_head(key, data, "0" * 64) + data,
+                          {"Authorization": f"Bearer {tokens.issue(trove.secret, key)}"})
+    assert status == 400
+    assert f"sha256 mismatch for {key}.system.big-rootfs: declared {'0' * 64}" in text
+    assert CacheClient(trove.cache_url).cached_sources([key]) == {key: False}
+    assert list((trove.artifact_dir / "tmp").iterdir()) == []
+
+
+def test_a_large_upload_in_bursts_keeps_its_connection_for_the_next_request(trove):
+    key = "ac" * 32
+    data = os.urandom(5 << 20)
+    body = upload_head(key, data) + data
+
+    def bursts():
+        for i in range(0, len(body), 1 << 20):
+            yield body[i:i + (1 << 20)]
+            time.sleep(0.1)
+
+    conn = http.client.HTTPConnection("127.0.0.1", trove.info["http_port"], timeout=30)
+    try:
+        conn.request("PUT", f"/2.0/sources/{key}", body=bursts(), headers={
+            "Authorization": f"Bearer {tokens.issue(trove.secret, key)}",
+            "Content-Length": str(len(body))})
+        resp = conn.getresponse()
+        assert resp.status == 201, resp.read()
+        resp.read()
+        first = conn.sock
+        conn.request("GET", f"/2.0/sources/{key}")
+        resp = conn.getresponse()
+        meta = json.loads(resp.read())
+        assert conn.sock is first  # the same connection answered both
+    finally:
+        conn.close()
+    assert meta["artifacts"][0]["sha256"] == hashlib.sha256(data).hexdigest()
+    stored = trove.artifact_dir / "sources" / key[:2] / key / f"{key}.system.big-rootfs"
+    assert stored.read_bytes() == data
+
+
+def test_a_stalled_upload_is_dropped_after_the_idle_timeout(tmp_path):
+    conf = tmp_path / "conf.yaml"
+    conf.write_text("trove:\n  idle_timeout: 1\n")
+    t = TroveProcess(tmp_path / "trove", config=conf).start()
+    try:
+        key = "ad" * 32
+        data = os.urandom(4 << 20)
+        head = upload_head(key, data)
+        with socket.create_connection(("127.0.0.1", t.info["http_port"])) as s:
+            s.sendall(f"PUT /2.0/sources/{key} HTTP/1.1\r\nHost: x\r\n"
+                      f"Authorization: Bearer {tokens.issue(t.secret, key)}\r\n"
+                      f"Content-Length: {len(head) + len(data)}\r\n\r\n".encode())
+            s.sendall(head + data[: 2 << 20])
+            s.settimeout(10)
+            start = time.monotonic()
+            try:
+                assert s.recv(100) == b""
+            except ConnectionResetError:
+                pass
+            waited = time.monotonic() - start
+        assert waited < 5
+        tmp = t.artifact_dir / "tmp"
+        deadline = time.monotonic() + 5
+        while list(tmp.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(tmp.iterdir()) == []
+        assert f"dropped upload of {key}" in t.log()
+        assert "no bytes for 1 s" in t.log()
+    finally:
+        t.stop()

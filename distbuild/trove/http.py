@@ -4,7 +4,9 @@
 network adds: bulk source queries, authenticated atomic uploads, build logs and
 pins. Uploads stream straight into the store as they arrive (`TroveRequest`),
 so a multi-GB artifact never sits in memory nor is copied through a second
-temporary file; downloads stream from disk with a producer.
+temporary file: past its first bytes, a large body is spliced from the socket
+into the files by a thread while Twisted stops reading (see splice.py).
+Downloads stream from disk with a producer.
 """
 
 from __future__ import annotations
@@ -16,20 +18,26 @@ import re
 import threading
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.web import resource, server
 
 from distbuild import tokens
 from distbuild.errors import ResolveError, TroveError
 from distbuild.trove import names
 from distbuild.trove.refs import expand_alias, resolve_in
+from distbuild.trove.splice import SocketSource, SourceClosed
 from distbuild.trove.store import Store, Upload, UploadError
 
 UPLOAD_PATH_RE = re.compile(rb"/2\.0/sources/([0-9a-f]{64})")
 MAX_QUERY_BODY = 8 << 20
+# Bodies with more than SPLICE_MIN bytes still to come are spliced; the last
+# SPLICE_TAIL bytes are left for Twisted to read, so it sees the body end.
+SPLICE_MIN = 1 << 20
+SPLICE_TAIL = 1 << 12
 MAX_PIN_TTL = 7 * 24 * 3600
 TOKEN_HEADER = b"authorization"
 
@@ -70,17 +78,19 @@ class _Refused:
 class _UploadSink(_Refused):
     """Request body sink that hands an Upload's bytes to a writer thread.
 
-    The event loop only queues what the socket delivers; hashing and writing
-    (both release the GIL) run on the thread, so receiving and storing overlap.
+    The event loop only queues what the socket delivers; writing runs on the
+    thread and hashing on the Upload's own, so receiving and storing overlap.
     When more than HIGH bytes wait, the socket stops being read until the
     thread is down to LOW: memory stays bounded however fast the client sends.
+    A large body is taken off the event loop altogether (`take_socket`).
     """
 
     HIGH = 16 << 20
     LOW = 4 << 20
 
-    def __init__(self, upload: Upload, request, reactor):
+    def __init__(self, upload: Upload, request, reactor, log: Callable[[str], None]):
         self.upload = upload
+        self.log = log
         self.error = None
         self.request = request
         self.reactor = reactor
@@ -89,6 +99,8 @@ class _UploadSink(_Refused):
         self.pending = 0
         self.paused = False
         self.body_done = False
+        self.taking: _Take | None = None
+        self.took = False
         self.sealed: defer.Deferred | None = None
         self.thread = threading.Thread(target=self._run, name=f"upload-{upload.key[:12]}",
                                        daemon=True)
@@ -104,6 +116,23 @@ class _UploadSink(_Refused):
             self.paused = True
             transport.pauseProducing()
 
+    def take_socket(self, decoder, count: int) -> None:
+        """Stop Twisted reading; the thread moves the body's next `count` bytes itself.
+
+        `decoder` is the channel's body decoder: it is told how many bytes the
+        thread took when the socket is handed back (`_give_back`)."""
+        channel = self.request.channel
+        transport = self.request.transport
+        self.took = True
+        try:
+            source = SocketSource(transport.fileno(), channel.timeOut)
+        except OSError:  # out of descriptors, say: Twisted keeps reading instead
+            return
+        transport.pauseProducing()
+        # The channel's idle timer cannot see the thread's reads; the thread keeps its own.
+        self.taking = _Take(source, count, decoder, channel.setTimeout(None))
+        self.queue.put(self.taking)
+
     def tell(self) -> int:
         return self.upload.received
 
@@ -115,6 +144,8 @@ class _UploadSink(_Refused):
         return self.sealed
 
     def close(self) -> None:
+        if self.taking is not None:
+            self.taking.source.stop()
         if self.sealed is None:
             self.queue.put(_ABORT)
 
@@ -133,6 +164,9 @@ class _UploadSink(_Refused):
                 else:
                     self.reactor.callFromThread(self.sealed.callback, None)
                 return
+            if isinstance(item, _Take):
+                self._take(item)
+                continue
             self.upload.write(item)
             with self.lock:
                 self.pending -= len(item)
@@ -140,12 +174,49 @@ class _UploadSink(_Refused):
             if drained and self.paused:
                 self.reactor.callFromThread(self._resume)
 
+    def _take(self, take: _Take) -> None:
+        ended = None
+        try:
+            self.upload.take_from(take.source, take.count)
+        except SourceClosed as e:
+            ended = e
+        finally:
+            take.source.close()
+        self.reactor.callFromThread(self._give_back, take, ended)
+
+    def _give_back(self, take: _Take, ended: SourceClosed | None) -> None:
+        self.taking = None
+        channel = self.request.channel
+        if channel is None:  # the connection was lost meanwhile; close() has cleaned up
+            return
+        take.decoder.contentLength -= take.source.consumed
+        channel.setTimeout(take.idle)
+        if ended is not None and ended.timed_out:
+            self.log(f"dropped upload of {self.upload.key} from {_peer(self.request)}: "
+                     f"{ended.why}")
+            self.request.transport.abortConnection()
+            return
+        # Twisted reads the body's last bytes, or notices the connection's end.
+        self.request.transport.resumeProducing()
+
     def _resume(self) -> None:
         if self.paused:
             self.paused = False
             # Once the body is complete the channel manages reading itself.
-            if not self.body_done and self.request.transport is not None:
+            if not self.body_done and self.taking is None and self.request.transport is not None:
                 self.request.transport.resumeProducing()
+
+
+@dataclass
+class _Take:
+    """The writer thread's order to move `count` body bytes from the socket itself.
+
+    `idle` is the channel's idle timeout, put back when the socket is."""
+
+    source: SocketSource
+    count: int
+    decoder: object
+    idle: float | None
 
 
 _SEAL = object()
@@ -178,11 +249,24 @@ class TroveRequest(server.Request):
         key = match.group(1).decode()
         try:
             check_upload_token(cache.secret(), key, token_from(self))
-            self.content = _UploadSink(cache.store.begin(key), self, cache.reactor)
+            self.content = _UploadSink(cache.store.begin(key), self, cache.reactor, cache.log)
         except UploadError as e:
             self.content = _Refused(e)
         except TroveError as e:
             self.content = _Refused(UploadError(e.what, e.where, 500))
+
+    def handleContentChunk(self, data):
+        super().handleContentChunk(data)
+        sink = self.content
+        if not isinstance(sink, _UploadSink) or sink.took or sink.upload.error is not None:
+            return
+        # Twisted's decoder for a body of known length counts the bytes still to
+        # come; chunked bodies, TLS or a renamed attribute keep Twisted's reads.
+        decoder = getattr(self.channel, "_transferDecoder", None)
+        remaining = getattr(decoder, "contentLength", None)
+        if (isinstance(remaining, int) and remaining > SPLICE_MIN
+                and isinstance(self.transport, tcp.Connection)):
+            sink.take_socket(decoder, remaining - SPLICE_TAIL)
 
 
 def _text(request, status: int, message: str) -> bytes:
@@ -463,10 +547,11 @@ def _size(f) -> int:
 
 def make_site(store: Store, secret_path: Path | None, reactor=None,
               git_dir: Path | None = None,
-              log: Callable[[str], None] | None = None) -> server.Site:
+              log: Callable[[str], None] | None = None,
+              idle_timeout: float | None = 300.0) -> server.Site:
     """A Site serving the cache, with uploads streamed into `store`."""
     cache = CacheResource(store, secret_path, reactor, git_dir, log)
-    site = server.Site(cache, requestFactory=TroveRequest)
+    site = server.Site(cache, requestFactory=TroveRequest, timeout=idle_timeout)
     site.cache = cache
     site.displayTracebacks = False
     return site

@@ -44,6 +44,9 @@ class TroveSettings:
     gc_interval: float = 60.0
     # fsync uploaded files before they become visible (crash safety over speed).
     fsync: bool = True
+    # Seconds an HTTP client may send nothing before it is dropped; a stalled
+    # upload's partial files go with it.
+    idle_timeout: float = 300.0
 
 
 def parse_size(text: str, where: str) -> int:
@@ -153,7 +156,8 @@ def serve(settings: TroveSettings, ready_file: Path | None = None) -> int:
     try:
         http_port = reactor.listenTCP(settings.http_port,
                                       make_site(store, settings.token_secret_file,
-                                                git_dir=settings.git_dir, log=_log),
+                                                git_dir=settings.git_dir, log=_log,
+                                                idle_timeout=settings.idle_timeout),
                                       interface=address)
         ssh_port = None
         if settings.authorized_keys is not None:

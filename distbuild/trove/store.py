@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -325,13 +326,106 @@ def _fsync_one(path: Path) -> None:
         os.close(fd)
 
 
+class _Verifier:
+    """Hashes an upload's files by reading them back as they are written, on its own thread.
+
+    Bytes spliced from a socket never pass through Python, so they are hashed
+    from the page cache, where they were just written; receiving and hashing
+    then run side by side on two cores.
+    """
+
+    BLOCK = 1 << 20
+
+    def __init__(self, name: str):
+        self._cond = threading.Condition()
+        self._files: list[list] = []  # [path, size, bytes written so far]
+        self._digests: list[str] = []
+        self._error: OSError | None = None
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def add(self, path: Path, size: int) -> None:
+        """The next file to hash: `size` bytes at `path`, none written yet."""
+        with self._cond:
+            self._files.append([path, size, 0])
+            self._cond.notify()
+
+    def wrote(self, upto: int) -> None:
+        """The file added last now has its first `upto` bytes on disk."""
+        with self._cond:
+            self._files[-1][2] = upto
+            self._cond.notify()
+
+    def digests(self) -> list[str]:
+        """The sha256 of every file added, once each is complete and hashed."""
+        with self._cond:
+            while len(self._digests) < len(self._files) and self._error is None:
+                self._cond.wait()
+            if self._error is not None:
+                raise self._error
+            return list(self._digests)
+
+    def stop(self) -> None:
+        """Stop hashing; the thread ends soon after."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        view = memoryview(bytearray(self.BLOCK))
+        index, fd = 0, None
+        try:
+            while True:
+                with self._cond:
+                    while not self._stopped and index >= len(self._files):
+                        self._cond.wait()
+                    if self._stopped:
+                        return
+                    path, size, _ = self._files[index]
+                fd = os.open(path, os.O_RDONLY)
+                digest = self._hash(fd, index, size, view)
+                os.close(fd)
+                fd = None
+                if digest is None:
+                    return
+                with self._cond:
+                    self._digests.append(digest)
+                    self._cond.notify_all()
+                index += 1
+        except OSError as e:
+            with self._cond:
+                self._error = e
+                self._cond.notify_all()
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _hash(self, fd: int, index: int, size: int, view: memoryview) -> str | None:
+        h = hashlib.sha256()
+        pos = 0
+        while pos < size:
+            with self._cond:
+                while not self._stopped and self._files[index][2] <= pos:
+                    self._cond.wait()
+                if self._stopped:
+                    return None
+                written = self._files[index][2]
+            n = os.preadv(fd, [view[: min(self.BLOCK, written - pos)]], pos)
+            if n <= 0:
+                raise OSError(f"{Path(self._files[index][0]).name} shrank while being hashed")
+            h.update(view[:n])
+            pos += n
+        return h.hexdigest()
+
+
 class Upload:
     """One source being received: a manifest line, then each declared file's bytes in order.
 
-    Bytes arrive through `write` in pieces of any size. A wrong sha256, a file
-    too long or an extra byte makes the upload fail; `finish` then raises and
-    nothing is left behind. `abort` (e.g. the connection dropped) removes the
-    partial files.
+    Bytes arrive through `write` in pieces of any size, or straight from a
+    socket through `take_from`. A file too long or an extra byte makes the
+    upload fail at once, a wrong sha256 when it is sealed; `seal` then raises
+    and `abort` (e.g. the connection dropped) removes the partial files.
     """
 
     def __init__(self, store: Store, key: str):
@@ -344,7 +438,7 @@ class Upload:
         self._head = bytearray()
         self._index = 0
         self._file = None
-        self._hash = None
+        self._verifier: _Verifier | None = None
         self._left = 0
         self._written = self._flushed = 0
         self._closed = False
@@ -361,6 +455,30 @@ class Upload:
         except OSError as e:
             self._fail(UploadError(f"cannot store upload: {e.strerror}", self.key, 507))
 
+    def take_from(self, source, count: int) -> None:
+        """Move the next `count` body bytes from `source` (a splice.SocketSource) into the files.
+
+        Stops early once the upload has failed; the caller learns how many bytes
+        left the socket from `source.consumed`. The socket's own end (EOF, idle
+        timeout) propagates as splice.SourceClosed."""
+        end = self.received + count
+        while self.received < end and self.error is None and not self._closed:
+            if self._file is None:
+                # The manifest line, or bytes past the declared files (an error).
+                self.write(source.recv(min(end - self.received, 1 << 16)))
+                continue
+            try:
+                moved = source.splice_to(self._file.fileno(), min(end - self.received,
+                                                                   self._left))
+            except OSError as e:
+                self._fail(UploadError(f"cannot store upload: {e.strerror}", self.key, 507))
+                return
+            self.received += moved
+            try:
+                self._advance(moved)
+            except OSError as e:
+                self._fail(UploadError(f"cannot store upload: {e.strerror}", self.key, 507))
+
     def _feed(self, data: memoryview) -> None:
         if self.manifest is None:
             newline = bytes(data).find(b"\n")
@@ -376,29 +494,36 @@ class Upload:
             except ValueError:
                 raise UploadError("manifest is not valid JSON", self.key) from None
             self.manifest = Manifest.parse(self.key, parsed)
+            self._verifier = _Verifier(f"sha256-{self.key[:12]}")
             self._open_next()
         while len(data):
             if self._file is None:
                 raise UploadError("more bytes than the manifest declares", self.key)
             piece = data[: self._left]
-            self._hash.update(piece)
+            taken = len(piece)
             # Unbuffered: pieces are already large, and a buffer only adds a copy.
             while piece:
                 piece = piece[self._file.write(piece):]
-            self._start_writeback()
-            taken = min(self._left, len(data))
-            self._left -= taken
             data = data[taken:]
-            if self._left == 0:
-                self._close_current()
-                self._open_next()
+            self._advance(taken)
+
+    def _advance(self, count: int) -> None:
+        """`count` more bytes of the current file are on disk."""
+        self._left -= count
+        self._written = self.manifest.files[self._index].size - self._left
+        self._verifier.wrote(self._written)
+        self._start_writeback()
+        if self._left == 0:
+            self._close_current()
+            self._open_next()
 
     def _open_next(self) -> None:
         # Zero-length files are complete as soon as they are opened.
         while self._index < len(self.manifest.files):
             entry = self.manifest.files[self._index]
-            self._file = open(self.dir / entry.filename, "wb", buffering=0)  # noqa: SIM115 - stays open across write() calls
-            self._hash = hashlib.sha256()
+            path = self.dir / entry.filename
+            self._file = open(path, "wb", buffering=0)  # noqa: SIM115 - stays open across write() calls
+            self._verifier.add(path, entry.size)
             self._left = entry.size
             self._written = self._flushed = 0
             if entry.size:
@@ -409,20 +534,14 @@ class Upload:
     def _start_writeback(self) -> None:
         # Starting writeback as the file grows leaves the final fsync little to
         # wait for: about 0.4 s less per GiB here.
-        self._written = self.manifest.files[self._index].size - self._left
         if (self.store.fsync and _sync_file_range is not None
                 and self._written - self._flushed >= _WRITEBACK_STEP):
             _sync_file_range(self._file.fileno(), self._flushed, self._written - self._flushed)
             self._flushed = self._written
 
     def _close_current(self) -> None:
-        entry = self.manifest.files[self._index]
         self._file.close()
         self._file = None
-        got = self._hash.hexdigest()
-        if got != entry.sha256:
-            raise UploadError(f"sha256 mismatch for {entry.filename}: declared "
-                              f"{entry.sha256}, received {got}", self.key)
         self._index += 1
 
     def finish(self) -> bool:
@@ -431,13 +550,15 @@ class Upload:
         return self.commit()
 
     def seal(self) -> None:
-        """Check that everything arrived and make it durable; may run off the event loop."""
+        """Check that everything arrived intact and make it durable; may run off the event loop."""
         if self.error is None and self.manifest is None:
             self._fail(UploadError("empty upload: no manifest line", self.key))
         if self.error is None and self._index < len(self.manifest.files):
             entry = self.manifest.files[self._index]
             self._fail(UploadError(f"upload truncated in {entry.filename}: "
                                    f"{self._left} of {entry.size} bytes missing", self.key))
+        if self.error is None:
+            self._check_digests()
         if self.error is not None:
             raise self.error
         meta = {"key": self.key, **self.manifest.to_json(), "uploaded": time.time()}
@@ -446,12 +567,28 @@ class Upload:
             _fsync_path(self.dir)
         self._closed = True
 
+    def _check_digests(self) -> None:
+        try:
+            got = self._verifier.digests()
+        except OSError as e:
+            self._fail(UploadError(f"cannot hash upload: {e}", self.key, 507))
+            return
+        finally:
+            self._verifier.stop()
+        for entry, digest in zip(self.manifest.files, got, strict=True):
+            if digest != entry.sha256:
+                self._fail(UploadError(f"sha256 mismatch for {entry.filename}: declared "
+                                       f"{entry.sha256}, received {digest}", self.key))
+                return
+
     def commit(self) -> bool:
         """Rename a sealed upload into place (on the thread that owns the store)."""
         return self.store._commit(self)
 
     def abort(self) -> None:
         """Forget everything received so far."""
+        if self._verifier is not None:
+            self._verifier.stop()
         if self._closed:
             return
         self._closed = True
