@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import socket
+import subprocess
 import threading
 import time
 
@@ -138,3 +139,26 @@ def test_bytes_past_the_declared_files_fail_the_upload(tmp_path):
     with pytest.raises(UploadError):
         upload.finish()
     assert list(store.tmp.iterdir()) == []
+
+
+def test_a_full_disk_fails_the_upload_before_its_bytes_arrive(tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        store = Store(small / "store", fsync=False)
+        upload = store.begin(KEY)
+        size = 16 << 20
+        head = (json.dumps({"artifacts": [{"filename": f"{KEY}.chunk.big", "size": size,
+                                           "sha256": "0" * 64}]}) + "\n").encode()
+        upload.write(head)
+        # The space is reserved when the file is opened: nothing was sent yet.
+        assert upload.error is not None and upload.error.status == 507
+        assert "No space left on device" in str(upload.error)
+        with pytest.raises(UploadError):
+            upload.finish()
+        assert list(store.tmp.iterdir()) == []
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=True)
