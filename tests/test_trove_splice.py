@@ -4,7 +4,6 @@ import hashlib
 import json
 import os
 import socket
-import subprocess
 import threading
 import time
 
@@ -12,6 +11,7 @@ import pytest
 
 from distbuild.trove.splice import SocketSource, SourceClosed
 from distbuild.trove.store import Store, UploadError
+from tests.conftest import small_tmpfs
 
 KEY = "5a" * 32
 
@@ -142,12 +142,7 @@ def test_bytes_past_the_declared_files_fail_the_upload(tmp_path):
 
 
 def test_a_full_disk_fails_the_upload_before_its_bytes_arrive(tmp_path):
-    small = tmp_path / "small"
-    small.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    try:
+    with small_tmpfs(tmp_path / "small", "4m") as small:
         store = Store(small / "store", fsync=False)
         upload = store.begin(KEY)
         size = 16 << 20
@@ -160,5 +155,3 @@ def test_a_full_disk_fails_the_upload_before_its_bytes_arrive(tmp_path):
         with pytest.raises(UploadError):
             upload.finish()
         assert list(store.tmp.iterdir()) == []
-    finally:
-        subprocess.run(["umount", "-l", str(small)], check=True)

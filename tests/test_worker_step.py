@@ -22,6 +22,7 @@ from distbuild.worker.chunk import staged_chunks
 from distbuild.worker.errors import CommandFailed, DiskFull, MissingArtifact, SourceError
 from distbuild.worker.sources import GitSources
 from distbuild.worker.step import StepRunner, WorkerSettings, load_meta
+from tests.conftest import small_tmpfs
 from tests.proctree import descendants, wait_gone
 from tests.worker_graph import chunk_node, example_graph
 
@@ -251,12 +252,7 @@ def test_staging_without_the_host_has_no_shell(tmp_path, repo):
 
 
 def test_full_disk(tmp_path, repo):
-    work = tmp_path / "small"
-    work.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(work)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    try:
+    with small_tmpfs(tmp_path / "small", "2m") as work:
         runner = make_runner(work, DirectoryArtifactStore(tmp_path / "store"))
         node = chunk_node(*repo, {"install": (
             'dd if=/dev/zero of="$DESTDIR/big" bs=1M count=8',)})
@@ -273,8 +269,6 @@ def test_full_disk(tmp_path, repo):
             runner.run(chatty, {}, on_line=lines.append)
         assert len(lines) > 100_000  # every line still reached the callback
         assert_nothing_left(runner, chatty.cache_key)
-    finally:
-        subprocess.run(["umount", "-l", str(work)], check=True)
 
 
 def test_cancel_kills_the_step_tree_within_two_seconds_and_leaves_nothing(runner, repo):
