@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -314,6 +315,81 @@ def test_a_stalled_upload_is_dropped_after_the_idle_timeout(tmp_path):
             time.sleep(0.05)
         assert list(tmp.iterdir()) == []
         assert f"dropped upload of {key}" in t.log()
-        assert "no bytes for 1 s" in t.log()
+        assert "no progress for 1 s" in t.log()
+    finally:
+        t.stop()
+
+
+def upload_random(trove, tmp_path, key, mib):
+    data = os.urandom(mib << 20)
+    path = tmp_path / f"{key[:4]}-rootfs"
+    path.write_bytes(data)
+    filename = f"{key}.system.big-rootfs"
+    CacheClient(trove.cache_url).upload_source(key, {filename: path},
+                                               tokens.issue(trove.secret, key))
+    return filename, data
+
+
+def trove_threads(trove) -> int:
+    return len(list(Path(f"/proc/{trove.proc.pid}/task").iterdir()))
+
+
+def test_a_large_download_keeps_its_connection_for_the_next_request(trove, tmp_path):
+    filename, data = upload_random(trove, tmp_path, "ae" * 32, 6)
+    conn = http.client.HTTPConnection("127.0.0.1", trove.info["http_port"], timeout=30)
+    try:
+        conn.request("GET", f"/1.0/artifacts?filename={filename}")
+        resp = conn.getresponse()
+        assert resp.status == 200 and int(resp.getheader("content-length")) == len(data)
+        assert resp.read() == data
+        first = conn.sock
+        conn.request("GET", "/2.0/status")
+        resp = conn.getresponse()
+        assert resp.status == 200 and json.loads(resp.read())["sources"] >= 1
+        assert conn.sock is first
+    finally:
+        conn.close()
+
+
+def test_a_client_leaving_mid_download_costs_the_trove_nothing(trove, tmp_path):
+    filename, _ = upload_random(trove, tmp_path, "af" * 32, 32)
+    before = trove_threads(trove)
+    with socket.create_connection(("127.0.0.1", trove.info["http_port"])) as s:
+        s.sendall(f"GET /1.0/artifacts?filename={filename} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert s.recv(65536)
+        deadline = time.monotonic() + 5
+        while trove_threads(trove) == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert trove_threads(trove) == before + 1  # the sending thread
+    deadline = time.monotonic() + 5
+    while trove_threads(trove) > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert trove_threads(trove) == before
+    status, _, _ = raw(trove, "GET", "/2.0/status")
+    assert status == 200
+
+
+def test_a_client_that_stops_reading_is_dropped_after_the_idle_timeout(tmp_path):
+    conf = tmp_path / "conf.yaml"
+    conf.write_text("trove:\n  idle_timeout: 1\n")
+    t = TroveProcess(tmp_path / "trove", config=conf).start()
+    try:
+        filename, data = upload_random(t, tmp_path, "a0" * 32, 64)
+        with socket.create_connection(("127.0.0.1", t.info["http_port"])) as s:
+            s.sendall(f"GET /1.0/artifacts?filename={filename} HTTP/1.1\r\n"
+                      f"Host: x\r\n\r\n".encode())
+            deadline = time.monotonic() + 10
+            while "dropped download" not in t.log() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            got = 0
+            s.settimeout(10)
+            try:
+                while chunk := s.recv(1 << 20):
+                    got += len(chunk)
+            except ConnectionResetError:
+                pass
+        assert f"dropped download of {filename}" in t.log()
+        assert "no progress for 1 s" in t.log()
+        assert got < len(data)
     finally:
         t.stop()

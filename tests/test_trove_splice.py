@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from distbuild.trove.splice import SocketSource, SourceClosed
+from distbuild.trove.splice import SocketEnded, SocketSource
 from distbuild.trove.store import Store, UploadError
 from tests.conftest import small_tmpfs
 
@@ -58,7 +58,7 @@ def test_recv_and_splice_move_exact_counts_and_count_what_they_took(tmp_path):
         assert moved == len(data)
         assert (tmp_path / "out").read_bytes() == data
         assert source.consumed == 4 + len(data)
-        with pytest.raises(SourceClosed, match="closed the connection"):
+        with pytest.raises(SocketEnded, match="closed the connection"):
             source.recv(1)
     finally:
         source.close()
@@ -70,13 +70,13 @@ def test_stop_and_idle_timeout_end_a_waiting_read():
     source = SocketSource(receiver.fileno(), idle_timeout=None)
     threading.Timer(0.3, source.stop).start()
     start = time.monotonic()
-    with pytest.raises(SourceClosed, match="stopped"):
+    with pytest.raises(SocketEnded, match="stopped"):
         source.recv(10)
     assert time.monotonic() - start < 2
     source.close()
 
     idle = SocketSource(receiver.fileno(), idle_timeout=0.5)
-    with pytest.raises(SourceClosed) as caught:
+    with pytest.raises(SocketEnded) as caught:
         idle.recv(10)
     assert caught.value.timed_out
     idle.close()

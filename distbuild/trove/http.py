@@ -6,7 +6,8 @@ pins. Uploads stream straight into the store as they arrive (`TroveRequest`),
 so a multi-GB artifact never sits in memory nor is copied through a second
 temporary file: past its first bytes, a large body is spliced from the socket
 into the files by a thread while Twisted stops reading (see splice.py).
-Downloads stream from disk with a producer.
+Downloads of 1 MiB or more are sent with sendfile(2) by a thread; smaller ones
+stream from disk through a producer.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from distbuild import tokens
 from distbuild.errors import ResolveError, TroveError
 from distbuild.trove import names
 from distbuild.trove.refs import expand_alias, resolve_in
-from distbuild.trove.splice import SocketSource, SourceClosed
+from distbuild.trove.splice import FileSender, SocketEnded, SocketSource
 from distbuild.trove.store import Store, Upload, UploadError
 
 UPLOAD_PATH_RE = re.compile(rb"/2\.0/sources/([0-9a-f]{64})")
@@ -38,6 +39,8 @@ MAX_QUERY_BODY = 8 << 20
 # SPLICE_TAIL bytes are left for Twisted to read, so it sees the body end.
 SPLICE_MIN = 1 << 20
 SPLICE_TAIL = 1 << 12
+# Files of at least this size are sent with sendfile(2) from a thread.
+SENDFILE_MIN = 1 << 20
 MAX_PIN_TTL = 7 * 24 * 3600
 TOKEN_HEADER = b"authorization"
 
@@ -178,13 +181,13 @@ class _UploadSink(_Refused):
         ended = None
         try:
             self.upload.take_from(take.source, take.count)
-        except SourceClosed as e:
+        except SocketEnded as e:
             ended = e
         finally:
             take.source.close()
         self.reactor.callFromThread(self._give_back, take, ended)
 
-    def _give_back(self, take: _Take, ended: SourceClosed | None) -> None:
+    def _give_back(self, take: _Take, ended: SocketEnded | None) -> None:
         self.taking = None
         channel = self.request.channel
         if channel is None:  # the connection was lost meanwhile; close() has cleaned up
@@ -300,9 +303,11 @@ class CacheResource(resource.Resource):
     isLeaf = True
 
     def __init__(self, store: Store, secret_path: Path | None, reactor=None,
-                 git_dir: Path | None = None, log: Callable[[str], None] | None = None):
+                 git_dir: Path | None = None, log: Callable[[str], None] | None = None,
+                 idle_timeout: float | None = 300.0):
         super().__init__()
         self.log = log or (lambda message: None)
+        self.idle_timeout = idle_timeout
         self.git_dir = git_dir
         if reactor is None:
             from twisted.internet import reactor
@@ -383,7 +388,12 @@ class CacheResource(resource.Resource):
         self.store.touch(names.key_of(filename))
         if entry is not None:
             request.setHeader(b"x-distbuild-sha256", entry.sha256.encode())
-        return _serve_file(request, path)
+        return self._serve_file(request, path)
+
+    def _serve_file(self, request, path: Path,
+                    content_type: bytes = b"application/octet-stream"):
+        return _serve_file(request, path, content_type, self.reactor, self.idle_timeout,
+                           self.log)
 
     def _query_artifacts(self, request):
         wanted = _read_json(request)
@@ -457,7 +467,7 @@ class CacheResource(resource.Resource):
         path = self.store.log_path(names.check_key(key))
         if path is None:
             return _text(request, 404, f"error: no build log in cache for {key}")
-        return _serve_file(request, path, b"text/plain; charset=utf-8")
+        return self._serve_file(request, path, b"text/plain; charset=utf-8")
 
     def _pin(self, request, method: str, name: str):
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", name) or ".." in name:
@@ -525,7 +535,8 @@ class _FileProducer:
         return None
 
 
-def _serve_file(request, path: Path, content_type: bytes = b"application/octet-stream"):
+def _serve_file(request, path: Path, content_type: bytes, reactor,
+                idle_timeout: float | None, log: Callable[[str], None]):
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed by the producer when done
     except FileNotFoundError:
@@ -537,8 +548,80 @@ def _serve_file(request, path: Path, content_type: bytes = b"application/octet-s
     if request.method == b"HEAD":
         f.close()
         return b""
-    _FileProducer(request, f).start()
+    if size >= SENDFILE_MIN and isinstance(request.transport, tcp.Connection):
+        _SentFile(request, f, size, reactor, idle_timeout, log).start()
+    else:
+        _FileProducer(request, f).start()
     return server.NOT_DONE_YET
+
+
+class _SentFile:
+    """Sends a large file with sendfile(2) from a thread, once Twisted has sent the headers.
+
+    The kernel sends straight from the page cache: about a third of the
+    trove's CPU time per GiB of the producer's reads and writes. Twisted does
+    not write to a connection while its response is unfinished, so the thread
+    has the socket to itself."""
+
+    def __init__(self, request, f, size: int, reactor, idle_timeout: float | None,
+                 log: Callable[[str], None]):
+        self.request = request
+        self.log = log
+        self.file = f
+        self.size = size
+        self.reactor = reactor
+        self.idle_timeout = idle_timeout
+        self.sender: FileSender | None = None
+        self.lost = False
+
+    def start(self) -> None:
+        self.request.notifyFinish().addErrback(self._lost)
+        self.request.write(b"")  # the status line and headers, into Twisted's buffer
+        self._when_flushed()
+
+    def _when_flushed(self) -> None:
+        if self.lost:
+            self.file.close()
+            return
+        transport = self.request.transport
+        # A transport with bytes still to send stays registered for writing.
+        if transport in self.reactor.getWriters():
+            self.reactor.callLater(0, self._when_flushed)
+            return
+        try:
+            self.sender = FileSender(transport.fileno(), self.idle_timeout)
+        except OSError:  # out of descriptors, say: send it through Twisted instead
+            _FileProducer(self.request, self.file).start()
+            return
+        threading.Thread(target=self._run, name="sendfile", daemon=True).start()
+
+    def _run(self) -> None:
+        ended = None
+        try:
+            self.sender.send(self.file.fileno(), 0, self.size)
+        except SocketEnded as e:
+            ended = e
+        finally:
+            self.sender.close()
+        self.reactor.callFromThread(self._done, ended)
+
+    def _done(self, ended: SocketEnded | None) -> None:
+        self.file.close()
+        if self.lost:
+            return
+        if ended is not None:
+            if ended.timed_out:
+                self.log(f"dropped download of {Path(self.file.name).name} to "
+                         f"{_peer(self.request)}: {ended.why}")
+            self.request.transport.abortConnection()
+            return
+        self.request.sentLength = self.size
+        self.request.finish()
+
+    def _lost(self, failure) -> None:
+        self.lost = True
+        if self.sender is not None:
+            self.sender.stop()
 
 
 def _size(f) -> int:
@@ -550,7 +633,7 @@ def make_site(store: Store, secret_path: Path | None, reactor=None,
               log: Callable[[str], None] | None = None,
               idle_timeout: float | None = 300.0) -> server.Site:
     """A Site serving the cache, with uploads streamed into `store`."""
-    cache = CacheResource(store, secret_path, reactor, git_dir, log)
+    cache = CacheResource(store, secret_path, reactor, git_dir, log, idle_timeout)
     site = server.Site(cache, requestFactory=TroveRequest, timeout=idle_timeout)
     site.cache = cache
     site.displayTracebacks = False

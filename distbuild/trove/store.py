@@ -490,7 +490,7 @@ class Upload:
 
         Stops early once the upload has failed; the caller learns how many bytes
         left the socket from `source.consumed`. The socket's own end (EOF, idle
-        timeout) propagates as splice.SourceClosed."""
+        timeout) propagates as splice.SocketEnded."""
         end = self.received + count
         while self.received < end and self.error is None and not self._closed:
             if self._file is None:
