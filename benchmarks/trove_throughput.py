@@ -234,6 +234,9 @@ def report(args, results: dict[str, list[tuple[float, float]]], baseline: str,
         print(f"  {label:<52} {max(got):10.0f} {statistics.median(got):8.0f} "
               f"{max(got) / max(base):10.0%} {statistics.median(shares):10.0%} "
               f"{max(got) / max(base_file):9.0%} {cpu:10.2f}")
+    print("  MB/s round by round:")
+    for label in results:
+        print(f"  {label:<52} " + " ".join(f"{r:6.0f}" for r in rates(label)))
 
 
 if __name__ == "__main__":
