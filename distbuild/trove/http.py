@@ -577,16 +577,26 @@ class _SentFile:
     def start(self) -> None:
         self.request.notifyFinish().addErrback(self._lost)
         self.request.write(b"")  # the status line and headers, into Twisted's buffer
-        self._when_flushed()
+        self._when_flushed(self.reactor.seconds(), 0)
 
-    def _when_flushed(self) -> None:
+    def _when_flushed(self, since: float, tries: int) -> None:
         if self.lost:
             self.file.close()
             return
         transport = self.request.transport
-        # A transport with bytes still to send stays registered for writing.
+        # A transport with bytes still to send stays registered for writing;
+        # usually the headers leave at the next turn of the loop.
         if transport in self.reactor.getWriters():
-            self.reactor.callLater(0, self._when_flushed)
+            waited = self.reactor.seconds() - since
+            if self.idle_timeout is not None and waited > self.idle_timeout:
+                self.file.close()
+                self.log(f"dropped download of {Path(self.file.name).name} to "
+                         f"{_peer(self.request)}: headers unsent for {self.idle_timeout:g} s")
+                transport.abortConnection()
+                return
+            # The first few turns are free; a client slow to read is polled.
+            self.reactor.callLater(0 if tries < 3 else 0.01, self._when_flushed, since,
+                                   tries + 1)
             return
         try:
             self.sender = FileSender(transport.fileno(), self.idle_timeout)
