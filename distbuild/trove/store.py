@@ -483,7 +483,7 @@ class Upload:
         except UploadError as e:
             self._fail(e)
         except OSError as e:
-            self._fail(UploadError(f"cannot store upload: {e.strerror}", self.key, 507))
+            self._fail(self._storage_error(e))
 
     def take_from(self, source, count: int) -> None:
         """Move the next `count` body bytes from `source` (a splice.SocketSource) into the files.
@@ -500,14 +500,13 @@ class Upload:
             try:
                 moved = source.splice_to(self._file.fileno(), min(end - self.received,
                                                                    self._left))
-            except OSError as e:
-                self._fail(UploadError(f"cannot store upload: {e.strerror}", self.key, 507))
-                return
-            self.received += moved
-            try:
+                self.received += moved
                 self._advance(moved)
             except OSError as e:
-                self._fail(UploadError(f"cannot store upload: {e.strerror}", self.key, 507))
+                self._fail(self._storage_error(e))
+
+    def _storage_error(self, e: OSError) -> UploadError:
+        return UploadError(f"cannot store upload: {e.strerror}", self.key, 507)
 
     def _feed(self, data: memoryview) -> None:
         if self.manifest is None:
