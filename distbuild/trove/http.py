@@ -590,9 +590,7 @@ class _SentFile:
             waited = self.reactor.seconds() - since
             if self.idle_timeout is not None and waited > self.idle_timeout:
                 self.file.close()
-                self.log(f"dropped download of {Path(self.file.name).name} to "
-                         f"{_peer(self.request)}: headers unsent for {self.idle_timeout:g} s")
-                transport.abortConnection()
+                self._drop(f"headers unsent for {self.idle_timeout:g} s")
                 return
             # The first few turns are free; a client slow to read is polled.
             self.reactor.callLater(0 if tries < 3 else 0.01, self._when_flushed, since,
@@ -621,12 +619,17 @@ class _SentFile:
             return
         if ended is not None:
             if ended.timed_out:
-                self.log(f"dropped download of {Path(self.file.name).name} to "
-                         f"{_peer(self.request)}: {ended.why}")
-            self.request.transport.abortConnection()
+                self._drop(ended.why)
+            else:
+                self.request.transport.abortConnection()
             return
         self.request.sentLength = self.size
         self.request.finish()
+
+    def _drop(self, why: str) -> None:
+        self.log(f"dropped download of {Path(self.file.name).name} to "
+                 f"{_peer(self.request)}: {why}")
+        self.request.transport.abortConnection()
 
     def _lost(self, failure) -> None:
         self.lost = True

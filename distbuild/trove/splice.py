@@ -137,13 +137,9 @@ class SocketSource(_ThreadSocket):
 
 
 class FileSender(_ThreadSocket):
-    """Sends files to a socket with sendfile(2); `sent` counts every byte sent."""
+    """Sends files to a socket with sendfile(2)."""
 
     EVENTS = select.POLLOUT
-
-    def __init__(self, fd: int, idle_timeout: float | None = None):
-        super().__init__(fd, idle_timeout)
-        self.sent = 0
 
     def send(self, file_fd: int, offset: int, count: int) -> None:
         """Send `count` bytes of `file_fd` from `offset`, waiting while the socket is full."""
@@ -154,7 +150,6 @@ class FileSender(_ThreadSocket):
             if n == 0:
                 raise SocketEnded("the file is shorter than its recorded size")
             offset += n
-            self.sent += n
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from distbuild import files
 from distbuild.errors import TroveError
 from distbuild.trove import names
+from distbuild.trove.splice import SocketSource
 
 META = "meta.json"
 LOG = "build.log"
@@ -282,12 +283,18 @@ class Store:
         return removed
 
 
+def _libc_function(name: str):
+    """A function of the C library by name, or None where it is missing."""
+    try:
+        return getattr(ctypes.CDLL(None, use_errno=True), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def _load_sync_file_range():
     """Linux's sync_file_range(SYNC_FILE_RANGE_WRITE), or None where it is missing."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        function = libc.sync_file_range
-    except (OSError, AttributeError):
+    function = _libc_function("sync_file_range")
+    if function is None:
         return None
     function.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
 
@@ -305,9 +312,8 @@ def _load_fallocate():
 
     Unlike os.posix_fallocate, it never falls back to writing zeros on a
     filesystem that cannot reserve blocks: there it does nothing."""
-    try:
-        function = ctypes.CDLL(None, use_errno=True).fallocate
-    except (OSError, AttributeError):
+    function = _libc_function("fallocate")
+    if function is None:
         return None
     function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
 
@@ -485,8 +491,8 @@ class Upload:
         except OSError as e:
             self._fail(self._storage_error(e))
 
-    def take_from(self, source, count: int) -> None:
-        """Move the next `count` body bytes from `source` (a splice.SocketSource) into the files.
+    def take_from(self, source: SocketSource, count: int) -> None:
+        """Move the next `count` body bytes from `source` into the files.
 
         Stops early once the upload has failed; the caller learns how many bytes
         left the socket from `source.consumed`. The socket's own end (EOF, idle
