@@ -13,6 +13,7 @@ import typing
 from functools import cache
 from typing import Any
 
+from distbuild import jsonlimit
 from distbuild.errors import DistbuildError
 from distbuild.protocol.messages import MESSAGES, Message
 
@@ -24,9 +25,13 @@ class ProtocolError(DistbuildError):
 
 
 def encode(message: Message) -> bytes:
-    """One JSON line, `type` first."""
+    """One JSON line, `type` first; ProtocolError if it would be over the peer's limit."""
     body = {"type": message.type, **dataclasses.asdict(message)}
-    return json.dumps(body, separators=(",", ":")).encode("utf-8") + b"\n"
+    data = json.dumps(body, separators=(",", ":")).encode("utf-8") + b"\n"
+    if len(data) > MAX_LINE:
+        raise ProtocolError(f"{message.type} of {len(data)} bytes is over the "
+                            f"{MAX_LINE}-byte limit; not sent", "this end")
+    return data
 
 
 def decode(line: bytes | str, peer: str) -> Message:
@@ -34,7 +39,9 @@ def decode(line: bytes | str, peer: str) -> Message:
     if len(line) > MAX_LINE:
         raise ProtocolError(f"message of {len(line)} bytes is over the limit", peer)
     try:
-        body = json.loads(line)
+        body = jsonlimit.loads(line)
+    except jsonlimit.TooDeep as e:
+        raise ProtocolError(f"sent a message with {e}", peer) from None
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError("sent a line that is not JSON", peer) from None
     if not isinstance(body, dict) or not isinstance(body.get("type"), str):

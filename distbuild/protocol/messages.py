@@ -10,16 +10,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-PROTOCOL_VERSION = 1
+from distbuild.protocol import resume
+from distbuild.protocol.base import PROTOCOL_VERSION, Message
+from distbuild.protocol.resume import (
+    AttachRequest,
+    JobAdopt,
+    JobHandedBack,
+    LogLines,
+    LogRequest,
+    WorkerDraining,
+)
 
-
-@dataclass
-class Message:
-    """Base of all messages; `type` is the wire name."""
-
-    type: ClassVar[str] = ""
-    link: ClassVar[str] = ""  # "any", "worker" or "initiator"
-    sender: ClassVar[str] = ""  # "client", "controller" or "either"
+__all__ = ["PROTOCOL_VERSION", "AttachRequest", "JobAdopt", "JobHandedBack", "LogLines",
+           "LogRequest", "Message", "WorkerDraining"]
 
 
 # -- handshake (both links) --------------------------------------------------------------------
@@ -92,6 +95,9 @@ class WorkerReady(Message):
     sender: ClassVar[str] = "client"
     arch: str
     slots: int
+    # Jobs this worker still holds from an earlier link (running, or ended but unreported);
+    # the controller answers each with job-adopt or job-cancel.
+    held: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -121,13 +127,14 @@ class JobCancel(Message):
 
 @dataclass
 class JobOutput(Message):
-    """Lines of a job's log, as they come."""
+    """Lines of a job's log, as they come; `first` is the number of the first (from 0)."""
 
     type: ClassVar[str] = "job-output"
     link: ClassVar[str] = "worker"
     sender: ClassVar[str] = "client"
     job: str
     lines: list[str]
+    first: int | None = None
 
 
 @dataclass
@@ -238,7 +245,7 @@ class StepStarted(Message):
 
 @dataclass
 class StepOutput(Message):
-    """Lines of a step's log."""
+    """Lines of a step's log; `first` is the number of the first in this attempt's log."""
 
     type: ClassVar[str] = "step-output"
     link: ClassVar[str] = "initiator"
@@ -246,6 +253,7 @@ class StepOutput(Message):
     request_id: str
     step: str
     lines: list[str]
+    first: int | None = None
 
 
 @dataclass
@@ -392,6 +400,8 @@ class Error(Message):
     request_id: str = ""
 
 
+# This module's messages first, then those of `resume`, each in the order they are defined.
 MESSAGES: dict[str, type[Message]] = {
-    cls.type: cls for cls in Message.__subclasses__()  # type: ignore[misc]
+    cls.type: cls for cls in sorted(Message.__subclasses__(),  # type: ignore[misc]
+                                    key=lambda c: c.__module__ == resume.__name__)
 }
