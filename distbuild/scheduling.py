@@ -9,7 +9,7 @@ whose arch matches, longest remaining path first, then oldest request first.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -46,6 +46,7 @@ class Work:
     requests: dict[str, str] = field(default_factory=dict)  # request id -> node id
     priority: int = 0
     attempts: int = 0
+    handed_back: int = 0  # attempts a draining worker gave back: not failures
     job: str | None = None
     worker: str | None = None
 
@@ -65,6 +66,11 @@ class Worker:
     arch: str
     slots: int
     jobs: set[str] = field(default_factory=set)
+    # Away: its link is gone (or not back since a controller restart) but its
+    # jobs are kept for a while, as it may come back holding them. Draining:
+    # it finishes what it runs and takes nothing new. Either way, no new work.
+    away: bool = False
+    draining: bool = False
 
 
 # -- events ------------------------------------------------------------------------------------
@@ -116,6 +122,8 @@ class StepRequeued:
     worker: str
     reason: str
     requests: dict[str, str]
+    job: str = ""
+    outcome: str = "lost"  # what became of the attempt: lost, or handed-back
 
 
 @dataclass(frozen=True)
@@ -157,13 +165,21 @@ Event = (RequestPlanned | StepQueued | JobStarted | StepJoined | StepBuilt | Ste
 class Scheduler:
     """Requests, shared work and worker slots; every method returns the events it caused."""
 
-    def __init__(self, retry_limit: int = 2):
+    def __init__(self, retry_limit: int = 2, job_id: Callable[[str], str] | None = None):
         self.retry_limit = retry_limit
         self.work: dict[str, Work] = {}
         self.requests: dict[str, Request] = {}
         self.workers: dict[str, Worker] = {}
         self.jobs: dict[str, str] = {}  # job id -> key
         self._seq = 0
+        self._jobs_made = 0
+        # Job ids must be unique for the network's whole life: the controller
+        # passes a generator backed by its database.
+        self.job_id = job_id or self._next_job_id
+
+    def _next_job_id(self, key: str) -> str:
+        self._jobs_made += 1
+        return f"{key[:16]}-{self._jobs_made}"
 
     # -- requests --------------------------------------------------------------------------
 
@@ -231,11 +247,69 @@ class Scheduler:
 
     # -- workers ---------------------------------------------------------------------------
 
-    def add_worker(self, name: str, arch: str, slots: int) -> list[Event]:
-        """A worker joined (or rejoined) with `slots` free slots."""
-        events = self.remove_worker(name, "worker reconnected") if name in self.workers else []
-        self.workers[name] = Worker(name, arch, max(1, slots))
+    def add_worker(self, name: str, arch: str, slots: int,
+                   held: Iterable[str] = ()) -> list[Event]:
+        """A worker joined (or rejoined) with `slots` slots, still running the jobs `held`.
+
+        Of the jobs it had before, those it holds are kept; the rest run again.
+        """
+        old = self.workers.get(name)
+        keep = {j for j in held if old is not None and j in old.jobs and j in self.jobs}
+        events: list[Event] = []
+        if old is not None:
+            old.jobs -= keep
+            events = self.remove_worker(name, "worker came back without it")
+        self.workers[name] = Worker(name, arch, max(1, slots), jobs=keep)
         return events + self.dispatch()
+
+    def worker_away(self, name: str) -> list[Event]:
+        """A worker's link is gone: keep its jobs until it is back or `remove_worker`."""
+        worker = self.workers.get(name)
+        if worker is not None:
+            worker.away = True
+        return []
+
+    def drain_worker(self, name: str) -> list[Event]:
+        """A worker takes no new work; what it runs goes on."""
+        worker = self.workers.get(name)
+        if worker is not None:
+            worker.draining = True
+        return []
+
+    def restore_job(self, job: str, key: str, worker: str, attempt: int) -> bool:
+        """After a restart: `job` was running `key` on `worker`, which may come back with it.
+
+        False if nothing needs `key` any more (the caller ends the attempt).
+        """
+        work = self.work.get(key)
+        if work is None or not work.requests or work.state in (State.BUILT, State.RUNNING):
+            return False
+        holder = self.workers.setdefault(worker, Worker(worker, work.arch, 0, away=True))
+        holder.jobs.add(job)
+        work.state, work.job, work.worker = State.RUNNING, job, worker
+        work.attempts = max(work.attempts, attempt)
+        self.jobs[job] = key
+        return True
+
+    def hand_back(self, job: str, reason: str) -> list[Event]:
+        """A worker gave `job` back unfinished: run it again, without counting a failure."""
+        key = self.jobs.get(job)
+        if key is None:
+            return []
+        work = self.work[key]
+        holder = self.workers.get(work.worker or "")
+        if holder is not None:
+            holder.jobs.discard(job)
+        del self.jobs[job]
+        worker = work.worker or ""
+        work.job = work.worker = None
+        work.handed_back += 1
+        if not work.requests:
+            work.state = State.WAITING
+            return self.dispatch()
+        work.state = State.READY
+        return [StepRequeued(key, worker, reason, dict(work.requests), job, "handed-back"),
+                *self.dispatch()]
 
     def remove_worker(self, name: str, reason: str = "worker disconnected") -> list[Event]:
         """A worker went away: its running steps go back to the queue, up to the retry limit."""
@@ -253,11 +327,11 @@ class Scheduler:
                 work.state = State.WAITING
                 continue
             why = f"{reason} during the step ({name})"
-            if work.attempts > self.retry_limit:
+            if work.attempts - work.handed_back > self.retry_limit:
                 events += self._fail(work, name, f"{why}; gave up after {work.attempts} attempts")
             else:
                 work.state = State.READY
-                events.append(StepRequeued(key, name, why, dict(work.requests)))
+                events.append(StepRequeued(key, name, why, dict(work.requests), job))
         return events + self.dispatch()
 
     # -- jobs ------------------------------------------------------------------------------
@@ -270,12 +344,13 @@ class Scheduler:
         events: list[Event] = []
         for work in ready:
             free = [wk for wk in self.workers.values()
-                    if wk.arch == work.arch and len(wk.jobs) < wk.slots]
+                    if wk.arch == work.arch and len(wk.jobs) < wk.slots
+                    and not wk.away and not wk.draining]
             if not free:
                 continue
             worker = max(free, key=lambda wk: (wk.slots - len(wk.jobs), wk.name))
             work.attempts += 1
-            job = f"{work.key[:16]}-{work.attempts}"
+            job = self.job_id(work.key)
             work.state, work.job, work.worker = State.RUNNING, job, worker.name
             worker.jobs.add(job)
             self.jobs[job] = work.key

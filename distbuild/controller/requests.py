@@ -6,13 +6,21 @@ query and a pin; its result goes to the scheduler on the reactor thread.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from distbuild import tokens
 from distbuild.controller.settings import TOKEN_TTL
-from distbuild.definitions import BuildGraph, Definitions, GitSource, build_graph
+from distbuild.definitions import (
+    BuildGraph,
+    Definitions,
+    GitSource,
+    build_graph,
+    node_from_dict,
+    node_to_dict,
+)
 from distbuild.errors import DistbuildError
 from distbuild.lognames import log_names
 from distbuild.protocol import messages as m
@@ -27,6 +35,20 @@ class Plan:
     graph: BuildGraph
     targets: list[str]
     cached: set[str]
+
+    def to_json(self) -> str:
+        """The plan as the state database keeps it, for a restarted controller."""
+        g = self.graph
+        return json.dumps({"system": g.system.id, "order": g.order, "targets": self.targets,
+                           "cached": sorted(self.cached),
+                           "nodes": [node_to_dict(g.nodes[n]) for n in g.order]})
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        data = json.loads(text)
+        nodes = {d["id"]: node_from_dict(d) for d in data["nodes"]}
+        return cls(BuildGraph(nodes[data["system"]], nodes, data["order"]), data["targets"],
+                   set(data["cached"]))
 
 
 def on_build_request(ctl: Controller, link, msg: m.BuildRequest) -> None:
@@ -70,13 +92,19 @@ def planned(ctl: Controller, rid: str, result: Plan) -> None:
         ctl.unpin(rid)  # cancelled while graphing, after its pin was made
         return
     graph = result.graph
-    ctl.plans[rid] = result
-    ctl.lognames[rid] = log_names(graph.order)
+    ctl.state.save_plan(rid, result.to_json())
     ctl.state.planned(rid, [(n.id, n.cache_key, "built" if n.cache_key in result.cached
                              else "waiting") for n in graph.nodes.values()],
                       len(graph.nodes), 0)
-    ctl.apply(ctl.scheduler.add_request(rid, steps_from_graph(graph), result.targets,
-                                        result.cached))
+    schedule(ctl, rid, result, result.cached)
+
+
+def schedule(ctl: Controller, rid: str, result: Plan, built: set[str]) -> None:
+    """Hand a planned request to the scheduler; `built` are the keys known to be built."""
+    ctl.plans[rid] = result
+    ctl.lognames[rid] = log_names(result.graph.order)
+    ctl.apply(ctl.scheduler.add_request(rid, steps_from_graph(result.graph), result.targets,
+                                        built))
 
 
 def plan_failed(ctl: Controller, rid: str, failure) -> None:

@@ -105,11 +105,25 @@ class Follower:
         self.request_id = ""
         self.workers: dict[str, str] = {}
         self.log_names: dict[str, str] = {}
+        self.jobs: dict[str, str] = {}  # step -> the job whose log it shows
+        self.seen: dict[str, int] = {}  # job -> lines of its log written
 
     def run(self) -> int:
+        from distbuild.initiator.attach import reconnect
+
         try:
             while True:
-                message = self.link.receive()
+                try:
+                    message = self.link.receive()
+                except LinkError as e:
+                    if not self.request_id or self.args.detach:
+                        raise
+                    self.link.close()
+                    link = reconnect(self, e)
+                    if link is None:
+                        return 1
+                    self.link = link
+                    continue
                 status = self.handle(message)
                 if status is not None:
                     return status
@@ -137,7 +151,9 @@ class Follower:
         return 130
 
     def handle(self, msg: m.Message) -> int | None:
-        if isinstance(msg, m.RequestAccepted):
+        if isinstance(msg, m.RequestAccepted) and msg.request_id == self.request_id:
+            say(f"Following request {msg.request_id} again")
+        elif isinstance(msg, m.RequestAccepted):
             self.request_id = msg.request_id
             say(f"Request ID: {msg.request_id}")
             if self.args.detach:
@@ -156,14 +172,17 @@ class Follower:
                 self._fetch_cached_logs(msg.cached)
         elif isinstance(msg, m.StepReady):
             say(f"Ready to build {msg.step}: waiting for a worker to become available")
+        elif isinstance(msg, m.StepStarted) and msg.job and self.jobs.get(msg.step) == msg.job:
+            pass  # the same attempt again, after reattaching: its log goes on
         elif isinstance(msg, m.StepStarted):
+            self.jobs[msg.step] = msg.job
             self.workers[msg.step] = msg.worker
             path = self.logs.open(msg.step, msg.log_name)
             again = f" (attempt {msg.attempt})" if msg.attempt > 1 else ""
             self.logs.status(msg.step, f"Started building {msg.step} on {msg.worker}{again}")
             say(f"Started building {msg.step} on {msg.worker}{again}; log: {path}")
         elif isinstance(msg, m.StepOutput):
-            self.logs.lines(msg.step, msg.lines)
+            self.logs.lines(msg.step, self._new_lines(msg))
         elif isinstance(msg, m.StepFinished):
             self.logs.status(msg.step, f"Finished building {msg.step} on {msg.worker}")
             self.logs.close(msg.step)
@@ -191,6 +210,15 @@ class Follower:
             say(f"Error from the controller: {msg.message}")
             return 1
         return None
+
+    def _new_lines(self, msg: m.StepOutput) -> list[str]:
+        """The lines of `msg` not yet written (numbered output can come again on reattach)."""
+        job = self.jobs.get(msg.step, "")
+        if msg.first is None or not job:
+            return msg.lines
+        have = self.seen.get(job, 0)
+        self.seen[job] = max(have, msg.first + len(msg.lines))
+        return msg.lines[max(0, have - msg.first):]
 
     def _step_failed(self, msg: m.StepFailed) -> None:
         self.logs.status(msg.step, f"Build of {msg.step} failed.")

@@ -241,6 +241,7 @@ class StepStarted(Message):
     log_name: str
     worker: str
     attempt: int = 1
+    job: str = ""  # the attempt's id: attach-request counts lines seen per job
 
 
 @dataclass

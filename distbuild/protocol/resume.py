@@ -49,7 +49,7 @@ class JobAdopt(Message):
 
 @dataclass
 class AttachRequest(Message):
-    """Follow a request; `seen` is how many lines of each step's current log are already shown."""
+    """Follow a request; `seen` is how many lines of each job's log are already shown."""
 
     type: ClassVar[str] = "attach-request"
     link: ClassVar[str] = "initiator"
