@@ -72,6 +72,11 @@ class ControllerSettings:
     retry_limit: int = 2
     dead_after: float = 8.0
     name: str = "controller"
+    # Announced to initiators in the welcome, with the two URLs above, so that
+    # they need no settings file; the host key is the trove's .pub line.
+    trove_ssh_url: str = ""
+    trove_ssh_host_key: str = ""
+    definitions_repo: str = ""
 
 
 @dataclass
@@ -484,7 +489,7 @@ def serve(settings: ControllerSettings, ready_file: Path | None = None) -> int:
             ("initiator", settings.initiator_port, settings.initiator_authorized_keys),
             ("worker", settings.worker_port, settings.worker_authorized_keys)):
         factory = link_factory(role, controller, settings.host_key, keys, reactor,
-                               settings.dead_after)
+                               settings.dead_after, trove=asdict(settings))
         try:
             listening = reactor.listenTCP(port, factory, interface=settings.listen_address)
         except error.CannotListenError as e:
