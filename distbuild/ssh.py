@@ -176,9 +176,26 @@ def check_host_key(known_hosts: Path, host: str, port: int, key: PublicKey) -> N
         where)
 
 
+def quiet_paramiko():
+    """paramiko, with its logger kept from printing tracebacks of its own threads.
+
+    Every failure paramiko logs also reaches the caller as an exception, which
+    becomes one line naming the peer; the log records would only add a traceback.
+    """
+    import logging
+
+    import paramiko
+
+    logger = logging.getLogger("paramiko")
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+        logger.propagate = False
+    return paramiko
+
+
 def fetch_host_key(host: str, port: int, timeout: float = 10.0) -> PublicKey:
     """The host key an SSH server at host:port offers (no authentication is attempted)."""
-    import paramiko
+    paramiko = quiet_paramiko()
 
     try:
         sock = socket.create_connection((host, port), timeout=timeout)

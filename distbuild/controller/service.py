@@ -75,7 +75,7 @@ def serve(settings: ControllerSettings, ready_file: Path | None = None) -> int:
             ("initiator", settings.initiator_port, settings.initiator_authorized_keys),
             ("worker", settings.worker_port, settings.worker_authorized_keys)):
         factory = link_factory(role, controller, settings.host_key, keys, reactor,
-                               settings.dead_after)
+                               settings.dead_after, trove=asdict(settings))
         try:
             listening = reactor.listenTCP(port, factory, interface=settings.listen_address)
         except error.CannotListenError as e:

@@ -30,6 +30,11 @@ class ControllerSettings:
     # After a restart, how long the steps that were running wait for their workers.
     restart_grace: float = 30.0
     name: str = "controller"
+    # Announced to initiators in the welcome, with the two URLs above, so that
+    # they need no settings file; the host key is the trove's .pub line.
+    trove_ssh_url: str = ""
+    trove_ssh_host_key: str = ""
+    definitions_repo: str = ""
 
 
 # How long the tokens and cache pins the controller issues stay valid.

@@ -43,13 +43,27 @@ class Hello(Message):
 
 @dataclass
 class Welcome(Message):
-    """The controller accepts the client; the link is open."""
+    """The controller accepts the client; the link is open. It names its trove's URLs."""
 
     type: ClassVar[str] = "welcome"
     link: ClassVar[str] = "any"
     sender: ClassVar[str] = "controller"
     protocol: int
     controller: str
+    # Where the network's trove is, so that an initiator needs no settings file:
+    # "" for what the controller was not told.
+    trove_git_url: str = ""
+    trove_ssh_url: str = ""
+    artifact_cache_url: str = ""
+    definitions_repo: str = ""
+    # The trove's SSH host key (a .pub line): the link is authenticated by the
+    # controller's host key, so an initiator can trust this one for its push.
+    trove_ssh_host_key: str = ""
+
+
+# The members of Welcome that say where the trove is.
+TROVE_FIELDS = ("trove_git_url", "trove_ssh_url", "artifact_cache_url", "definitions_repo",
+                "trove_ssh_host_key")
 
 
 @dataclass
