@@ -15,7 +15,7 @@ from pathlib import Path
 
 from distbuild.initiator.build import Follower, add_link_arguments, open_link, say, settings
 from distbuild.initiator.logs import StepLogs
-from distbuild.link import Link, LinkError, connect
+from distbuild.link import Link, LinkError, connect, worth_retrying
 from distbuild.protocol import messages as m
 
 # How long an initiator tries to get back to its request before giving up.
@@ -53,7 +53,7 @@ def reconnect(follower: Follower, error: LinkError) -> Link | None:
             link.send(m.AttachRequest(request_id=rid, seen=dict(follower.seen)))
             return link
         except LinkError as e:
-            if not e.retryable or time.monotonic() + delay > deadline:
+            if not worth_retrying(e) or time.monotonic() + delay > deadline:
                 say(f"Could not get back to the controller ({e.what}); the request goes on "
                     f"there: follow it with `distbuild attach {rid}`")
                 return None

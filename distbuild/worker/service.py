@@ -25,7 +25,7 @@ from pathlib import Path
 from distbuild import config
 from distbuild.definitions import node_from_dict
 from distbuild.errors import DistbuildError
-from distbuild.link import Link, LinkError, connect
+from distbuild.link import Link, LinkError, connect, worth_retrying
 from distbuild.protocol import messages as m
 from distbuild.runprocess import Cancelled
 from distbuild.timestamps import service_logger
@@ -106,7 +106,7 @@ class Worker:
                                    self.cfg.identity, self.cfg.known_hosts, "worker",
                                    self.cfg.name)
                 except LinkError as e:
-                    if not e.retryable:
+                    if not worth_retrying(e):
                         raise
                     wait = delay * random.uniform(0.5, 1.0)
                     self.log(f"cannot reach the controller ({e.what}); retrying in {wait:.1f} s"
