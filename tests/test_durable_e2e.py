@@ -133,6 +133,33 @@ def test_worker_sigterm_drains_and_twice_hands_back(net, tmp_path):
     no_tracebacks(net)
 
 
+def test_the_drain_time_running_out_hands_the_step_back(net, tmp_path):
+    import yaml
+
+    joined = net.component_log("controller").count(" slot(s)")
+    for name in ("worker-1", "worker-2"):
+        path = net.state / f"{name}.yaml"
+        settings = yaml.safe_load(path.read_text())
+        settings["worker"]["drain_seconds"] = 2
+        path.write_text(yaml.safe_dump(settings))
+        # Idle, it leaves at once; `up` starts it again with the new settings.
+        old = net.pid(name)
+        os.kill(old, signal.SIGTERM)
+        wait_for(lambda old=old, name=name: net.pid(name) != old, 15, f"{name} to restart")
+    wait_for(lambda: net.component_log("controller").count(" slot(s)") >= joined + 2, 30,
+             "the workers to join again")
+    _, proc = slow_hello(net, tmp_path, "7.07")
+    attempt = running_attempt(net, "chunk:example-apps/hello")
+    started = time.monotonic()
+    os.kill(net.pid(attempt["worker"]), signal.SIGTERM)
+    wait_for(lambda: next((a for a in net.attempts() if a["job"] == attempt["job"]
+                           and a["outcome"] == "handed-back"), None), 15, "the hand-back")
+    assert time.monotonic() - started < 6
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out
+    assert "drain time of 2 s ran out" in net.component_log(attempt["worker"])
+
+
 def test_a_fifty_megabyte_line_is_cut_and_the_build_goes_on(net, tmp_path):
     checkout = net.checkout(tmp_path / "defs")
     edit(checkout / "strata/example-apps/hello.morph", "build-commands:\n",
