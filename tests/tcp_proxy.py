@@ -45,10 +45,7 @@ class CuttingProxy:
         except OSError:
             pass
         for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _shut(s)
             s.close()
 
     def close(self) -> None:
@@ -87,23 +84,24 @@ class DroppingProxy:
         except OSError:
             pass
         for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _shut(s)
 
     def drop(self) -> int:
         """Cut every connection now; how many there were."""
         with self.lock:
             dropped, self.open = self.open, []
         for s in dropped:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _shut(s)
             s.close()
         return len(dropped) // 2
 
     def close(self) -> None:
         self.listener.close()
         self.drop()
+
+
+def _shut(s: socket.socket) -> None:
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
