@@ -232,7 +232,9 @@ class _GraphBuilder:
 
     def _add_stratum(self, stratum: Stratum, arch: str) -> None:
         doc = self.defs.document(stratum.path, "stratum")
-        dep_strata = tuple(f"stratum:{self.defs.stratum(p).name}" for p in stratum.build_depends)
+        # A name listed twice is one dependency, as morph had it: one edge, one key input.
+        dep_strata = _unique(f"stratum:{self.defs.stratum(p).name}"
+                             for p in stratum.build_depends)
         siblings = {spec.name for spec in stratum.chunks}
         for spec in stratum.chunks:
             for j, dep in enumerate(spec.build_depends):
@@ -243,7 +245,8 @@ class _GraphBuilder:
         _check_chunk_cycles(doc, stratum)
         for spec in stratum.chunks:
             node = self._chunk_node(doc, stratum, spec, arch)
-            node.depends = (*(chunk_id(stratum.name, d) for d in spec.build_depends), *dep_strata)
+            node.depends = _unique([*(chunk_id(stratum.name, d) for d in spec.build_depends),
+                                    *dep_strata])
             self.nodes[node.id] = node
         defaults = self.defs.defaults
         self.nodes[f"stratum:{stratum.name}"] = Node(
@@ -290,6 +293,11 @@ class _GraphBuilder:
             strata_artifacts=selected,
             configuration_extensions=system.configuration_extensions,
         )
+
+
+def _unique(items: Iterable[str]) -> tuple[str, ...]:
+    """`items` without repeats, first occurrence kept."""
+    return tuple(dict.fromkeys(items))
 
 
 def _commands(chunk: Chunk | None, defaults: dict[str, tuple[str, ...]]

@@ -72,10 +72,6 @@ def _resolver(offline: bool, mirror_dir: Path | None) -> Resolver:
     """Refs resolved as the controller resolved them for the build, so cache keys match."""
     if offline:
         return OfflineResolver()
-    from distbuild.trove.mirror import MirrorCache
-    from distbuild.trove.refs import GitResolver
+    from distbuild.trove.refs import local_resolver
 
-    if mirror_dir is None:
-        cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-        mirror_dir = Path(cache) / "distbuild" / "mirrors"
-    return GitResolver(MirrorCache(mirror_dir))
+    return local_resolver(mirror_dir)

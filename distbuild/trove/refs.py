@@ -22,7 +22,8 @@ from distbuild.trove.mirror import SHA_RE, MirrorCache
 # Baserock's trove aliases: `upstream:X` is delta/X, `baserock:X` is baserock/X.
 DEFAULT_ALIASES = {"upstream": "delta/", "baserock": "baserock/"}
 
-__all__ = ["DEFAULT_ALIASES", "GitResolver", "Resolved", "expand_alias", "resolve_in"]
+__all__ = ["DEFAULT_ALIASES", "GitResolver", "Resolved", "expand_alias", "local_resolver",
+           "resolve_in"]
 
 
 def expand_alias(repo: str, trove_git_url: str,
@@ -77,6 +78,13 @@ class GitResolver:
             except ResolveError as e:
                 raise ResolveError(f"cannot resolve ref '{ref}': {e.what}", repo_url) from None
         return resolve_in(path, ref, repo_url)
+
+
+def local_resolver(mirror_dir: Path | None = None) -> GitResolver:
+    """A resolver for client commands, as the controller's: mirrors under the user's cache."""
+    from distbuild.config import user_cache_dir
+
+    return GitResolver(MirrorCache(mirror_dir or user_cache_dir() / "mirrors"))
 
 
 def resolve_in(path: Path, ref: str, shown_as: str | None = None) -> Resolved:
