@@ -21,7 +21,7 @@ from distbuild.definitions.cachekey import cache_key
 from distbuild.definitions.load import Definitions, Document
 from distbuild.definitions.model import PHASES, Chunk, ChunkSpec, SplitRule, Stratum, System
 from distbuild.definitions.resolve import OfflineResolver, Resolved, Resolver
-from distbuild.errors import DefinitionsError
+from distbuild.errors import DefinitionsError, MissingRepository
 
 DEFAULT_PREFIX = "/usr"
 DEFAULT_BUILD_MODE = "staging"
@@ -266,7 +266,10 @@ class _GraphBuilder:
         repo = self.aliases.resolve(spec.repo)
         pinned = self.resolved.get((repo, spec.ref))
         if pinned is None:
-            pinned = self.resolver.resolve(repo, spec.ref)
+            try:
+                pinned = self.resolver.resolve(repo, spec.ref)
+            except MissingRepository:
+                raise doc.error((*at, "repo"), self._missing(spec, repo)) from None
             self.resolved[(repo, spec.ref)] = pinned
         return Node(
             id=chunk_id(stratum.name, spec.name), kind="chunk", name=spec.name, arch=arch,
@@ -282,6 +285,14 @@ class _GraphBuilder:
             split_rules=_split_rules(spec.name, chunk.products if chunk else (),
                                      self.defs.defaults.chunk_split_rules),
         )
+
+    def _missing(self, spec: ChunkSpec, url: str) -> str:
+        """What to say of a chunk whose repository does not exist: where, and what to do."""
+        trove = self.aliases.trove_git_url.rstrip("/") + "/"
+        if url.startswith(trove):
+            return (f"chunk '{spec.name}': repository '{spec.repo}' is not on the trove "
+                    f"({url}); add it with `distbuild trove import {url[len(trove):]} SOURCE`")
+        return f"chunk '{spec.name}': repository '{spec.repo}' does not exist ({url})"
 
     def _add_system(self, system: System, strata: list[Stratum]) -> None:
         by_path = {s.path: s for s in strata}

@@ -16,7 +16,7 @@ import gitdb.exc
 
 # The definitions engine's type: the resolver protocol it calls returns it.
 from distbuild.definitions.resolve import Resolved
-from distbuild.errors import ResolveError
+from distbuild.errors import MissingRepository, ResolveError
 from distbuild.trove.mirror import SHA_RE, MirrorCache
 
 # Baserock's trove aliases: `upstream:X` is delta/X, `baserock:X` is baserock/X.
@@ -76,7 +76,8 @@ class GitResolver:
             try:
                 path = self.mirrors.ensure(repo_url, ref)
             except ResolveError as e:
-                raise ResolveError(f"cannot resolve ref '{ref}': {e.what}", repo_url) from None
+                raise type(e)(f"cannot resolve ref '{ref}': {e.what}", repo_url,
+                              retryable=e.retryable) from None
         return resolve_in(path, ref, repo_url)
 
 
@@ -93,7 +94,8 @@ def resolve_in(path: Path, ref: str, shown_as: str | None = None) -> Resolved:
     try:
         repo = git.Repo(path)
     except (git.NoSuchPathError, git.InvalidGitRepositoryError):
-        raise ResolveError(f"cannot resolve ref '{ref}': repository not found", where) from None
+        raise MissingRepository(f"cannot resolve ref '{ref}': repository not found",
+                                where) from None
     try:
         with repo:
             commit = repo.commit(_qualified(repo, ref))
