@@ -67,8 +67,8 @@ def job_started(ctl: Controller, e: JobStarted) -> None:
 
 
 def step_joined(ctl: Controller, e: StepJoined) -> None:
-    work = ctl.scheduler.work[e.key]
-    earlier = list(ctl.job_output.get(work.job or "", ()))
+    work = ctl.scheduler.work.get(e.key)
+    earlier = list(ctl.job_output.get(work.job or "", ())) if work else []
     for rid, nid in e.requests.items():
         ctl.tell(rid, m.StepStarted(request_id=rid, step=nid, worker=e.worker,
                                     log_name=ctl.lognames[rid][nid], attempt=e.attempt))
@@ -113,6 +113,7 @@ def job_cancelled(ctl: Controller, e: JobCancelled) -> None:
     if link is not None:
         link.send(m.JobCancel(job=e.job))
     ctl.job_output.pop(e.job, None)
+    ctl.job_results.pop(e.key, None)  # its result may have come in before the cancel
     ctl.state.attempt_ended(e.job, "cancelled")
 
 

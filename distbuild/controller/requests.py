@@ -16,7 +16,7 @@ from distbuild.definitions import BuildGraph, Definitions, GitSource, build_grap
 from distbuild.errors import DistbuildError
 from distbuild.lognames import log_names
 from distbuild.protocol import messages as m
-from distbuild.scheduling import steps_from_graph
+from distbuild.scheduling import PRIORITIES, steps_from_graph
 
 if TYPE_CHECKING:
     from distbuild.controller.core import Controller
@@ -27,9 +27,14 @@ class Plan:
     graph: BuildGraph
     targets: list[str]
     cached: set[str]
+    priority: str = "normal"
 
 
 def on_build_request(ctl: Controller, link, msg: m.BuildRequest) -> None:
+    if msg.priority not in PRIORITIES:
+        link.send(m.Error(message=f"build-request: priority must be one of "
+                                  f"{', '.join(PRIORITIES)}, not '{msg.priority}'"))
+        return
     rid = uuid.uuid4().hex[:12]
     ctl.state.add_request(rid, ctl.state.next_seq(), msg.system, msg.definitions_repo,
                           msg.definitions_commit, msg.components, link.peer)
@@ -62,7 +67,7 @@ def plan(ctl: Controller, rid: str, msg: m.BuildRequest) -> Plan:
     ctl.cache.pin(pin_name(rid), keys, tokens.issue(ctl.secret, f"pin:{pin_name(rid)}"),
                   ttl=TOKEN_TTL)
     answer = ctl.cache.cached_sources(keys)
-    return Plan(graph, targets, {k for k, present in answer.items() if present})
+    return Plan(graph, targets, {k for k, present in answer.items() if present}, msg.priority)
 
 
 def planned(ctl: Controller, rid: str, result: Plan) -> None:
@@ -76,7 +81,7 @@ def planned(ctl: Controller, rid: str, result: Plan) -> None:
                              else "waiting") for n in graph.nodes.values()],
                       len(graph.nodes), 0)
     ctl.apply(ctl.scheduler.add_request(rid, steps_from_graph(graph), result.targets,
-                                        result.cached))
+                                        result.cached, result.priority))
 
 
 def plan_failed(ctl: Controller, rid: str, failure) -> None:
