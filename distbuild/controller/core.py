@@ -52,6 +52,7 @@ class Controller:
         self.lognames: dict[str, dict[str, str]] = {}
         self.job_results: dict[str, m.Message] = {}  # cache key -> last JobFinished/JobFailed
         self.job_output: dict[str, deque[str]] = {}  # running job -> its recent log lines
+        self.cache_checks = jobs.CacheChecks(self)
 
     # -- links ---------------------------------------------------------------------------
 

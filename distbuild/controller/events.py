@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 from distbuild import tokens
 from distbuild.controller.settings import TOKEN_TTL
-from distbuild.definitions import node_to_dict
 from distbuild.protocol import messages as m
 from distbuild.scheduling import (
     JobCancelled,
@@ -49,10 +48,9 @@ def step_queued(ctl: Controller, e: StepQueued) -> None:
 
 def job_started(ctl: Controller, e: JobStarted) -> None:
     rid, nid = next(iter(e.requests.items()))
-    graph = ctl.plans[rid].graph
-    node = graph.nodes[nid]
-    run = m.JobRun(job=e.job, step=node_to_dict(node),
-                   closure=[node_to_dict(graph.nodes[d]) for d in graph.closure(nid)],
+    plan = ctl.plans[rid]
+    run = m.JobRun(job=e.job, step=plan.node_dict(nid),
+                   closure=[plan.node_dict(d) for d in plan.graph.closure(nid)],
                    trove_git_url=ctl.settings.trove_git_url,
                    artifact_cache_url=ctl.settings.artifact_cache_url,
                    token=tokens.issue(ctl.secret, e.key, TOKEN_TTL))

@@ -7,12 +7,12 @@ query and a pin; its result goes to the scheduler on the reactor thread.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from distbuild import tokens
 from distbuild.controller.settings import TOKEN_TTL
-from distbuild.definitions import BuildGraph, Definitions, GitSource, build_graph
+from distbuild.definitions import BuildGraph, Definitions, GitSource, build_graph, node_to_dict
 from distbuild.errors import DistbuildError
 from distbuild.lognames import log_names
 from distbuild.protocol import messages as m
@@ -28,6 +28,14 @@ class Plan:
     targets: list[str]
     cached: set[str]
     priority: str = "normal"
+    _dicts: dict[str, dict] = field(default_factory=dict, repr=False)
+
+    def node_dict(self, nid: str) -> dict:
+        """Node `nid` as protocol data, made once: every job of the request sends closures."""
+        data = self._dicts.get(nid)
+        if data is None:
+            data = self._dicts[nid] = node_to_dict(self.graph.nodes[nid])
+        return data
 
 
 def on_build_request(ctl: Controller, link, msg: m.BuildRequest) -> None:
