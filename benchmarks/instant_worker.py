@@ -6,9 +6,10 @@ key, says `worker-ready` (one slot), and answers every `job-run` by
 uploading one small artifact for the step's cache key to the trove with the
 job's token (so the controller's check with the cache passes, as for a real
 build) and sending `job-finished`. It notes, for each job after the first,
-the time from sending `job-finished` to receiving the next `job-run`: the
-slot's idle time, the controller's dispatch latency plus the link both ways.
-On SIGTERM it writes {"latencies": [...], "first": t, "last": t} to --out.
+the time from sending `job-finished` to receiving the next `job-run` (the
+slot's idle time as this process sees it), and when it sent each
+`job-finished`. On SIGTERM it writes {"latencies": [...], "finished": {job:
+time}, "first": t, "last": t} to --out.
 
     instant_worker.py --port P --identity KEY --known-hosts F --names w1,w2 --out F.json
 """
@@ -39,6 +40,7 @@ def serve(name: str, args, artifact: Path, stop: threading.Event, out: dict, loc
     link.send(m.WorkerReady(arch="x86_64", slots=1))
     sent_at = None
     latencies = []
+    finished = {}
     try:
         while not stop.is_set():
             message = link.receive(timeout=0.5)
@@ -51,7 +53,7 @@ def serve(name: str, args, artifact: Path, stop: threading.Event, out: dict, loc
             cache.upload_source(node.cache_key, {f: artifact for f in node.artifact_filenames()},
                                 message.token)
             link.send(m.JobFinished(job=message.job, seconds=time.time() - now))
-            sent_at = time.time()
+            sent_at = finished[message.job] = time.time()
             with lock:
                 out["first"] = min(out.get("first", now), now)
                 out["last"] = max(out.get("last", 0.0), sent_at)
@@ -60,6 +62,7 @@ def serve(name: str, args, artifact: Path, stop: threading.Event, out: dict, loc
     finally:
         with lock:
             out["latencies"].extend(latencies)
+            out["finished"].update(finished)
         link.close()
 
 
@@ -74,7 +77,7 @@ def main() -> int:
     args = parser.parse_args()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    out: dict = {"latencies": []}
+    out: dict = {"latencies": [], "finished": {}}
     lock = threading.Lock()
     with tempfile.TemporaryDirectory(prefix="instant-worker-") as tmp:
         artifact = Path(tmp) / "artifact"
