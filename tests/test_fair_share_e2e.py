@@ -25,10 +25,13 @@ BIG_CHUNKS = 16
 
 def add_system(checkout: Path, name: str, chunks: dict[str, list[str]], command: str) -> str:
     lines = [f"name: {name}", "kind: stratum", "chunks:"]
+    (checkout / "strata" / name).mkdir()
     for chunk, deps in chunks.items():
-        lines += [f"- name: {chunk}", "  repo: upstream:base-files", "  ref: master",
-                  "  build-system: manual", "  build-commands:", f"  - {command}",
-                  "  install-commands:", f"  - mkdir -p \"$DESTDIR/{chunk}\""]
+        (checkout / "strata" / name / f"{chunk}.morph").write_text(
+            f"name: {chunk}\nkind: chunk\nbuild-commands:\n- {command}\n"
+            f"install-commands:\n- mkdir -p \"$DESTDIR/{chunk}\"\n")
+        lines += [f"- name: {chunk}", f"  morph: strata/{name}/{chunk}.morph",
+                  "  repo: upstream:base-files", "  ref: master"]
         if deps:
             lines += ["  build-depends:"] + [f"  - {d}" for d in deps]
     (checkout / "strata" / f"{name}.morph").write_text("\n".join(lines) + "\n")
@@ -46,12 +49,13 @@ def test_a_small_request_finishes_while_a_big_one_still_runs(tmp_path):
         chunks = {f"b{i}": [] for i in range(BIG_CHUNKS)}
         chunks["bz"] = list(chunks)
         big = add_system(checkout, "big", chunks, "sleep 2")
-        small = add_system(checkout, "small", {"s0": [], "s1": ["s0"]}, "true")
+        small = add_system(checkout, "small", {"s0": [], "s1": ["s0"]}, "'true'")
         big_proc = net.initiator(checkout, big, wait=False)
         db_path = net.state / "controller" / "controller.db"
         deadline = time.monotonic() + 60
         while _count(db_path, "SELECT COUNT(*) FROM attempts") < 2:
-            assert time.monotonic() < deadline and big_proc.poll() is None, "big did not start"
+            if big_proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"big did not start: {big_proc.communicate()[0]}")
             time.sleep(0.1)
         proc = net.initiator(checkout, small)
         assert proc.returncode == 0, proc.stdout + proc.stderr
