@@ -53,6 +53,7 @@ class Controller:
         self.plans: dict[str, Plan] = {}
         self.lognames: dict[str, dict[str, str]] = {}
         self.job_results: dict[str, m.Message] = {}  # cache key -> last JobFinished/JobFailed
+        self.cache_checks = jobs.CacheChecks(self)
 
     # -- links ---------------------------------------------------------------------------
 

@@ -125,6 +125,7 @@ class BuildRequest(Message):
     fetch_cached_logs: bool = False
     detach: bool = False
     strict: bool = False  # unknown fields in the definitions fail the request
+    priority: str = "normal"  # "high", "normal" or "low": see docs/architecture.md
 
 
 @dataclass
