@@ -8,9 +8,15 @@ Fair share: a free slot goes to the highest priority class that has ready
 work of the slot's arch; within a class, requests take turns (round-robin;
 one that had nothing ready goes to the front), and within a request the
 step with the longest remaining path goes first.
+Labels: a step may require labels (big-memory, kvm); it runs only on a worker
+of its arch that has every one. Ready work is kept per pool, (arch, required
+labels), and free workers per group, (arch, labels); a worker serves the pools
+whose labels it has, the most demanding first, so labelled work is not starved
+by plain work. Pools and groups are few (they come from settings), so this
+keeps the per-event cost independent of the queue.
 Every call costs what it changes, not what is queued: each work counts its
-unbuilt dependencies, each request keeps a heap of its ready steps per arch,
-each (arch, class) a ring of requests with ready steps, and each arch a heap
+unbuilt dependencies, each request keeps a heap of its ready steps per pool,
+each (pool, class) a ring of requests with ready steps, and each group a heap
 of workers by free slots. Work that no live request's graph holds is
 forgotten, so memory follows the requests in flight.
 """
@@ -18,10 +24,11 @@ forgotten, so memory follows the requests in flight.
 from __future__ import annotations
 
 import enum
+import fnmatch
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -67,10 +74,13 @@ class StepInfo:
     arch: str
     depends: tuple[str, ...]  # node ids
     priority: int  # nodes on the longest chain from here to the end of the graph
+    labels: frozenset[str] = frozenset()  # a worker must have all of these to run it
 
 
 # Request priority classes, served strictly in this order.
 PRIORITIES = ("high", "normal", "low")
+
+Pool = tuple[str, frozenset[str]]  # (arch, labels required): ready work one worker can take
 
 
 @dataclass(eq=False, slots=True)
@@ -88,6 +98,11 @@ class Work:
     worker: str | None = None
     unbuilt_deps: int = 0
     holders: int = 0  # live requests whose graph has this key
+    labels: frozenset[str] = frozenset()
+
+    @property
+    def pool(self) -> Pool:
+        return (self.arch, self.labels)
 
 
 @dataclass(eq=False, slots=True)
@@ -99,8 +114,8 @@ class Request:
     keys: list[str]  # every key of its graph, built or not: what it holds in memory
     priority: str = "normal"
     built: set[str] = field(default_factory=set)
-    ready: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # arch -> heap
-    queued_in: set[str] = field(default_factory=set)  # archs whose ring holds this request
+    ready: dict[Pool, list[tuple[int, str]]] = field(default_factory=dict)  # pool -> heap
+    queued_in: set[Pool] = field(default_factory=set)  # pools whose ring holds this request
 
 
 @dataclass(eq=False, slots=True)
@@ -114,6 +129,11 @@ class Worker:
     # it finishes what it runs and takes nothing new. Either way, no new work.
     away: bool = False
     draining: bool = False
+    labels: frozenset[str] = frozenset()
+
+    @property
+    def group(self) -> Pool:
+        return (self.arch, self.labels)
 
     @property
     def free(self) -> int:
@@ -134,9 +154,11 @@ class Scheduler:
         self.workers: dict[str, Worker] = {}
         self.jobs: dict[str, str] = {}  # job id -> key
         self._seq = 0
-        self._rings: dict[tuple[str, str], deque[str]] = {}  # (arch, class) -> request ids
-        # arch -> heap of (-free slots, name, tiebreak, worker); stale entries are skipped.
-        self._free: dict[str, list[tuple[int, str, int, Worker]]] = {}
+        self._rings: dict[tuple[Pool, str], deque[str]] = {}  # (pool, class) -> request ids
+        # Worker group -> heap of (-free slots, name, tiebreak, worker); stale entries skipped.
+        self._free: dict[Pool, list[tuple[int, str, int, Worker]]] = {}
+        # arch -> the label sets its pools require, most labels first.
+        self._pools: dict[str, list[frozenset[str]]] = {}
         self._tiebreak = itertools.count()
 
     def _next_job_id(self, key: str) -> str:
@@ -160,7 +182,8 @@ class Scheduler:
             if work is None:
                 work = self.work[step.cache_key] = Work(
                     step.cache_key, step.arch, tuple({by_id[d].cache_key: None
-                                                      for d in step.depends}))
+                                                      for d in step.depends}),
+                    labels=frozenset(step.labels))
                 created.append(work)
             if work.key not in keys:
                 # Held from here on, so that a request finishing below cannot drop it.
@@ -222,6 +245,12 @@ class Scheduler:
             stack.extend(by_id[nid].depends)
         return list(needed)
 
+    def fail_request(self, request_id: str, reason: str) -> list[Event]:
+        """Fail a request for a reason of its own (not a step's): it waited too long."""
+        if request_id not in self.requests:
+            return []
+        return [*self._detach(request_id), RequestFailed(request_id, reason, "")]
+
     def cancel_request(self, request_id: str) -> list[Event]:
         """Drop a request; work no other request needs is cancelled."""
         if request_id not in self.requests:
@@ -230,9 +259,9 @@ class Scheduler:
 
     # -- workers ---------------------------------------------------------------------------
 
-    def add_worker(self, name: str, arch: str, slots: int,
-                   held: Iterable[str] = ()) -> list[Event]:
-        """A worker joined (or rejoined) with `slots` slots, still running the jobs `held`.
+    def add_worker(self, name: str, arch: str, slots: int, held: Iterable[str] = (),
+                   labels: Iterable[str] = ()) -> list[Event]:
+        """A worker joined (or rejoined) with `slots` slots and `labels`, still running `held`.
 
         Of the jobs it had before, those it holds are kept; the rest run again.
         """
@@ -242,7 +271,8 @@ class Scheduler:
         if old is not None:
             old.jobs -= keep
             events = self.remove_worker(name, "worker came back without it")
-        worker = self.workers[name] = Worker(name, arch, max(1, slots), jobs=keep)
+        worker = self.workers[name] = Worker(name, arch, max(1, slots), jobs=keep,
+                                             labels=frozenset(labels))
         self._slot_freed(worker)
         return events + self.dispatch()
 
@@ -321,7 +351,7 @@ class Scheduler:
     def dispatch(self) -> list[Event]:
         """Give ready work to free slots: by class, requests in turn, longest path first."""
         events: list[Event] = []
-        for arch, free in self._free.items():
+        for free in self._free.values():
             while free:
                 _, _, _, worker = free[0]
                 if self.workers.get(worker.name) is not worker or -free[0][0] != worker.free \
@@ -330,9 +360,9 @@ class Scheduler:
                     # that takes nothing new: on its return it is a new Worker entry.
                     heapq.heappop(free)
                     continue
-                work = self._next_ready(arch)
+                work = self._next_ready(worker)
                 if work is None:
-                    break
+                    break  # the group's other workers could take no more than this one
                 heapq.heappop(free)
                 work.attempts += 1
                 job = self.job_id(work.key)
@@ -397,13 +427,13 @@ class Scheduler:
     def _slot_freed(self, worker: Worker) -> None:
         """Record the worker's new free count (older heap entries for it become stale)."""
         if worker.free > 0:
-            free = self._free.setdefault(worker.arch, [])
+            free = self._free.setdefault(worker.group, [])
             heapq.heappush(free, (-worker.free, worker.name, next(self._tiebreak), worker))
             if len(free) > 64 + 4 * len(self.workers):
                 # Workers that come and go while nothing is ready leave stale entries
                 # that no dispatch pops: start again from the workers there are.
                 free[:] = [(-w.free, w.name, next(self._tiebreak), w)
-                           for w in self.workers.values() if w.arch == worker.arch and w.free]
+                           for w in self.workers.values() if w.group == worker.group and w.free]
                 heapq.heapify(free)
 
     def _take_back(self, name: str | None, job: str) -> None:
@@ -412,38 +442,55 @@ class Scheduler:
             worker.jobs.discard(job)
             self._slot_freed(worker)
 
-    def _next_ready(self, arch: str) -> Work | None:
-        """Pop the step the next free slot of `arch` should run, or None."""
+    def _next_ready(self, worker: Worker) -> Work | None:
+        """Pop the step `worker`'s next free slot should run, or None."""
+        pools = [(worker.arch, labels) for labels in self._pools.get(worker.arch, ())
+                 if labels <= worker.labels]
         for priority in PRIORITIES:
-            ring = self._rings.get((arch, priority))
-            while ring:
-                request = self.requests.get(ring.popleft())
-                if request is None:
-                    continue  # ended; its heaps went with it
-                heap = request.ready.get(arch, [])
-                work = None
-                while heap and work is None:
-                    work = self.work.get(heapq.heappop(heap)[1])
-                    if work is None or work.state != State.READY or \
-                            request.id not in work.requests:
-                        work = None  # taken meanwhile, through another request, or dropped
-                if heap:
-                    ring.append(request.id)  # back of the line: the others take their turn
-                else:
-                    request.queued_in.discard(arch)
+            for pool in pools:
+                work = self._next_in(pool, priority)
                 if work is not None:
                     return work
         return None
 
+    def _next_in(self, pool: Pool, priority: str) -> Work | None:
+        """Pop the next step of `pool` in class `priority`, requests taking turns."""
+        ring = self._rings.get((pool, priority))
+        while ring:
+            request = self.requests.get(ring.popleft())
+            if request is None:
+                continue  # ended; its heaps went with it
+            heap = request.ready.get(pool, [])
+            work = None
+            while heap and work is None:
+                work = self.work.get(heapq.heappop(heap)[1])
+                if work is None or work.state != State.READY or \
+                        request.id not in work.requests:
+                    work = None  # taken meanwhile, through another request, or dropped
+            if heap:
+                ring.append(request.id)  # back of the line: the others take their turn
+            else:
+                request.queued_in.discard(pool)
+            if work is not None:
+                return work
+        return None
+
     def _queue(self, request: Request, work: Work) -> None:
-        heapq.heappush(request.ready.setdefault(work.arch, []), (-work.priority, work.key))
-        if work.arch not in request.queued_in:
+        pool = work.pool
+        heapq.heappush(request.ready.setdefault(pool, []), (-work.priority, work.key))
+        if pool not in request.queued_in:
             # It had nothing ready, so it missed its turns: it goes first. A chain of
             # steps then starts each step on the next free slot, and finishes in its
             # critical path however much else is queued.
-            request.queued_in.add(work.arch)
-            self._rings.setdefault((work.arch, request.priority), deque()).appendleft(
-                request.id)
+            request.queued_in.add(pool)
+            ring = self._rings.get((pool, request.priority))
+            if ring is None:
+                ring = self._rings[(pool, request.priority)] = deque()
+                known = self._pools.setdefault(work.arch, [])
+                if work.labels not in known:
+                    known.append(work.labels)
+                    known.sort(key=lambda labels: (-len(labels), sorted(labels)))
+            ring.appendleft(request.id)
 
     def _make_ready(self, work: Work) -> None:
         work.state = State.READY
@@ -488,8 +535,8 @@ class Scheduler:
     def _detach(self, request_id: str) -> list[Event]:
         """Forget a request; running work that nobody needs any more is cancelled."""
         request = self.requests.pop(request_id)
-        for arch in request.queued_in:  # a ring no slot of its arch visits would keep it
-            self._rings[(arch, request.priority)].remove(request_id)
+        for pool in request.queued_in:  # a ring no slot of its pool visits would keep it
+            self._rings[(pool, request.priority)].remove(request_id)
         events: list[Event] = []
         for key in request.needed:
             work = self.work[key]
@@ -517,8 +564,21 @@ class Scheduler:
         return events
 
 
-def steps_from_graph(graph: BuildGraph) -> list[StepInfo]:
-    """The scheduling view of a build graph's nodes."""
+def steps_from_graph(graph: BuildGraph,
+                     step_labels: Mapping[str, Iterable[str]] | None = None) -> list[StepInfo]:
+    """The scheduling view of a build graph's nodes; `step_labels` maps node id patterns
+    (fnmatch) to the labels a worker needs to build the nodes they match."""
     remaining = graph.remaining_lengths()
-    return [StepInfo(n.id, n.cache_key, n.arch, n.depends, remaining[n.id])
+    patterns = [(p, frozenset(labels)) for p, labels in (step_labels or {}).items()]
+    return [StepInfo(n.id, n.cache_key, n.arch, n.depends, remaining[n.id],
+                     required_labels(n.id, patterns))
             for n in (graph.nodes[i] for i in graph.order)]
+
+
+def required_labels(node_id: str, patterns: Iterable[tuple[str, frozenset[str]]]) -> frozenset[str]:
+    """Every label of every pattern that matches `node_id` (case-sensitive fnmatch)."""
+    out: frozenset[str] = frozenset()
+    for pattern, labels in patterns:
+        if fnmatch.fnmatchcase(node_id, pattern):
+            out |= labels
+    return out

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 def on_worker_ready(ctl: Controller, link, msg: m.WorkerReady) -> None:
     name = link.hello.name
     ctl.log(f"{link.peer}: arch {msg.arch}, {msg.slots} slot(s)"
+            + (f", labels {', '.join(msg.labels)}" if msg.labels else "")
             + (f", holding {', '.join(msg.held)}" if msg.held else ""))
     mine = ctl.scheduler.workers.get(name)
     adopted = [job for job in msg.held if mine is not None and job in mine.jobs]
@@ -33,7 +34,8 @@ def on_worker_ready(ctl: Controller, link, msg: m.WorkerReady) -> None:
             link.send(m.JobAdopt(job=job, lines=lines))
         else:
             link.send(m.JobCancel(job=job))
-    ctl.lose_jobs(name, lambda: ctl.scheduler.add_worker(name, msg.arch, msg.slots, adopted),
+    ctl.lose_jobs(name, lambda: ctl.scheduler.add_worker(name, msg.arch, msg.slots, adopted,
+                                                             msg.labels),
                   f"worker {name} came back without the step")
 
 

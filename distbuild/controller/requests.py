@@ -25,6 +25,7 @@ from distbuild.errors import DistbuildError
 from distbuild.lognames import log_names
 from distbuild.protocol import messages as m
 from distbuild.scheduling import PRIORITIES, steps_from_graph
+from distbuild.scheduling_labels import waiting_for_labels
 
 if TYPE_CHECKING:
     from distbuild.controller.core import Controller
@@ -121,8 +122,8 @@ def schedule(ctl: Controller, rid: str, result: Plan, built: set[str]) -> None:
     """Hand a planned request to the scheduler; `built` are the keys known to be built."""
     ctl.plans[rid] = result
     ctl.lognames[rid] = log_names(result.graph.order)
-    ctl.apply(ctl.scheduler.add_request(rid, steps_from_graph(result.graph), result.targets,
-                                        built, result.priority))
+    steps = steps_from_graph(result.graph, ctl.settings.step_labels)
+    ctl.apply(ctl.scheduler.add_request(rid, steps, result.targets, built, result.priority))
 
 
 def plan_failed(ctl: Controller, rid: str, failure) -> None:
@@ -149,6 +150,9 @@ def on_status_request(ctl: Controller, link, msg: m.StatusRequest) -> None:
     if status is None:
         link.send(m.Error(message=f"no request {msg.request_id}", request_id=msg.request_id))
     else:
+        waiting = waiting_for_labels(ctl.scheduler, msg.request_id)
+        if waiting:
+            status["waiting_for_labels"] = waiting
         link.send(m.StatusReply(request=status))
 
 

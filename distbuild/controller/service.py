@@ -64,11 +64,13 @@ def serve(settings: ControllerSettings, ready_file: Path | None = None) -> int:
     from twisted.internet import error, reactor
 
     from distbuild.controller.core import Controller
+    from distbuild.controller.labels import LabelWaits
     from distbuild.controller.links import link_factory
     from distbuild.controller.restart import resume
 
     controller = Controller(settings, reactor)
     resume(controller)
+    LabelWaits(controller).start()
     reactor.suggestThreadPoolSize(8)
     ports = {}
     for role, port, keys in (

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distbuild.errors import ConfigError
+
 
 @dataclass
 class ControllerSettings:
@@ -37,6 +39,19 @@ class ControllerSettings:
     trove_ssh_url: str = ""
     trove_ssh_host_key: str = ""
     definitions_repo: str = ""
+    # Node id pattern (fnmatch) -> labels a worker needs to build the nodes it matches.
+    step_labels: dict[str, list[str]] = field(default_factory=dict)
+    # A request fails when a step of it waits this long for labels no connected worker has.
+    label_wait_seconds: float = 3600.0
+
+    def __post_init__(self) -> None:
+        for pattern, labels in self.step_labels.items():
+            if not isinstance(labels, list) or not all(
+                    isinstance(label, str) and label for label in labels):
+                raise ConfigError(f"'{pattern}' must map to a list of label names, "
+                                  f"not {labels!r}", "controller: step_labels")
+        if self.label_wait_seconds <= 0:
+            raise ConfigError("must be more than 0", "controller: label_wait_seconds")
 
 
 # How long the tokens and cache pins the controller issues stay valid.

@@ -9,6 +9,7 @@ import time
 from distbuild.initiator.build import add_link_arguments, open_link, say, settings
 from distbuild.link import Link
 from distbuild.protocol import messages as m
+from distbuild.scheduling_labels import describe
 
 
 def _ask(args: argparse.Namespace, question: m.Message) -> m.Message:
@@ -56,6 +57,8 @@ class Status:
             print(f"  steps: {nodes}")
         for running in r["running"]:
             print(f"  running {running['step']} on {running['worker']}")
+        for line in describe(r.get("waiting_for_labels", {})):
+            print(f"  {line}")
         for url in r["artifacts"]:
             print(f"Artifact: {url}")
         return 0

@@ -10,7 +10,7 @@ from distbuild.protocol.base import Message
 
 @dataclass
 class WorkerReady(Message):
-    """A worker's capacity: its arch and how many steps it runs at once."""
+    """A worker's capacity: its arch, how many steps it runs at once, and its labels."""
 
     type: ClassVar[str] = "worker-ready"
     link: ClassVar[str] = "worker"
@@ -20,6 +20,8 @@ class WorkerReady(Message):
     # Jobs this worker still holds from an earlier link (running, or ended but unreported);
     # the controller answers each with job-adopt or job-cancel.
     held: list[str] = field(default_factory=list)
+    # What it offers beyond its arch (big-memory, kvm): steps may require labels.
+    labels: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -71,7 +71,9 @@ def build_chunk(ctx: StepContext) -> list[PackedArtifact]:
 
 def chunk_env(node: Any, settings: WorkerSettings) -> dict[str, str]:
     """The whole environment of a chunk's commands."""
-    jobs = node.max_jobs or settings.jobs or os.cpu_count() or 1
+    # The worker's `jobs` setting caps the definitions' max-jobs: it knows its machine.
+    cap = settings.jobs or os.cpu_count() or 1
+    jobs = min(node.max_jobs, cap) if node.max_jobs else cap
     prefix = node.prefix or "/usr"
     path = "/usr/bin:/bin:/usr/sbin:/sbin:/tools/bin"
     return {

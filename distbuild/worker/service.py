@@ -19,7 +19,7 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from distbuild import config
@@ -58,6 +58,8 @@ class WorkerConfig:
     slots: int = 1
     arch: str = ""
     jobs: int | None = None
+    # Announced when it joins; the controller's step_labels decide which steps need which.
+    labels: list[str] = field(default_factory=list)
     staging_over_host: bool = False
     bwrap: str = "bwrap"
     cache_limit_mb: int | None = None
@@ -129,7 +131,8 @@ class Worker:
         self.log(f"connected to {link.peer} as {self.cfg.name} ({arch}, "
                  f"{self.cfg.slots} slot(s))" + (f"; holding {', '.join(held)}" if held else ""))
         try:
-            link.send(m.WorkerReady(arch=arch, slots=self.cfg.slots, held=held))
+            link.send(m.WorkerReady(arch=arch, slots=self.cfg.slots, held=held,
+                                    labels=list(self.cfg.labels)))
             while True:
                 message = link.receive(timeout=0.5)
                 if message is not None:
