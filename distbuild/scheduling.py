@@ -374,6 +374,19 @@ class Scheduler:
                                          dict(work.requests)))
         return events
 
+    def reserve(self, name: str, job: str) -> bool:
+        """Take a free slot of worker `name` for a job this scheduler does not run (a check)."""
+        worker = self.workers.get(name)
+        if worker is None or worker.away or worker.draining or worker.free <= 0:
+            return False
+        worker.jobs.add(job)
+        return True
+
+    def unreserve(self, name: str, job: str) -> list[Event]:
+        """Give back a slot `reserve` took; what is ready may take it."""
+        self._take_back(name, job)
+        return self.dispatch()
+
     def job_requests(self, job: str) -> dict[str, str]:
         """Which requests (request id -> node id) follow this job's output."""
         key = self.jobs.get(job)

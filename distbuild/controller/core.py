@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from distbuild import tokens
-from distbuild.controller import events, follow, jobs, requests
+from distbuild.controller import events, follow, jobs, requests, verify
 from distbuild.controller.joblogs import JobLogs
 from distbuild.controller.requests import Plan, pin_name
 from distbuild.controller.settings import ControllerSettings
@@ -23,7 +23,8 @@ from distbuild.scheduling import RequestCancelled, Scheduler
 from distbuild.timestamps import service_logger
 
 # Each message type a peer may send, with the function that handles it.
-MESSAGE_HANDLERS = {**requests.HANDLERS, **follow.HANDLERS, **jobs.HANDLERS}
+MESSAGE_HANDLERS = {**requests.HANDLERS, **follow.HANDLERS, **jobs.HANDLERS,
+                    **verify.HANDLERS}
 
 
 class Controller:
@@ -54,6 +55,7 @@ class Controller:
         self.lognames: dict[str, dict[str, str]] = {}
         self.job_results: dict[str, m.Message] = {}  # cache key -> last JobFinished/JobFailed
         self.cache_checks = jobs.CacheChecks(self)
+        self.verifier = verify.Verifier(self)
 
     # -- links ---------------------------------------------------------------------------
 
@@ -104,6 +106,7 @@ class Controller:
         """If worker `name` is still away, run its steps elsewhere."""
         worker = self.scheduler.workers.get(name)
         if worker is not None and worker.away and name not in self.workers:
+            self.verifier.worker_lost(name)
             self.lose_jobs(name, lambda: self.scheduler.remove_worker(
                 name, f"worker {name} was lost"), f"worker {name} was lost")
 

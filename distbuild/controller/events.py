@@ -125,6 +125,7 @@ def request_finished(ctl: Controller, e: RequestFinished) -> None:
             for t in plan.targets for name in plan.graph.nodes[t].artifact_filenames()]
     ctl.end(e.request_id, "finished",
             m.BuildFinished(request_id=e.request_id, artifacts=urls), artifacts=urls)
+    ctl.verifier.sample(e.request_id)
 
 
 def request_failed(ctl: Controller, e: RequestFailed) -> None:

@@ -26,6 +26,8 @@ def on_worker_ready(ctl: Controller, link, msg: m.WorkerReady) -> None:
             + (f", labels {', '.join(msg.labels)}" if msg.labels else "")
             + (f", holding {', '.join(msg.held)}" if msg.held else ""))
     mine = ctl.scheduler.workers.get(name)
+    # A verify job is not kept: its slot went with the old link; it runs again.
+    ctl.verifier.worker_lost(name)
     adopted = [job for job in msg.held if mine is not None and job in mine.jobs]
     for job in msg.held:
         if job in adopted:
@@ -47,6 +49,9 @@ def on_worker_draining(ctl: Controller, link, msg: m.WorkerDraining) -> None:
 
 def on_job_handed_back(ctl: Controller, link, msg: m.JobHandedBack) -> None:
     ctl.log(f"job {msg.job}: handed back by {link.peer}: {msg.reason}")
+    if ctl.verifier.owns(msg.job):
+        ctl.verifier.requeue(msg.job, f"handed back: {msg.reason}")
+        return
     ctl.apply(ctl.scheduler.hand_back(msg.job, msg.reason))
 
 
@@ -123,6 +128,9 @@ class CacheChecks:
 
 
 def on_job_failed(ctl: Controller, link, msg: m.JobFailed) -> None:
+    if ctl.verifier.owns(msg.job):
+        ctl.verifier.failed(msg)
+        return
     key = ctl.scheduler.jobs.get(msg.job)
     if key is None:
         return  # cancelled by us; nothing waits for it

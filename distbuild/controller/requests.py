@@ -153,6 +153,7 @@ def on_status_request(ctl: Controller, link, msg: m.StatusRequest) -> None:
         waiting = waiting_for_labels(ctl.scheduler, msg.request_id)
         if waiting:
             status["waiting_for_labels"] = waiting
+        status["verifications"] = ctl.verifier.records.of_request(msg.request_id)
         link.send(m.StatusReply(request=status))
 
 

@@ -71,6 +71,7 @@ def serve(settings: ControllerSettings, ready_file: Path | None = None) -> int:
     controller = Controller(settings, reactor)
     resume(controller)
     LabelWaits(controller).start()
+    controller.verifier.start()
     reactor.suggestThreadPoolSize(8)
     ports = {}
     for role, port, keys in (

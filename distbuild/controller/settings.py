@@ -43,6 +43,9 @@ class ControllerSettings:
     step_labels: dict[str, list[str]] = field(default_factory=dict)
     # A request fails when a step of it waits this long for labels no connected worker has.
     label_wait_seconds: float = 3600.0
+    # Of the steps each finished request built, about this share is built again on
+    # another worker and compared (distbuild verify asks for chosen ones).
+    verify_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         for pattern, labels in self.step_labels.items():
@@ -50,6 +53,9 @@ class ControllerSettings:
                     isinstance(label, str) and label for label in labels):
                 raise ConfigError(f"'{pattern}' must map to a list of label names, "
                                   f"not {labels!r}", "controller: step_labels")
+        if not 0 <= self.verify_fraction <= 1:
+            raise ConfigError(f"must be from 0 to 1, not {self.verify_fraction:g}",
+                              "controller: verify_fraction")
         if self.label_wait_seconds <= 0:
             raise ConfigError("must be more than 0", "controller: label_wait_seconds")
 

@@ -7,6 +7,7 @@ import json
 import time
 
 from distbuild.initiator.build import add_link_arguments, open_link, say, settings
+from distbuild.initiator.verify import describe as verify_lines
 from distbuild.link import Link
 from distbuild.protocol import messages as m
 from distbuild.scheduling_labels import describe
@@ -59,6 +60,9 @@ class Status:
             print(f"  running {running['step']} on {running['worker']}")
         for line in describe(r.get("waiting_for_labels", {})):
             print(f"  {line}")
+        for check in r.get("verifications", []):
+            for line in verify_lines(check):
+                print(f"  verify: {line}")
         for url in r["artifacts"]:
             print(f"Artifact: {url}")
         return 0

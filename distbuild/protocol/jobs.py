@@ -37,6 +37,8 @@ class JobRun(Message):
     trove_git_url: str
     artifact_cache_url: str
     token: str
+    # A reproducibility check: build, upload nothing, answer job-verified.
+    verify: bool = False
 
 
 @dataclass

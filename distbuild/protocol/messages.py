@@ -3,7 +3,8 @@
 Messages travel as JSON lines over an SSH channel (subsystem `distbuild`).
 Each class names its wire `type`, which link carries it and which way. The
 handshake and initiator messages are here, the worker link's in `jobs`, and
-those that keep work across stops in `resume`; all are importable from here.
+those that keep work across stops in `resume`, reproducibility checks' in
+`verify`; all are importable from here.
 The table in docs/protocol.md is checked against MESSAGES by the tests.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from distbuild.protocol import jobs, resume
+from distbuild.protocol import jobs, resume, verify
 from distbuild.protocol.base import PROTOCOL_VERSION, Message
 from distbuild.protocol.jobs import (
     JobCancel,
@@ -30,10 +31,12 @@ from distbuild.protocol.resume import (
     LogRequest,
     WorkerDraining,
 )
+from distbuild.protocol.verify import JobVerified, VerifyAccepted, VerifyRequest, VerifyResult
 
 __all__ = ["PROTOCOL_VERSION", "AttachRequest", "JobAdopt", "JobCancel", "JobFailed",
-           "JobFinished", "JobHandedBack", "JobOutput", "JobRun", "LogLines", "LogRequest",
-           "Message", "WorkerDraining", "WorkerReady"]
+           "JobFinished", "JobHandedBack", "JobOutput", "JobRun", "JobVerified", "LogLines",
+           "LogRequest", "Message", "VerifyAccepted", "VerifyRequest", "VerifyResult",
+           "WorkerDraining", "WorkerReady"]
 
 
 # -- handshake (both links) --------------------------------------------------------------------
@@ -349,9 +352,9 @@ class Error(Message):
     request_id: str = ""
 
 
-# This module's messages first, then those of `jobs` and `resume`, each in the order
-# they are defined.
-_ORDER = {__name__: 0, jobs.__name__: 1, resume.__name__: 2}
+# This module's messages first, then those of `jobs`, `resume` and `verify`, each in
+# the order they are defined.
+_ORDER = {__name__: 0, jobs.__name__: 1, resume.__name__: 2, verify.__name__: 3}
 MESSAGES: dict[str, type[Message]] = {
     cls.type: cls for cls in sorted(Message.__subclasses__(),  # type: ignore[misc]
                                     key=lambda c: _ORDER[c.__module__])

@@ -35,7 +35,8 @@ from distbuild.worker.errors import CommandFailed
 from distbuild.worker.jobs import HeldJob, JobTable
 from distbuild.worker.remote import TroveArtifactSource, upload
 from distbuild.worker.sources import GitSources
-from distbuild.worker.step import StepRunner, WorkerSettings
+from distbuild.worker.step import StepResult, StepRunner, WorkerSettings
+from distbuild.worker.verify import compare
 
 
 def host_arch() -> str:
@@ -230,12 +231,15 @@ class Worker:
             nodes = {d["id"]: node_from_dict(d) for d in run.closure}
             nodes[node.id] = node
             client = CacheClient(run.artifact_cache_url)
-            cache = LocalArtifactCache(self.cfg.work_dir / "artifacts",
-                                       TroveArtifactSource(client))
+            source = TroveArtifactSource(client)
+            cache = LocalArtifactCache(self.cfg.work_dir / "artifacts", source)
             runner = StepRunner(self.settings, self.sources, cache)
-            self.log(f"job {run.job}: building {node.id}")
+            self.log(f"job {run.job}: {'verifying' if run.verify else 'building'} {node.id}")
             built = runner.run(node, nodes, on_line=lambda text: self.table.line(held, text),
-                               cancel=token)
+                               cancel=token, keep=not run.verify)
+            if run.verify:
+                result = verified(run.job, built, source, cache)
+                return
             token.check("upload")
             upload(built, client, run.token)
             result = m.JobFinished(job=run.job, seconds=round(built.seconds, 4),
@@ -257,6 +261,16 @@ class Worker:
         finally:
             # A handed-back job is the controller's to run again: it owes nothing.
             self.table.finish(held, None if held.handed_back else result)
+
+
+def verified(job: str, built: StepResult, source: TroveArtifactSource,
+             cache: LocalArtifactCache) -> m.JobVerified:
+    """The answer to a verify job: the rebuilt artifacts and how they differ from the stored."""
+    stored = {a.filename: source.info(a.filename) for a in built.artifacts}
+    return m.JobVerified(job=job, seconds=round(built.seconds, 4),
+                         artifacts={a.filename: {"sha256": a.sha256, "size": a.size}
+                                    for a in built.artifacts},
+                         differences=compare(built.artifacts, stored, cache))
 
 
 def _short(lines, width: int = 2000) -> list[str]:

@@ -77,8 +77,11 @@ class StepRunner:
         self.cache = cache
 
     def run(self, node: Any, nodes: Mapping[str, Any], *, on_line: LogCallback | None = None,
-            cancel: CancelToken | None = None) -> StepResult:
+            cancel: CancelToken | None = None, keep: bool = True) -> StepResult:
         """Build `node`; `nodes` must hold at least its transitive dependencies.
+
+        With `keep` false (a reproducibility check) the artifacts are not added to
+        the local cache and their directory is not the one uploads come from.
 
         Raises a StepError subclass (or runprocess.Cancelled, or
         sandbox.SandboxError) on failure, having removed everything it wrote.
@@ -107,7 +110,7 @@ class StepRunner:
                 log.close()
             if log.error is not None:
                 raise log.error
-            return self._publish(ctx, produced, time.monotonic() - started)
+            return self._publish(ctx, produced, time.monotonic() - started, keep)
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise DiskFull(f"no space left on device ({e.filename or 'work directory'})",
@@ -132,7 +135,7 @@ class StepRunner:
         threading.Thread(target=shutil.rmtree, args=(trash, True), daemon=True).start()
 
     def _publish(self, ctx: StepContext, produced: list[PackedArtifact],
-                 seconds: float) -> StepResult:
+                 seconds: float, keep: bool = True) -> StepResult:
         node = ctx.node
         log_name = f"{node.cache_key}.build-log"
         log = artifacts.describe(ctx.out / log_name, log_name)
@@ -145,7 +148,7 @@ class StepRunner:
                           for a in [*produced, log]},
         })
         meta = artifacts.describe(ctx.out / meta_name, meta_name)
-        final = self.settings.out_dir / node.cache_key
+        final = self.settings.out_dir / (node.cache_key if keep else f"verify-{node.cache_key}")
         self.settings.out_dir.mkdir(parents=True, exist_ok=True)
         if final.exists():
             # An earlier build of the same key: replace it whole, never merge.
@@ -153,7 +156,7 @@ class StepRunner:
         os.rename(ctx.out, final)
         moved = [PackedArtifact(a.filename, final / a.filename, a.sha256, a.size)
                  for a in [*produced, log, meta]]
-        for artifact in moved[:len(produced)]:
+        for artifact in moved[:len(produced)] if keep else ():
             self.cache.add(artifact)
         self._trim()
         return StepResult(node.id, node.cache_key, final, moved[:len(produced)],
