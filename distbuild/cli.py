@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cancel": ("distbuild.initiator.requests:Cancel", "cancel a build request"),
     "attach": ("distbuild.initiator.attach", "follow a running build request again"),
     "log": ("distbuild.initiator.steplog", "print the log of one step of a build request"),
+    "schedule": ("distbuild.initiator.schedule", "add, list, remove or run scheduled builds "
+                 "(schedule add NAME SYSTEM --branch B --every 6h)"),
     "verify": ("distbuild.initiator.verify", "build steps of a request again on another "
                "worker and compare their artifacts"),
     "graph": ("distbuild.definitions.command", "show the build graph of a system"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from distbuild import tokens
-from distbuild.controller import events, follow, jobs, requests, verify
+from distbuild.controller import events, follow, jobs, requests, schedules, verify
 from distbuild.controller.joblogs import JobLogs
 from distbuild.controller.requests import Plan, pin_name
 from distbuild.controller.settings import ControllerSettings
@@ -24,7 +24,7 @@ from distbuild.timestamps import service_logger
 
 # Each message type a peer may send, with the function that handles it.
 MESSAGE_HANDLERS = {**requests.HANDLERS, **follow.HANDLERS, **jobs.HANDLERS,
-                    **verify.HANDLERS}
+                    **verify.HANDLERS, **schedules.HANDLERS}
 
 
 class Controller:
@@ -56,6 +56,7 @@ class Controller:
         self.job_results: dict[str, m.Message] = {}  # cache key -> last JobFinished/JobFailed
         self.cache_checks = jobs.CacheChecks(self)
         self.verifier = verify.Verifier(self)
+        self.schedules = schedules.Schedules(self)
 
     # -- links ---------------------------------------------------------------------------
 

@@ -119,6 +119,7 @@ def job_cancelled(ctl: Controller, e: JobCancelled) -> None:
 
 
 def request_finished(ctl: Controller, e: RequestFinished) -> None:
+    ctl.schedules.finished(e.request_id)
     plan = ctl.plans[e.request_id]
     base = ctl.settings.artifact_cache_url.rstrip("/")
     urls = [f"{base}/1.0/artifacts?filename={name}"

@@ -69,18 +69,26 @@ def on_build_request(ctl: Controller, link, msg: m.BuildRequest) -> None:
         link.send(m.Error(message=f"build-request: priority must be one of "
                                   f"{', '.join(PRIORITIES)}, not '{msg.priority}'"))
         return
+    submit(ctl, msg, link.peer, link)
+
+
+def submit(ctl: Controller, msg: m.BuildRequest, initiator: str, link=None,
+           schedule: str = "") -> str:
+    """Record and plan a request from `initiator` (a link, or a schedule's run); its id."""
     rid = uuid.uuid4().hex[:12]
     ctl.state.add_request(rid, ctl.state.next_seq(), msg.system, msg.definitions_repo,
-                          msg.definitions_commit, msg.components, link.peer)
-    ctl.watchers[rid] = {link}
-    if not msg.detach:
+                          msg.definitions_commit, msg.components, initiator, schedule)
+    ctl.watchers[rid] = {link} if link is not None else set()
+    if link is not None and not msg.detach:
         ctl.owners[rid] = link
-    link.send(m.RequestAccepted(request_id=rid))
-    link.send(m.GraphingStarted(request_id=rid))
-    ctl.log(f"request {rid}: {msg.system} at {msg.definitions_commit[:12]} from {link.peer}")
+    if link is not None:
+        link.send(m.RequestAccepted(request_id=rid))
+        link.send(m.GraphingStarted(request_id=rid))
+    ctl.log(f"request {rid}: {msg.system} at {msg.definitions_commit[:12]} from {initiator}")
     d = ctl.in_thread(plan, ctl, rid, msg)
     d.addCallbacks(lambda result: planned(ctl, rid, result),
                    lambda failure: plan_failed(ctl, rid, failure))
+    return rid
 
 
 def plan(ctl: Controller, rid: str, msg: m.BuildRequest) -> Plan:
@@ -109,6 +117,8 @@ def plan(ctl: Controller, rid: str, msg: m.BuildRequest) -> Plan:
 def planned(ctl: Controller, rid: str, result: Plan) -> None:
     if rid not in ctl.watchers:
         ctl.unpin(rid)  # cancelled while graphing, after its pin was made
+        return
+    if ctl.schedules.unchanged(rid, result):
         return
     graph = result.graph
     ctl.state.save_plan(rid, result.to_json())

@@ -72,6 +72,7 @@ def serve(settings: ControllerSettings, ready_file: Path | None = None) -> int:
     resume(controller)
     LabelWaits(controller).start()
     controller.verifier.start()
+    controller.schedules.start()
     reactor.suggestThreadPoolSize(8)
     ports = {}
     for role, port, keys in (

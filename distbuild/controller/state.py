@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS attempts (
 
 ACTIVE = ("graphing", "building")
 # Columns added since the first release, for databases made by it.
-_ADDED = {"requests": {"plan": "TEXT"}}
+_ADDED = {"requests": {"plan": "TEXT", "schedule": "TEXT NOT NULL DEFAULT ''"}}
 
 
 class ControllerState:
@@ -102,12 +102,13 @@ class ControllerState:
         return int(row[0])
 
     def add_request(self, request_id: str, seq: int, system: str, repo: str, commit: str,
-                    components: list[str], initiator: str) -> None:
+                    components: list[str], initiator: str, schedule: str = "") -> None:
         self.db.execute(
             "INSERT INTO requests (id, seq, system, definitions_repo, definitions_commit, "
-            "components, initiator, state, created) VALUES (?, ?, ?, ?, ?, ?, ?, 'graphing', ?)",
+            "components, initiator, state, created, schedule) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'graphing', ?, ?)",
             (request_id, seq, system, repo, commit, json.dumps(components), initiator,
-             time.time()))
+             time.time(), schedule))
 
     def planned(self, request_id: str, nodes: list[tuple[str, str, str]], total: int,
                 unbuilt: int) -> None:

@@ -13,7 +13,8 @@ from distbuild.protocol import messages as m
 from distbuild.scheduling_labels import describe
 
 
-def _ask(args: argparse.Namespace, question: m.Message) -> m.Message:
+def ask(args: argparse.Namespace, question: m.Message) -> m.Message:
+    """Send one question to the controller; its answer (or an Error)."""
     # Progress goes to stderr: stdout holds the answer (`status --json` is only JSON).
     link: Link = open_link(settings(args), quiet=True)
     try:
@@ -41,7 +42,7 @@ class Status:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        answer = _ask(args, m.StatusRequest(request_id=args.request_id))
+        answer = ask(args, m.StatusRequest(request_id=args.request_id))
         if isinstance(answer, m.Error):
             say(answer.message, quiet=True)
             return 1
@@ -50,7 +51,8 @@ class Status:
             print(json.dumps(r, indent=1))
             return 0
         print(f"Request {r['id']}: {r['state']}" + (f" ({r['reason']})" if r["reason"] else ""))
-        print(f"  system {r['system']} at {r['definitions_commit'][:12]}, from {r['initiator']}")
+        print(f"  system {r['system']} at {r['definitions_commit'][:12]}, from {r['initiator']}"
+              + (f" (schedule {r['schedule']})" if r.get("schedule") else ""))
         print(f"  submitted {_when(r['created'])}, ended {_when(r['ended'])}")
         print(f"  built {r['built']} of {r['unbuilt']} to build ({r['total']} steps)")
         nodes = ", ".join(f"{n} {state}" for state, n in sorted(r["nodes"].items()))
@@ -75,7 +77,7 @@ class List:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        answer = _ask(args, m.ListRequests())
+        answer = ask(args, m.ListRequests())
         if isinstance(answer, m.Error):
             say(answer.message, quiet=True)
             return 1
@@ -83,7 +85,8 @@ class List:
             print("No requests.")
         for r in answer.requests:
             print(f"{r['id']}  {r['state']:<10} {_when(r['created'])}  {r['system']}  "
-                  f"{r['built']}/{r['unbuilt']}")
+                  f"{r['built']}/{r['unbuilt']}"
+                  + (f"  schedule {r['schedule']}" if r.get("schedule") else ""))
         return 0
 
 
@@ -95,7 +98,7 @@ class Cancel:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        answer = _ask(args, m.CancelRequest(request_id=args.request_id))
+        answer = ask(args, m.CancelRequest(request_id=args.request_id))
         if isinstance(answer, m.BuildCancelled):
             say(f"Cancelled request {args.request_id}")
             return 0

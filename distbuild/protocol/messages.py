@@ -4,7 +4,7 @@ Messages travel as JSON lines over an SSH channel (subsystem `distbuild`).
 Each class names its wire `type`, which link carries it and which way. The
 handshake and initiator messages are here, the worker link's in `jobs`, and
 those that keep work across stops in `resume`, reproducibility checks' in
-`verify`; all are importable from here.
+`verify`, scheduled builds' in `schedules`; all are importable from here.
 The table in docs/protocol.md is checked against MESSAGES by the tests.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from distbuild.protocol import jobs, resume, verify
+from distbuild.protocol import jobs, resume, schedules, verify
 from distbuild.protocol.base import PROTOCOL_VERSION, Message
 from distbuild.protocol.jobs import (
     JobCancel,
@@ -31,11 +31,19 @@ from distbuild.protocol.resume import (
     LogRequest,
     WorkerDraining,
 )
+from distbuild.protocol.schedules import (
+    ScheduleAdd,
+    ScheduleList,
+    ScheduleRemove,
+    ScheduleReply,
+    ScheduleRun,
+)
 from distbuild.protocol.verify import JobVerified, VerifyAccepted, VerifyRequest, VerifyResult
 
 __all__ = ["PROTOCOL_VERSION", "AttachRequest", "JobAdopt", "JobCancel", "JobFailed",
            "JobFinished", "JobHandedBack", "JobOutput", "JobRun", "JobVerified", "LogLines",
-           "LogRequest", "Message", "VerifyAccepted", "VerifyRequest", "VerifyResult",
+           "LogRequest", "Message", "ScheduleAdd", "ScheduleList", "ScheduleRemove",
+           "ScheduleReply", "ScheduleRun", "VerifyAccepted", "VerifyRequest", "VerifyResult",
            "WorkerDraining", "WorkerReady"]
 
 
@@ -352,9 +360,10 @@ class Error(Message):
     request_id: str = ""
 
 
-# This module's messages first, then those of `jobs`, `resume` and `verify`, each in
+# This module's messages first, then those of `jobs`, `resume`, `verify` and `schedules`, each in
 # the order they are defined.
-_ORDER = {__name__: 0, jobs.__name__: 1, resume.__name__: 2, verify.__name__: 3}
+_ORDER = {__name__: 0, jobs.__name__: 1, resume.__name__: 2, verify.__name__: 3,
+          schedules.__name__: 4}
 MESSAGES: dict[str, type[Message]] = {
     cls.type: cls for cls in sorted(Message.__subclasses__(),  # type: ignore[misc]
                                     key=lambda c: _ORDER[c.__module__])
