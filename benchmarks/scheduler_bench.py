@@ -14,6 +14,11 @@ every step on every call, so at 30k and 100k it runs only for
 `--baseline-budget` seconds and its figures cover the calls it managed.
 Goal: every call type p99 <= 0.5 ms at 100k, and the drain linear in N.
 
+`--labels` adds a run of the new scheduler with worker labels (issue 14): one
+step in 10 needs `big`, one in 20 needs `big` and `kvm`; one worker in 10 has
+`big`, one in 20 both. The pools and groups are few, so it should cost about
+what the unlabelled run does.
+
     .venv/bin/python benchmarks/scheduler_bench.py [--sizes 10000,30000,100000]
 """
 
@@ -42,7 +47,18 @@ WORKERS = 500
 SHARED = 20  # steps every request's graph holds (a base stratum)
 
 
-def request_steps(r: int, n: int, rng: random.Random) -> tuple[list[StepInfo], list[str]]:
+LABELS = (frozenset(), frozenset({"big"}), frozenset({"big", "kvm"}))
+
+
+def label_of(i: int, labelled: bool) -> frozenset[str]:
+    """Step or worker i's labels in a `--labels` run: 1 in 10 big, 1 in 20 big and kvm."""
+    if not labelled:
+        return LABELS[0]
+    return LABELS[2] if i % 20 == 0 else LABELS[1] if i % 10 == 5 else LABELS[0]
+
+
+def request_steps(r: int, n: int, rng: random.Random,
+                  labelled: bool = False) -> tuple[list[StepInfo], list[str]]:
     """n steps of its own plus the shared base: each depends on up to 3 of the previous 50."""
     deps: dict[str, tuple[str, ...]] = {}
     order = [f"base{i}" for i in range(SHARED)]
@@ -61,7 +77,9 @@ def request_steps(r: int, n: int, rng: random.Random) -> tuple[list[StepInfo], l
     for nid in reversed(order):
         remaining[nid] = 1 + max((remaining[d] for d in dependents[nid]), default=0)
     steps = [StepInfo(nid, nid if nid.startswith("base") else f"k-{nid}", "x86_64",
-                      deps[nid], remaining[nid]) for nid in order]
+                      deps[nid], remaining[nid],
+                      *((label_of(i, True),) if labelled and i >= SHARED else ()))
+             for i, nid in enumerate(order)]
     targets = [nid for nid in order if not dependents[nid]]
     return steps, targets
 
@@ -95,7 +113,8 @@ class Timer:
         return self.budget is not None and self.spent > self.budget
 
 
-def drive(module, total: int, seed: int, budget: float | None) -> tuple[Timer, int, bool]:
+def drive(module, total: int, seed: int, budget: float | None,
+          labelled: bool = False) -> tuple[Timer, int, bool]:
     """Queue `total` steps, then drain them; returns the timings and the steps built."""
     rng = random.Random(seed)
     sched = module.Scheduler(retry_limit=2)
@@ -106,9 +125,14 @@ def drive(module, total: int, seed: int, budget: float | None) -> tuple[Timer, i
     def note(events) -> None:
         running.extend(e for e in events if type(e).__name__ == "JobStarted")
 
+    def labels(w: str) -> tuple:
+        return (label_of(int(w[1:]), True),) if labelled else ()
+
     for w in range(WORKERS):
-        note(timer("worker joins", sched.add_worker, f"w{w}", "x86_64", 1))
-    plans = [request_steps(r, total // REQUESTS, rng) for r in range(REQUESTS)]
+        note(timer("worker joins", sched.add_worker, f"w{w}", "x86_64", 1, (),
+                   *labels(f"w{w}")) if labelled else
+             timer("worker joins", sched.add_worker, f"w{w}", "x86_64", 1))
+    plans = [request_steps(r, total // REQUESTS, rng, labelled) for r in range(REQUESTS)]
     fail_at = {rng.randrange(total // 2) for _ in range(3)}
     gc.collect()
     for r, (steps, targets) in enumerate(plans):
@@ -133,7 +157,9 @@ def drive(module, total: int, seed: int, budget: float | None) -> tuple[Timer, i
             lost = [j for j in running if j.worker == victim]
             note(timer("worker leaves", sched.remove_worker, victim, "benchmark"))
             running = deque(j for j in running if j not in lost)
-            note(timer("worker joins", sched.add_worker, victim, "x86_64", 1))
+            note(timer("worker joins", sched.add_worker, victim, "x86_64", 1, (),
+                       *labels(victim)) if labelled else
+                 timer("worker joins", sched.add_worker, victim, "x86_64", 1))
         if timer.out_of_time:
             return timer, done, False
     return timer, done, True
@@ -179,15 +205,18 @@ def main() -> None:
     parser.add_argument("--baseline-budget", type=float, default=20.0,
                         help="seconds of scheduler time the baseline gets per size")
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--labels", action="store_true",
+                        help="also run the new scheduler with worker labels")
     parser.add_argument("--one", nargs=2, metavar=("LABEL", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         # One scheduler at one size per process: no heap left over from the run before.
         label, total = args.one[0], int(args.one[1])
-        module = scheduling if label == "new" else load_baseline(args.baseline_rev)
+        module = scheduling if label in ("new", "lab") else load_baseline(args.baseline_rev)
         start = time.perf_counter()
         timer, done, complete = drive(module, total, args.seed,
-                                      None if label == "new" else args.baseline_budget)
+                                      None if label != "old" else args.baseline_budget,
+                                      labelled=label == "lab")
         report(label, total, timer, done, complete, time.perf_counter() - start)
         print(f"per step: {timer.spent / total * 1e6:.1f} us")
         return
@@ -195,7 +224,9 @@ def main() -> None:
           "shared with other work, so read ratios and medians")
     per_step = {}
     for total in (int(s) for s in args.sizes.split(",")):
-        for label in ("new",) if args.no_baseline else ("new", "old"):
+        labels = ("new",) + (() if args.no_baseline else ("old",)) + (
+            ("lab",) if args.labels else ())
+        for label in labels:
             out = subprocess.run(
                 [sys.executable, __file__, "--one", label, str(total), "--seed", str(args.seed),
                  "--baseline-rev", args.baseline_rev,

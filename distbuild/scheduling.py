@@ -380,6 +380,7 @@ class Scheduler:
         if worker is None or worker.away or worker.draining or worker.free <= 0:
             return False
         worker.jobs.add(job)
+        self._slot_freed(worker)  # its heap entry now holds a stale count: push the new one
         return True
 
     def unreserve(self, name: str, job: str) -> list[Event]:

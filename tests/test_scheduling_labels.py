@@ -91,3 +91,14 @@ def test_steps_from_graph_applies_step_labels(tmp_path):
     steps = steps_from_graph(graph, {"system:*": ["kvm"], "chunk:*": ["big"]})
     by_kind = {s.node_id.split(":")[0]: s.labels for s in steps}
     assert by_kind == {"system": {"kvm"}, "chunk": {"big"}, "stratum": frozenset()}
+
+
+def test_a_reserved_slot_is_taken_from_the_worker_and_given_back():
+    sched = Scheduler()
+    sched.add_worker("w", "x86_64", 2)
+    assert sched.reserve("w", "check-1") and sched.workers["w"].free == 1
+    events = sched.add_request("r", [step("a"), step("b")], ["a", "b"], set())
+    assert list(started(events).values()) == ["w"]  # one slot left for builds
+    assert started(sched.unreserve("w", "check-1")) in ({"a": "w"}, {"b": "w"})
+    assert not sched.reserve("w", "check-2")  # both slots build now
+    assert not sched.reserve("gone", "check-3")
