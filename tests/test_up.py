@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from distbuild import ssh
-from tests.network_process import NetworkProcess
+from tests.network_process import NetworkProcess, wait_for
 from tests.trove_process import pid_alive
 
 pytestmark = pytest.mark.slow
@@ -77,16 +77,6 @@ def test_up_keeps_ports_settings_and_pushed_branches(tmp_path):
 def current_pids(net: NetworkProcess) -> dict[str, int]:
     net.pids = json.loads((net.state / "run" / "pids.json").read_text())
     return net.pids
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def ready_ports(net: NetworkProcess, name: str) -> dict:
