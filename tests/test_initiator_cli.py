@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -174,16 +175,38 @@ def test_trove_closing_mid_push(network, tmp_path):
     trove_ssh = int(network.settings["trove_ssh_url"].rsplit(":", 1)[1])
     proxy = CuttingProxy(trove_ssh, cut_after=256 << 10)
     try:
-        settings = dict(network.settings, trove_ssh_url=f"ssh://git@127.0.0.1:{proxy.port}")
-        config = tmp_path / "via-proxy.yaml"
-        config.write_text(yaml.safe_dump(settings))
-        proc = run_distbuild("--config", str(config), MINIMAL, cwd=checkout)
+        proc = run_distbuild("--config", str(via_proxy(network, proxy, tmp_path / "cut.yaml")),
+                             MINIMAL, cwd=checkout)
     finally:
         proxy.close()
     message = one_error_line(proc)
     assert message.endswith(": the trove closed the connection while receiving the "
                             "definitions"), message
     assert proxy.cuts >= 1
+
+
+def via_proxy(network: NetworkProcess, proxy: CuttingProxy, path: Path) -> Path:
+    """network.yaml with the trove's SSH URL pointing at `proxy`."""
+    settings = dict(network.settings, trove_ssh_url=f"ssh://git@127.0.0.1:{proxy.port}")
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def test_a_push_longer_than_the_link_timeout_keeps_the_link(network, tmp_path):
+    checkout = network.checkout(tmp_path / "defs")
+    (checkout / "blob.bin").write_bytes(os.urandom(1 << 20))
+    trove_ssh = int(network.settings["trove_ssh_url"].rsplit(":", 1)[1])
+    # About 10 s for the push: longer than the 8 s after which the controller drops a
+    # silent link.
+    proxy = CuttingProxy(trove_ssh, upstream_rate=100 << 10)
+    try:
+        started = time.monotonic()
+        proc = run_distbuild("--config", str(via_proxy(network, proxy, tmp_path / "slow.yaml")),
+                             MINIMAL, cwd=checkout, timeout=180)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert time.monotonic() - started > 9
+    finally:
+        proxy.close()
 
 
 @pytest.mark.parametrize("port", ["ssh", "http", "git"])
