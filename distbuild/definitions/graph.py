@@ -13,7 +13,7 @@ import dataclasses
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 from distbuild.definitions.aliases import Aliases
@@ -125,7 +125,13 @@ class BuildGraph:
             if dep not in seen:
                 seen.add(dep)
                 stack.extend(self.nodes[dep].depends)
-        return [n for n in self.order if n in seen]
+        # Sorting the closure, not scanning every node: a job per node of a big graph
+        # would otherwise cost the square of its size.
+        return sorted(seen, key=self._positions.__getitem__)
+
+    @cached_property
+    def _positions(self) -> dict[str, int]:
+        return {nid: i for i, nid in enumerate(self.order)}
 
     def critical_path(self) -> list[str]:
         """The longest chain of nodes, first step first."""

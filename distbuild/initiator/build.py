@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write logs of steps that were already in the cache")
     parser.add_argument("--detach", action="store_true",
                         help="submit the request and return without following it")
+    parser.add_argument("--priority", choices=("high", "normal", "low"), default="normal",
+                        help="served before (high) or after (low) other requests "
+                             "(default: normal)")
 
 
 # The keys `ssh` itself tries, in its order.
@@ -123,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
             + (f" ({', '.join(args.components)})" if args.components else ""))
         link.send(m.BuildRequest(definitions_repo=url, definitions_commit=snap.commit,
                                  system=system, components=list(args.components),
-                                 fetch_cached_logs=args.fetch_cached_logs, detach=args.detach))
+                                 fetch_cached_logs=args.fetch_cached_logs, detach=args.detach,
+                                 priority=args.priority))
     except BaseException:
         link.close()
         raise

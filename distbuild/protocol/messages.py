@@ -187,6 +187,7 @@ class BuildRequest(Message):
     components: list[str] = field(default_factory=list)
     fetch_cached_logs: bool = False
     detach: bool = False
+    priority: str = "normal"  # "high", "normal" or "low": see docs/architecture.md
 
 
 @dataclass
