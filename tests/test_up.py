@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -68,10 +69,25 @@ def test_up_keeps_ports_settings_and_pushed_branches(tmp_path):
         assert net.settings == first
         assert Path(first["known_hosts"]).read_text() == known_hosts
         assert settings_file(net, "controller.yaml") == controller
+        assert settings_file(net, "worker-1.yaml") == worker
         heads = git("ls-remote", f"{first['trove_git_url']}/delta/hello", "refs/heads/master")
         assert heads.split()[0] == mine
     finally:
         net.stop()
+
+
+def test_ports_are_reused_when_free_and_replaced_when_taken():
+    from distbuild.network import PORTS, choose_ports
+
+    first = choose_ports({})
+    assert len(set(first.values())) == len(PORTS) and all(first.values())
+    assert choose_ports(first) == first
+    with socket.create_server(("127.0.0.1", first["initiator_port"])):
+        again = choose_ports(first)
+    assert again["initiator_port"] != first["initiator_port"]
+    assert {k: v for k, v in again.items() if k != "initiator_port"} == {
+        k: v for k, v in first.items() if k != "initiator_port"}
+    assert choose_ports({"git_port": 0, "http_port": "x"})["git_port"] > 0
 
 
 def current_pids(net: NetworkProcess) -> dict[str, int]:
