@@ -28,6 +28,7 @@ class Plan:
     targets: list[str]
     cached: set[str]
     priority: str = "normal"
+    warnings: list[str] = field(default_factory=list)
     _dicts: dict[str, dict] = field(default_factory=dict, repr=False)
 
     def node_dict(self, nid: str) -> dict:
@@ -67,7 +68,8 @@ def plan(ctl: Controller, rid: str, msg: m.BuildRequest) -> Plan:
         raise DistbuildError(f"definitions must come from this network's trove "
                              f"({trove}), not {repo}", "build-request")
     path = ctl.mirrors.ensure(repo, msg.definitions_commit)
-    defs = Definitions(GitSource(path, msg.definitions_commit))
+    defs = Definitions(GitSource(path, msg.definitions_commit),
+                       strict=msg.strict or ctl.settings.strict_definitions)
     graph = build_graph(defs, msg.system, ctl.resolver, ctl.aliases)
     targets = components(graph, msg.components) if msg.components else [graph.system.id]
     keys = sorted({n.cache_key for n in graph.nodes.values()})
@@ -75,7 +77,8 @@ def plan(ctl: Controller, rid: str, msg: m.BuildRequest) -> Plan:
     ctl.cache.pin(pin_name(rid), keys, tokens.issue(ctl.secret, f"pin:{pin_name(rid)}"),
                   ttl=TOKEN_TTL)
     answer = ctl.cache.cached_sources(keys)
-    return Plan(graph, targets, {k for k, present in answer.items() if present}, msg.priority)
+    return Plan(graph, targets, {k for k, present in answer.items() if present}, msg.priority,
+                defs.warnings)
 
 
 def planned(ctl: Controller, rid: str, result: Plan) -> None:

@@ -26,6 +26,8 @@ class ControllerSettings:
     retry_limit: int = 2
     dead_after: float = 8.0
     name: str = "controller"
+    # Unknown fields in definitions fail a request instead of warning.
+    strict_definitions: bool = False
     # Announced to initiators in the welcome, with the two URLs above, so that
     # they need no settings file; the host key is the trove's .pub line.
     trove_ssh_url: str = ""
