@@ -147,3 +147,15 @@ def test_deployed_services_restart_on_failure(unit):
     parser.read(PROJECT / "deploy" / unit)
     assert parser["Service"]["Restart"] == "on-failure"
     assert float(parser["Service"]["RestartSec"]) <= 2
+
+
+def test_no_component_outlives_a_killed_up(tmp_path):
+    net = NetworkProcess(tmp_path / "net", workers=1).start()
+    try:
+        pids = current_pids(net)
+        net.proc.send_signal(signal.SIGKILL)
+        net.proc.wait()
+        wait_for(lambda: not [p for p in pids.values() if pid_alive(p)], 15,
+                 "the components to go with `up`")
+    finally:
+        net.stop()
