@@ -71,6 +71,16 @@ class Timer:
         self.calls: dict[str, list[float]] = defaultdict(list)
         self.budget = budget
         self.spent = 0.0
+        self.gc_seconds, self.gc_full = 0.0, 0
+        self._gc_start = 0.0
+        gc.callbacks.append(self._gc)
+
+    def _gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.gc_seconds += time.perf_counter() - self._gc_start
+            self.gc_full += info["generation"] == 2
 
     def __call__(self, kind: str, fn, *args):
         start = time.perf_counter()
@@ -151,7 +161,8 @@ def report(label: str, total: int, timer: Timer, done: int, complete: bool,
     every = [t for ts in timer.calls.values() for t in ts]
     state = "drained" if complete else f"stopped after {done} steps (time budget)"
     print(f"{label:4} {total:>7} steps: {state}; {len(every)} calls, scheduler time "
-          f"{timer.spent:.2f} s, wall {wall:.2f} s; all calls p50 "
+          f"{timer.spent:.2f} s (of which Python's cyclic GC {timer.gc_seconds:.2f} s, "
+          f"{timer.gc_full} full collections), wall {wall:.2f} s; all calls p50 "
           f"{statistics.median(every) * 1000:.3f} ms, p99 {ms(every, 0.99):.3f} ms, "
           f"max {max(every) * 1000:.2f} ms")
     for kind, ts in timer.calls.items():
@@ -168,24 +179,34 @@ def main() -> None:
     parser.add_argument("--baseline-budget", type=float, default=20.0,
                         help="seconds of scheduler time the baseline gets per size")
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--one", nargs=2, metavar=("LABEL", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    old = None if args.no_baseline else load_baseline(args.baseline_rev)
+    if args.one:
+        # One scheduler at one size per process: no heap left over from the run before.
+        label, total = args.one[0], int(args.one[1])
+        module = scheduling if label == "new" else load_baseline(args.baseline_rev)
+        start = time.perf_counter()
+        timer, done, complete = drive(module, total, args.seed,
+                                      None if label == "new" else args.baseline_budget)
+        report(label, total, timer, done, complete, time.perf_counter() - start)
+        print(f"per step: {timer.spent / total * 1e6:.1f} us")
+        return
     print(f"{REQUESTS} requests, {WORKERS} one-slot workers, seed {args.seed}; the machine is "
           "shared with other work, so read ratios and medians")
     per_step = {}
     for total in (int(s) for s in args.sizes.split(",")):
-        runs = (("new", scheduling, None), ("old", old, args.baseline_budget))
-        for label, module, budget in runs:
-            if module is None:
-                continue
-            start = time.perf_counter()
-            timer, done, complete = drive(module, total, args.seed, budget)
-            report(label, total, timer, done, complete, time.perf_counter() - start)
+        for label in ("new",) if args.no_baseline else ("new", "old"):
+            out = subprocess.run(
+                [sys.executable, __file__, "--one", label, str(total), "--seed", str(args.seed),
+                 "--baseline-rev", args.baseline_rev,
+                 "--baseline-budget", str(args.baseline_budget)],
+                check=True, capture_output=True, text=True).stdout
+            lines = out.splitlines()
+            print("\n".join(lines[:-1]), flush=True)
             if label == "new":
-                per_step[total] = timer.spent / total
+                per_step[total] = lines[-1].split(": ", 1)[1]
     print("new scheduler time per step queued: " + ", ".join(
-        f"{n}: {t * 1e6:.1f} us" for n, t in per_step.items())
-        + " (linear drain: these stay flat)")
+        f"{n}: {t}" for n, t in per_step.items()) + " (a linear drain keeps these flat)")
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ class StepInfo:
 PRIORITIES = ("high", "normal", "low")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Work:
     key: str
     arch: str
@@ -68,7 +68,7 @@ class Work:
     holders: int = 0  # live requests whose graph has this key
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Request:
     id: str
     seq: int
@@ -81,7 +81,7 @@ class Request:
     queued_in: set[str] = field(default_factory=set)  # archs whose ring holds this request
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Worker:
     name: str
     arch: str
@@ -390,8 +390,14 @@ class Scheduler:
     def _slot_freed(self, worker: Worker) -> None:
         """Record the worker's new free count (older heap entries for it become stale)."""
         if worker.free > 0:
-            heapq.heappush(self._free.setdefault(worker.arch, []),
-                           (-worker.free, worker.name, next(self._tiebreak), worker))
+            free = self._free.setdefault(worker.arch, [])
+            heapq.heappush(free, (-worker.free, worker.name, next(self._tiebreak), worker))
+            if len(free) > 64 + 4 * len(self.workers):
+                # Workers that come and go while nothing is ready leave stale entries
+                # that no dispatch pops: start again from the workers there are.
+                free[:] = [(-w.free, w.name, next(self._tiebreak), w)
+                           for w in self.workers.values() if w.arch == worker.arch and w.free]
+                heapq.heapify(free)
 
     def _take_back(self, name: str | None, job: str) -> None:
         worker = self.workers.get(name or "")
@@ -475,6 +481,8 @@ class Scheduler:
     def _detach(self, request_id: str) -> list[Event]:
         """Forget a request; running work that nobody needs any more is cancelled."""
         request = self.requests.pop(request_id)
+        for arch in request.queued_in:  # a ring no slot of its arch visits would keep it
+            self._rings[(arch, request.priority)].remove(request_id)
         events: list[Event] = []
         for key in request.needed:
             work = self.work[key]

@@ -356,3 +356,16 @@ def test_a_request_finished_by_a_cache_hit_keeps_the_work_another_request_holds(
     while farm.running:
         farm.step()
     assert "b" in farm.finished and sched.work == {}
+
+
+def test_nothing_is_left_behind_by_requests_no_worker_could_serve():
+    sched = Scheduler()
+    for r in range(100):
+        steps = [StepInfo(f"chunk:arm{r}/{i}", f"arm{r}-{i}", "armv7lhf", (), 1)
+                 for i in range(2)]
+        sched.add_request(f"r{r}", steps, ids(steps), set())
+        sched.cancel_request(f"r{r}")
+        sched.add_worker("w", "x86_64", 1)  # rejoins again and again, nothing to run
+    assert sched.work == {} and sched.requests == {}
+    assert all(not ring for ring in sched._rings.values())
+    assert sum(len(h) for h in sched._free.values()) <= 64 + 4

@@ -393,10 +393,23 @@ def _topological(nodes: dict[str, Node]) -> list[str]:
 
 def node_to_dict(node: Node) -> dict[str, Any]:
     """A node as plain JSON-able data, for the protocol (JobRun.step and .closure)."""
-    data = dataclasses.asdict(node)
+    # What dataclasses.asdict gives, without its deepcopy of every string: the
+    # controller makes one of these per node of every request.
+    data = {name: _plain(getattr(node, name)) for name in _NODE_FIELDS}
     data["split_rules"] = [{"artifact": r.artifact, "include": list(r.include)}
                            for r in node.split_rules]
     return data
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+_NODE_FIELDS = tuple(f.name for f in dataclasses.fields(Node))
 
 
 def node_from_dict(data: dict[str, Any]) -> Node:
