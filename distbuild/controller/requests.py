@@ -77,8 +77,14 @@ def plan(ctl: Controller, rid: str, msg: m.BuildRequest) -> Plan:
     ctl.cache.pin(pin_name(rid), keys, tokens.issue(ctl.secret, f"pin:{pin_name(rid)}"),
                   ttl=TOKEN_TTL)
     answer = ctl.cache.cached_sources(keys)
-    return Plan(graph, targets, {k for k, present in answer.items() if present}, msg.priority,
-                defs.warnings)
+    result = Plan(graph, targets, {k for k, present in answer.items() if present}, msg.priority,
+                  defs.warnings)
+    # Made here, off the reactor thread, and all at once: made job by job, they
+    # would keep the cyclic GC's full passes (which stop the reactor) coming
+    # through the build.
+    for nid in graph.order:
+        result.node_dict(nid)
+    return result
 
 
 def planned(ctl: Controller, rid: str, result: Plan) -> None:
