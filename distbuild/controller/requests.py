@@ -36,8 +36,8 @@ class Plan:
     graph: BuildGraph
     targets: list[str]
     cached: set[str]
-    warnings: list[str] = field(default_factory=list)
     priority: str = "normal"
+    warnings: list[str] = field(default_factory=list)
     _dicts: dict[str, dict] = field(default_factory=dict, repr=False)
 
     def node_dict(self, nid: str) -> dict:
@@ -60,8 +60,8 @@ class Plan:
         data = json.loads(text)
         nodes = {d["id"]: node_from_dict(d) for d in data["nodes"]}
         return cls(BuildGraph(nodes[data["system"]], nodes, data["order"]), data["targets"],
-                   set(data["cached"]), data.get("warnings", []),
-                   data.get("priority", "normal"))
+                   set(data["cached"]), priority=data.get("priority", "normal"),
+                   warnings=data.get("warnings", []))
 
 
 def on_build_request(ctl: Controller, link, msg: m.BuildRequest) -> None:
@@ -110,8 +110,14 @@ def plan(ctl: Controller, rid: str, msg: m.BuildRequest) -> Plan:
     ctl.cache.pin(pin_name(rid), keys, tokens.issue(ctl.secret, f"pin:{pin_name(rid)}"),
                   ttl=TOKEN_TTL)
     answer = ctl.cache.cached_sources(keys)
-    return Plan(graph, targets, {k for k, present in answer.items() if present},
-                warnings=defs.warnings, priority=msg.priority)
+    result = Plan(graph, targets, {k for k, present in answer.items() if present},
+                  priority=msg.priority, warnings=defs.warnings)
+    # Made here, off the reactor thread, and all at once: made job by job, they
+    # would keep the cyclic GC's full passes (which stop the reactor) coming
+    # through the build.
+    for nid in graph.order:
+        result.node_dict(nid)
+    return result
 
 
 def planned(ctl: Controller, rid: str, result: Plan) -> None:
