@@ -159,6 +159,7 @@ class Scheduler:
         self._free: dict[Pool, list[tuple[int, str, int, Worker]]] = {}
         # arch -> the label sets its pools require, most labels first.
         self._pools: dict[str, list[frozenset[str]]] = {}
+        self._eligible: dict[Pool, list[Pool]] = {}  # worker group -> pools it serves
         self._tiebreak = itertools.count()
 
     def _next_job_id(self, key: str) -> str:
@@ -458,8 +459,11 @@ class Scheduler:
 
     def _next_ready(self, worker: Worker) -> Work | None:
         """Pop the step `worker`'s next free slot should run, or None."""
-        pools = [(worker.arch, labels) for labels in self._pools.get(worker.arch, ())
-                 if labels <= worker.labels]
+        pools = self._eligible.get(worker.group)
+        if pools is None:
+            pools = self._eligible[worker.group] = [
+                (worker.arch, labels) for labels in self._pools.get(worker.arch, ())
+                if labels <= worker.labels]
         for priority in PRIORITIES:
             for pool in pools:
                 work = self._next_in(pool, priority)
@@ -504,6 +508,7 @@ class Scheduler:
                 if work.labels not in known:
                     known.append(work.labels)
                     known.sort(key=lambda labels: (-len(labels), sorted(labels)))
+                    self._eligible.clear()
             ring.appendleft(request.id)
 
     def _make_ready(self, work: Work) -> None:
