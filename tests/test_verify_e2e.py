@@ -57,6 +57,7 @@ def test_verify_reports_a_match_then_a_mismatch_naming_the_file(tmp_path):
         status = net.client("status", rid)
         assert f"verify: {HELLO}: NOT reproducible" in status.stdout
         assert "usr/share/hello-built-at" in status.stdout
+        assert ": pin verify-" not in net.component_log("controller")  # pinned, unpinned
         bad = net.client("verify", rid, "no-such-step")
         assert bad.returncode == 1 and "neither a stratum nor a chunk" in bad.stderr
     finally:

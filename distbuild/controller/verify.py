@@ -14,7 +14,9 @@ import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from distbuild import tokens
 from distbuild.controller.requests import Plan, components
+from distbuild.controller.settings import TOKEN_TTL
 from distbuild.controller.verifications import Verifications
 from distbuild.errors import DistbuildError
 from distbuild.protocol import messages as m
@@ -139,12 +141,30 @@ class Verifier:
             sched.reserve(worker, check.job)
             self.queue.remove(check)
             self.running[check.job] = check
-            self._send(check)
+            # The stored artifacts and those it stages from must outlive the check:
+            # the cache's garbage collection spares pinned keys.
+            keys = [check.key] + [self._plan(check.request_id).graph.nodes[d].cache_key
+                                  for d in self._plan(check.request_id).graph.closure(check.step)]
+            self._pins(self.ctl.cache.pin, check, keys, ttl=TOKEN_TTL).addBoth(
+                lambda _, check=check, job=check.job: self._send(check, job))
 
-    def _send(self, check: Check) -> None:
+    def _pins(self, call, check: Check, *args, **kwargs):
+        name = f"verify-{check.id}"
+        d = self.ctl.in_thread(lambda: call(name, *args, tokens.issue(
+            self.ctl.secret, f"pin:{name}"), **kwargs))
+        return d.addErrback(lambda f: self.ctl.log(f"verification {check.id}: pin {name}: "
+                                                   f"{f.getErrorMessage()}"))
+
+    def _send(self, check: Check, job: str) -> None:
+        if self.running.get(job) is not check:
+            return  # given up on while its pin was made
+        link = self.ctl.workers.get(check.worker)
+        if link is None:
+            self.requeue(job, f"worker {check.worker} went away")
+            return
         plan = self._plan(check.request_id)
         settings = self.ctl.settings
-        self.ctl.workers[check.worker].send(m.JobRun(
+        link.send(m.JobRun(
             job=check.job, step=plan.node_dict(check.step),
             closure=[plan.node_dict(d) for d in plan.graph.closure(check.step)],
             trove_git_url=settings.trove_git_url, artifact_cache_url=settings.artifact_cache_url,
@@ -221,6 +241,7 @@ class Verifier:
     def _end(self, check: Check, state: str, reason: str = "",
              differences: dict[str, Any] | None = None) -> None:
         row = self.records.ended(check.id, state, reason, differences)
+        self._pins(self.ctl.cache.unpin, check)
         self.ctl.log(f"verification {check.id}: {check.step} of request {check.request_id}: "
                      f"{state} (built by {check.built_by or '?'}, rebuilt by {check.worker})"
                      + (f": {reason}" if reason else ""))
