@@ -8,16 +8,20 @@ what the spec gives. `--die-with-parent` and the new PID namespace make
 sure nothing in it outlives the bwrap process that runs it.
 
 Layering over the host: definitions without a toolchain of their own (the
-example system, the tests) build with the host's compiler. The host's
-top-level directories are bound read-only under /.host, and the sandbox's
-root merges a directory with the host's root, directory by directory where
-both have one; what the directory holds always wins, host entries appear
-as symlinks into /.host. bubblewrap 0.8 has no overlay mounts, hence
-symlinks. Two ways to build the merge:
+example system, the tests) build with the host's compiler. Where the worker
+can mount overlays, distbuild.worker.staging merges the staging area with
+the host's directories that way, and nothing here is needed. Otherwise the
+host's top-level directories are bound read-only under /.host, and the
+sandbox's root merges a directory with the host's root, directory by
+directory where both have one; what the directory holds always wins, host
+entries appear as symlinks into /.host (bubblewrap 0.8 has no overlay
+mounts). Two ways to build the merge:
 
 - `merged_layout`: for a read-only root (a chunk's staging area). bwrap
   makes the directories and symlinks in its own in-memory root, so nothing
-  is written to disk and starting costs a few milliseconds.
+  is written to disk. A staged file in a directory the host also has is
+  bound onto its place, one mount per file, so that it stays a regular
+  file (a symlink there would fool `find -type f`, `cp -P`, libtool).
 - `layer_host`: for a root that commands must write into (a system during
   system integration). The symlinks are made in the directory itself,
   recorded, and removed afterwards, so the packed system holds none.
@@ -37,8 +41,6 @@ from distbuild.errors import DistbuildError
 from distbuild.runprocess import CancelToken, LineCallback
 
 HOST_MOUNT = "/.host"
-# Where a merged layout binds the whole staging area, for symlinks into it.
-STAGING_MOUNT = "/.staging"
 
 # The only top-level host entries the host layer shows: where tools, their
 # libraries and their configuration live. Home directories, /root, /srv,
@@ -226,10 +228,9 @@ def merged_layout(root: Path, host: Path = Path("/")) -> tuple[str, ...]:
 
     Use with `SandboxSpec(root=None, layout=..., binds=host_binds() + ...)`.
     A directory only `root` has is one bind; a file of `root` inside a merged
-    directory is a symlink into /.staging, so a staging area of thousands of
-    files costs a handful of mounts, not thousands.
+    directory is bound onto its place (one mount each).
     """
-    ops: list[str] = ["--ro-bind", str(root), STAGING_MOUNT]
+    ops: list[str] = []
     _merge_ops(str(host), str(root), "", ops, top=True)
     return tuple(ops)
 
@@ -248,10 +249,8 @@ def _merge_ops(host_dir: str, root_dir: str, inside: str, ops: list[str],
         elif own is not None:
             if own.is_symlink():
                 ops += ["--symlink", os.readlink(own.path), dest]
-            elif _real_dir(own):
-                ops += ["--ro-bind", own.path, dest]
             else:
-                ops += ["--symlink", f"{STAGING_MOUNT}{dest}", dest]
+                ops += ["--ro-bind", own.path, dest]
         else:
             ops += ["--symlink", _host_target(theirs.path), dest]
 

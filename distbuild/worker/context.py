@@ -16,7 +16,6 @@ from typing import Any
 
 from distbuild import sandbox
 from distbuild.runprocess import CancelToken
-from distbuild.worker import artifacts
 from distbuild.worker.cache import LocalArtifactCache
 from distbuild.worker.errors import CommandFailed, DiskFull
 from distbuild.worker.log import StepLog
@@ -63,10 +62,13 @@ class WorkerSettings:
     def trash_dir(self) -> Path:
         return self.work_dir / "trash"
 
+    def hidden_paths(self) -> list[Path]:
+        """Host paths builds that see the host must not see."""
+        return [*sandbox.HOST_HIDDEN, self.work_dir, *self.hide_from_builds]
+
     def host_masks(self) -> tuple[str, ...]:
         """bwrap operations hiding secrets from builds that see the host."""
-        return sandbox.host_masks(self.work_dir / "empty",
-                                  [*sandbox.HOST_HIDDEN, self.work_dir, *self.hide_from_builds])
+        return sandbox.host_masks(self.work_dir / "empty", self.hidden_paths())
 
     def clean(self) -> None:
         """Remove what steps that crashed left behind (call when no step runs)."""
@@ -117,12 +119,21 @@ class StepContext:
                            f"{command!r} (exit status {status})", self.node.id)
         raise CommandFailed(self.node.id, phase, command, status, tail)
 
-    def unpack(self, filename: str, dest: Path, sha256: str | None = None) -> list[str]:
-        """Unpack input artifact `filename` (checked against `sha256` if given) into `dest`."""
+    def input_tree(self, filename: str, sha256: str | None = None) -> Path | None:
+        """Input artifact `filename` (checked against `sha256` if given), unpacked in the
+        local cache, for staging; None when it holds nothing. Never write into it."""
+        self.cancel.check()
+        tree = self.cache.unpacked(filename, sha256)
+        self.record_input(filename, self.cache.sha256(filename))
+        with os.scandir(tree) as entries:
+            return tree if next(entries, None) is not None else None
+
+    def input_tarball(self, filename: str, sha256: str | None = None) -> Path:
+        """Input artifact `filename` as the tarball it came as."""
         self.cancel.check()
         local = self.cache.fetch(filename, sha256)
         self.record_input(filename, self.cache.sha256(filename))
-        return artifacts.extract(local, dest, filename)
+        return local
 
     def record_input(self, filename: str, sha256: str) -> None:
         """Note an artifact the step read, for its metadata."""
