@@ -314,3 +314,30 @@ def test_unpacked_trees_are_dropped_after_a_reboot(tmp_path, monkeypatch):
     cache = LocalArtifactCache(tmp_path / "cache", store)
     assert not tree.exists()
     assert (cache.unpacked("K.chunk.a") / "usr/bin/x").read_text() == "x"
+
+
+class CountingStore(DirectoryArtifactStore):
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.downloaded: list[str] = []
+
+    def download(self, filename: str, dest: Path) -> str | None:
+        self.downloaded.append(filename)
+        return super().download(filename, dest)
+
+
+def test_staging_downloads_only_artifacts_that_hold_something(tmp_path, repo):
+    store = CountingStore(tmp_path / "store")
+    builder = StepRunner(WorkerSettings(tmp_path / "builder", staging_over_host=True),
+                         GitSources(tmp_path / "mirrors"),
+                         LocalArtifactCache(tmp_path / "builder-cache", store))
+    a, built = run_chunk(builder, repo, "a", ('mkdir -p "$DESTDIR/usr/bin"', TOOL[1]))
+    store.upload(built.files)
+    fresh = StepRunner(WorkerSettings(tmp_path / "fresh", staging_over_host=True),
+                       GitSources(tmp_path / "mirrors"),
+                       LocalArtifactCache(tmp_path / "fresh-cache", store))
+    _, result = run_chunk(fresh, repo, "b", ('cat /usr/bin/tool > "$DESTDIR/seen"',), deps=[a])
+    assert seen(fresh, result) == "tool-v1\n"
+    assert store.downloaded == [f"{a.cache_key}.chunk.a-bins"]
+    meta = __import__("json").loads(result.meta.path.read_text())
+    assert {i["filename"] for i in meta["inputs"]} == set(a.artifact_filenames())

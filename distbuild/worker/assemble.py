@@ -67,8 +67,7 @@ def build_system(ctx: StepContext) -> list[PackedArtifact]:
             log.line(f"{filename}: {len(doc['chunks'])} chunk artifacts")
     staged = None
     if mounts.available():
-        layers = [tree for c in contents
-                  if (tree := ctx.input_tree(c["filename"], c["sha256"])) is not None]
+        layers = ctx.input_trees([(c["filename"], c["sha256"]) for c in contents])
         with ctx.cache.holding(layers):
             staged = staging.system_root(ctx.tmp / "system", layers)
     if staged is None:

@@ -38,7 +38,7 @@ from typing import Protocol
 
 from distbuild.files import locked
 from distbuild.worker import untar
-from distbuild.worker.artifacts import ArtifactInfo, PackedArtifact, describe
+from distbuild.worker.artifacts import ArtifactInfo, PackedArtifact, describe, pack
 from distbuild.worker.errors import CorruptArtifact, MissingArtifact
 
 UNPACKED = ".unpacked"
@@ -171,6 +171,27 @@ class LocalArtifactCache:
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
         return tree
+
+    def known_empty(self, filename: str, sha256: str | None = None) -> bool:
+        """Whether `filename` is an artifact holding nothing, known without downloading it.
+
+        Most split artifacts of most chunks are empty (no docs, no locale
+        files): staging them needs no download and no tree. The sha256 is
+        the caller's, or the one recorded here, or the one the source
+        recorded (asked once per source, then kept in the index).
+        """
+        if sha256 is None:
+            sha256 = self._digests.get(filename)
+        if sha256 is None and self.source is not None and not self.path(filename).exists():
+            info = self.source.info(filename)
+            if info is not None:
+                self._write_digest(filename, info.sha256)
+                sha256 = info.sha256
+        return sha256 == empty_sha256()
+
+    def is_unpacked(self, filename: str) -> bool:
+        """Whether `filename` is already unpacked here."""
+        return (self.unpacked_dir / filename).is_dir()
 
     @contextmanager
     def holding(self, trees: Iterable[Path]) -> Iterator[None]:
@@ -352,6 +373,17 @@ class LocalArtifactCache:
                 digest, _, name = line.partition(" ")
                 if len(digest) == 64 and name:
                     self._digests[name] = digest
+
+
+_empty: list[str] = []
+
+
+def empty_sha256() -> str:
+    """The sha256 of a chunk artifact holding nothing, as this worker packs one."""
+    if not _empty:
+        with tempfile.TemporaryDirectory(prefix="distbuild-empty-") as tmp:
+            _empty.append(pack(Path(tmp), [], Path(tmp) / "empty", "empty").sha256)
+    return _empty[0]
 
 
 def _boot_id() -> str:

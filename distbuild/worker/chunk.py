@@ -37,9 +37,9 @@ def build_chunk(ctx: StepContext) -> list[PackedArtifact]:
                          on_line=log.line, cancel=ctx.cancel)
     log.header("staging")
     started = time.monotonic()
-    layers = [tree for dep in staged_chunks(node, ctx.nodes) for rule in dep.split_rules
-              if (tree := ctx.input_tree(artifact_filename(dep.cache_key, "chunk",
-                                                           rule.artifact))) is not None]
+    layers = ctx.input_trees([(artifact_filename(dep.cache_key, "chunk", rule.artifact), None)
+                              for dep in staged_chunks(node, ctx.nodes)
+                              for rule in dep.split_rules])
     inst_dir.mkdir()
     over_host = ctx.settings.staging_over_host or node.build_mode == "bootstrap"
     with ctx.cache.holding(layers):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from distbuild.worker.errors import CommandFailed, DiskFull
 from distbuild.worker.log import StepLog
 from distbuild.worker.sources import GitSources
 
+_UNPACK_THREADS = 4
 # Below this much free space a failing command is taken to have filled the disk.
 _FULL_BYTES = 64 * 1024
 
@@ -127,6 +129,32 @@ class StepContext:
         self.record_input(filename, self.cache.sha256(filename))
         with os.scandir(tree) as entries:
             return tree if next(entries, None) is not None else None
+
+    def input_trees(self, wanted: list[tuple[str, str | None]]) -> list[Path]:
+        """`input_tree` of each (filename, sha256), in order, leaving out empty ones
+        (which need not be downloaded at all: see `LocalArtifactCache.known_empty`).
+
+        Those not yet unpacked here are downloaded and unpacked a few at a
+        time: most of that time is the kernel creating files, which threads
+        overlap.
+        """
+        empty = {w for w in wanted if self.cache.known_empty(*w)}
+        missing = [w for w in wanted if w not in empty and not self.cache.is_unpacked(w[0])]
+        if len(missing) > 1:
+            def unpack(item: tuple[str, str | None]) -> None:
+                self.cancel.check()
+                self.cache.unpacked(*item)
+
+            with ThreadPoolExecutor(_UNPACK_THREADS, thread_name_prefix="unpack") as pool:
+                for _ in pool.map(unpack, missing):
+                    pass
+        trees = []
+        for filename, sha256 in wanted:
+            if (filename, sha256) in empty:
+                self.record_input(filename, sha256 or self.cache.sha256(filename))
+            elif (tree := self.input_tree(filename, sha256)) is not None:
+                trees.append(tree)
+        return trees
 
     def input_tarball(self, filename: str, sha256: str | None = None) -> Path:
         """Input artifact `filename` as the tarball it came as."""
