@@ -341,3 +341,16 @@ def test_staging_downloads_only_artifacts_that_hold_something(tmp_path, repo):
     assert store.downloaded == [f"{a.cache_key}.chunk.a-bins"]
     meta = __import__("json").loads(result.meta.path.read_text())
     assert {i["filename"] for i in meta["inputs"]} == set(a.artifact_filenames())
+
+
+def test_the_build_directory_is_a_clone_with_branches_and_tags(tmp_path, repo):
+    import subprocess
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@127.0.0.1",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@127.0.0.1"}
+    subprocess.run(["git", "-C", str(repo[0]), "tag", "-a", "v1.2", "-m", "v1.2", repo[1]],
+                   check=True, env=env)
+    runner = make_runner(tmp_path)
+    _, result = run_chunk(runner, repo, "g", (
+        '{ git describe --tags; git branch -r; git status --porcelain; cat file; } '
+        '> "$DESTDIR/seen"',))
+    assert seen(runner, result) == "v1.2\n  origin/master\ncontent\n"

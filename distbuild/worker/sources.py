@@ -4,7 +4,12 @@ Each repository URL gets one bare mirror under the mirror directory; a
 checkout fetches into it only when the wanted commit is missing, so a
 second build of the same commit touches no network. The build directory
 is a clone of the mirror (object files hard-linked, no alternates), so git
-works inside the sandbox, which cannot see the mirror.
+works inside the sandbox, which cannot see the mirror. The clone is made
+here rather than by `git clone`, which cost 15 ms of CPU per step in
+processes of its own: the repository skeleton, the mirror's object files
+hard-linked, its branches as `origin/*` and its tags in `packed-refs`, and
+then one `git checkout` (`git clone` remains for a mirror on another
+filesystem).
 
 The trove's MirrorCache does the same for ref resolution; a step needs more
 of it: every git process here runs through runprocess, so cancelling a step
@@ -16,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -44,10 +50,13 @@ class GitSources:
         """Make `dest` (which must not exist) a checkout of `commit` from `repo`."""
         url = self.resolve_url(repo)
         mirror = self._mirror(url, commit, on_line, cancel)
-        # No template: hook samples are a dozen files to write and delete per step.
-        self._git(["clone", "-q", "--no-checkout", "--template=", str(mirror), str(dest)],
-                  on_line, cancel,
-                  f"cannot clone mirror of {url}")
+        try:
+            _link_clone(mirror, dest)
+        except OSError:
+            shutil.rmtree(dest, ignore_errors=True)
+            # No template: hook samples are a dozen files to write and delete per step.
+            self._git(["clone", "-q", "--no-checkout", "--template=", str(mirror), str(dest)],
+                      on_line, cancel, f"cannot clone mirror of {url}")
         self._git(["-C", str(dest), "checkout", "-q", "--detach", commit], on_line, cancel,
                   f"cannot check out {commit} of {url}")
         for path, info in (submodules or {}).items():
@@ -114,6 +123,61 @@ class GitSources:
         if status != 0:
             detail = output[-1] if output else f"exit status {status}"
             raise SourceError(f"{failure}: {detail}")
+
+
+def _link_clone(mirror: Path, dest: Path) -> None:
+    """What `git clone --no-checkout MIRROR DEST` makes, with the object files hard-linked."""
+    git = dest / ".git"
+    for d in ("objects", "refs/heads", "refs/tags", "refs/remotes/origin"):
+        (git / d).mkdir(parents=True)
+    objects = mirror / "objects"
+    for dirpath, dirnames, filenames in os.walk(objects):
+        rel = os.path.relpath(dirpath, objects)
+        out = git / "objects" / rel
+        for name in dirnames:
+            (out / name).mkdir(exist_ok=True)
+        for name in filenames:
+            if rel == "info" and name == "alternates":
+                continue
+            os.link(os.path.join(dirpath, name), out / name)
+    lines = ["# pack-refs with: sorted"]
+    for ref, value in sorted(_refs(mirror).items()):
+        if ref.startswith("refs/heads/"):
+            lines.append(f"{value[0]} refs/remotes/origin/{ref[len('refs/heads/'):]}")
+        elif ref.startswith("refs/tags/"):
+            lines.append(f"{value[0]} {ref}")
+            if value[1]:
+                lines.append(f"^{value[1]}")
+    (git / "packed-refs").write_text("\n".join(lines) + "\n")
+    (git / "HEAD").write_text("ref: refs/heads/master\n")
+    (git / "config").write_text(
+        "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n"
+        f'[remote "origin"]\n\turl = {mirror}\n'
+        "\tfetch = +refs/heads/*:refs/remotes/origin/*\n")
+
+
+def _refs(mirror: Path) -> dict[str, tuple[str, str]]:
+    """The mirror's refs: name -> (object, peeled object or "")."""
+    refs: dict[str, tuple[str, str]] = {}
+    try:
+        last = ""
+        for line in (mirror / "packed-refs").read_text().splitlines():
+            if line.startswith("^") and last:
+                refs[last] = (refs[last][0], line[1:].strip())
+            elif line and not line.startswith("#"):
+                value, _, last = line.partition(" ")
+                refs[last] = (value, "")
+    except FileNotFoundError:
+        pass
+    root = mirror / "refs"
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            path = Path(dirpath) / name
+            value = path.read_text().strip()
+            if len(value) == 40:
+                # A loose ref is newer than its packed copy (whose peeled value may be stale).
+                refs[f"refs/{path.relative_to(root)}"] = (value, "")
+    return refs
 
 
 def _env() -> dict[str, str]:
