@@ -202,8 +202,11 @@ def host_binds(host: Path = Path("/")) -> tuple[Bind, ...]:
     return tuple(binds)
 
 
-def host_masks(empty_file: Path, hidden: Iterable[Path] = HOST_HIDDEN) -> tuple[str, ...]:
-    """bwrap operations that blank out `hidden` host paths under /.host (put after the binds).
+def host_masks(empty_file: Path, hidden: Iterable[Path] = HOST_HIDDEN,
+               prefix: str = HOST_MOUNT, tops: Iterable[str] = HOST_VISIBLE) -> tuple[str, ...]:
+    """bwrap operations that blank out `hidden` host paths under `prefix` (put after the binds).
+
+    Only paths in the top-level directories `tops` are masked.
 
     A directory becomes an empty tmpfs; a file reads as `empty_file` (created
     if missing: /dev/null cannot stand in, binds are mounted nodev).
@@ -212,14 +215,15 @@ def host_masks(empty_file: Path, hidden: Iterable[Path] = HOST_HIDDEN) -> tuple[
         empty_file.parent.mkdir(parents=True, exist_ok=True)
         empty_file.touch(mode=0o444)
     ops: list[str] = []
+    tops = set(tops)
     for path in hidden:
         path = Path(path).absolute()
-        if path.parts[1:2] and path.parts[1] not in HOST_VISIBLE:
+        if path.parts[1:2] and path.parts[1] not in tops:
             continue  # not visible through the host layer at all
         if path.is_dir() and not path.is_symlink():
-            ops += ["--tmpfs", f"{HOST_MOUNT}{path}"]
+            ops += ["--tmpfs", f"{prefix}{path}"]
         elif path.exists() and not path.is_symlink():
-            ops += ["--ro-bind", str(empty_file), f"{HOST_MOUNT}{path}"]
+            ops += ["--ro-bind", str(empty_file), f"{prefix}{path}"]
     return tuple(ops)
 
 

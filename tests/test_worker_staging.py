@@ -354,3 +354,34 @@ def test_the_build_directory_is_a_clone_with_branches_and_tags(tmp_path, repo):
         '{ git describe --tags; git branch -r; git status --porcelain; cat file; } '
         '> "$DESTDIR/seen"',))
     assert seen(runner, result) == "v1.2\n  origin/master\ncontent\n"
+
+
+@needs_mounts
+@pytest.mark.parametrize("own_etc", [True, False], ids=["etc-merged", "etc-host-only"])
+def test_layered_over_the_host_secrets_stay_hidden(tmp_path, own_etc):
+    from distbuild import sandbox
+    from distbuild.worker.context import WorkerSettings as Settings
+
+    tree = make_tree(tmp_path / "t", "x")
+    if own_etc:
+        (tree / "etc").mkdir()
+        (tree / "etc/staged.conf").write_text("staged\n")
+    settings = Settings(tmp_path / "work")
+    lines: list[str] = []
+
+    def run():
+        staged = staging.stage(tmp_path / "staging", [tree], over_host=True,
+                               hidden=settings.hidden_paths(), mask_dir=tmp_path / "mask")
+        try:
+            return sandbox.run(sandbox.SandboxSpec(
+                argv=("sh", "-c", "cat /etc/shadow 2>/dev/null | wc -c; ls -A /etc/ssh 2>/dev/null"
+                      " | wc -l; cat /etc/staged.conf 2>/dev/null || echo none; "
+                      "test -f /etc/passwd && ! test -L /etc/passwd && echo host-file; "
+                      "cat /usr/bin/x"),
+                root=staged.root, layout=staged.layout, binds=staged.binds, masks=staged.masks,
+                env={"PATH": "/usr/bin:/bin"}), on_line=lines.append)
+        finally:
+            staged.close()
+
+    assert in_thread(run) == 0, lines
+    assert lines == ["0", "0", "staged" if own_etc else "none", "host-file", "x"]

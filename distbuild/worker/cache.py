@@ -375,15 +375,27 @@ class LocalArtifactCache:
                     self._digests[name] = digest
 
 
-_empty: list[str] = []
+_empty: list[tuple[bytes, str]] = []
+
+
+def _empty_artifact() -> tuple[bytes, str]:
+    if not _empty:
+        with tempfile.TemporaryDirectory(prefix="distbuild-empty-") as tmp:
+            packed = pack(Path(tmp), [], Path(tmp) / "empty", "empty")
+            _empty.append((packed.path.read_bytes(), packed.sha256))
+    return _empty[0]
 
 
 def empty_sha256() -> str:
     """The sha256 of a chunk artifact holding nothing, as this worker packs one."""
-    if not _empty:
-        with tempfile.TemporaryDirectory(prefix="distbuild-empty-") as tmp:
-            _empty.append(pack(Path(tmp), [], Path(tmp) / "empty", "empty").sha256)
-    return _empty[0]
+    return _empty_artifact()[1]
+
+
+def write_empty(dest: Path, filename: str) -> PackedArtifact:
+    """Write the artifact holding nothing (what `pack` writes for no paths) at `dest`."""
+    data, sha256 = _empty_artifact()
+    dest.write_bytes(data)
+    return PackedArtifact(filename, dest, sha256, len(data))
 
 
 def _boot_id() -> str:

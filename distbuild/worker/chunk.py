@@ -12,6 +12,7 @@ from typing import Any
 from distbuild import sandbox
 from distbuild.worker import artifacts, staging
 from distbuild.worker.artifacts import PackedArtifact, artifact_filename
+from distbuild.worker.cache import write_empty
 from distbuild.worker.context import StepContext, WorkerSettings
 from distbuild.worker.errors import StepError
 from distbuild.worker.log import StepLog
@@ -44,7 +45,8 @@ def build_chunk(ctx: StepContext) -> list[PackedArtifact]:
     over_host = ctx.settings.staging_over_host or node.build_mode == "bootstrap"
     with ctx.cache.holding(layers):
         staged = staging.stage(ctx.tmp / "staging", layers, over_host=over_host,
-                               hidden=ctx.settings.hidden_paths())
+                               hidden=ctx.settings.hidden_paths(),
+                               mask_dir=ctx.settings.work_dir / "host-mask")
         try:
             log.line(f"staged {len(layers)} non-empty artifacts in "
                      f"{time.monotonic() - started:.2f} s")
@@ -58,7 +60,10 @@ def build_chunk(ctx: StepContext) -> list[PackedArtifact]:
     packed = []
     for name, paths in artifacts.split_tree(inst_dir, node.split_rules).items():
         filename = artifact_filename(node.cache_key, "chunk", name)
-        packed.append(artifacts.pack(inst_dir, paths, ctx.out / filename, filename))
+        if paths:
+            packed.append(artifacts.pack(inst_dir, paths, ctx.out / filename, filename))
+        else:  # most are: the same bytes every time
+            packed.append(write_empty(ctx.out / filename, filename))
         log.line(f"{filename}: {len(paths)} files, {packed[-1].size} bytes")
     ctx.extra_meta["source"] = {"repo": node.repo, "ref": node.ref, "commit": node.commit,
                                 "tree": node.tree}

@@ -42,6 +42,8 @@ class GitSources:
         self.mirror_dir = mirror_dir
         self.resolve_url = resolve_url or (lambda url: url)
         mirror_dir.mkdir(parents=True, exist_ok=True)
+        # (mirror, commit) seen in a mirror: nothing deletes objects from one.
+        self._present: set[tuple[Path, str]] = set()
 
     def checkout(self, repo: str, commit: str, dest: Path, *,
                  submodules: Mapping[str, Mapping[str, str]] | None = None,
@@ -71,6 +73,8 @@ class GitSources:
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", url)[-80:]
         digest = hashlib.sha256(url.encode()).hexdigest()[:12]
         mirror = self.mirror_dir / f"{name}-{digest}.git"
+        if (mirror, commit) in self._present:
+            return mirror
         with locked(mirror.with_suffix(".lock")):
             if not (mirror / "HEAD").exists():
                 self._git(["init", "-q", "--bare", str(mirror)], on_line, cancel,
@@ -91,6 +95,7 @@ class GitSources:
                                    on_line=on_line, cancel=cancel, env=_env())
                 if not self._has_commit(mirror, commit):
                     raise SourceError(f"commit {commit} is not in repository {url}", url)
+        self._present.add((mirror, commit))
         return mirror
 
     @staticmethod

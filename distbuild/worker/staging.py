@@ -12,7 +12,8 @@ mount, not 50,000 files written.
   top-level directory both have is one read-only overlay of the staged
   trees over the host's directory, so staged and host files alike are
   what they are (a regular file in /usr/bin is a regular file). Host paths
-  builds must not see are hidden by a layer of whiteouts between the two.
+  builds must not see are hidden by a layer of whiteouts between the two;
+  what only the host has is bound as it is, its secrets blanked by bwrap.
 - A system's root is an overlay with a writable upper directory in the
   step's own directory: system integration writes copy-on-write, the
   trees stay as they were.
@@ -33,6 +34,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,11 +61,12 @@ class Staged:
 
 
 def stage(work: Path, layers: Sequence[Path], *, over_host: bool,
-          hidden: Sequence[Path] = ()) -> Staged:
+          hidden: Sequence[Path] = (), mask_dir: Path | None = None) -> Staged:
     """Layer `layers` (in staging order: later ones win) for a chunk's commands.
 
     `work` is a new directory of the step's; `hidden` are host paths a build
-    must not see when layered over the host.
+    must not see when layered over the host, hidden by whiteouts kept in
+    `mask_dir` (made there once; default: in `work`).
     """
     work.mkdir()
     if not mounts.available():
@@ -72,7 +75,7 @@ def stage(work: Path, layers: Sequence[Path], *, over_host: bool,
     staged = Staged(root=None)
     try:
         if over_host:
-            _over_host(work, layers, hidden, staged)
+            _over_host(work, layers, hidden, staged, mask_dir)
         else:
             staged.root = work / "root"
             staged.root.mkdir()
@@ -162,35 +165,40 @@ def _tops(layers: list[Path]) -> dict[str, tuple[str, list[Path]]]:
 
 
 def _over_host(work: Path, layers: Sequence[Path], hidden: Sequence[Path],
-               staged: Staged, host: Path = Path("/")) -> None:
+               staged: Staged, keep: Path | None, host: Path = Path("/")) -> None:
     stacked = _stack(work, list(reversed(layers)), staged)
     own = _tops(stacked)
-    mask = _whiteouts(work / "mask", hidden, host)
     views = work / "view"
     views.mkdir()
     ops: list[str] = []
+    host_only: list[str] = []
     host_tops = {name for name in os.listdir(host) if name in sandbox.HOST_VISIBLE}
+    mask: Path | None = None
     for name in sorted(own.keys() | host_tops):
         dest = f"/{name}"
         host_path = host / name
         host_dir = name in host_tops and host_path.is_dir() and not host_path.is_symlink()
-        masked = mask / name
-        lowers: list[Path] = []
-        if name in own:
-            kind, paths = own[name]
-            if kind == "other":
-                entry = paths[0]
-                if entry.is_symlink():
-                    ops += ["--symlink", os.readlink(entry), dest]
-                else:
-                    ops += ["--ro-bind", str(entry), dest]
-                continue
-            lowers = list(paths)
-        elif not host_dir:
-            ops += ["--symlink", sandbox._host_target(str(host_path)), dest]
+        if name not in own:
+            if host_dir:
+                ops += ["--ro-bind", str(host_path), dest]
+                host_only.append(name)
+            else:
+                ops += ["--symlink", sandbox._host_target(str(host_path)), dest]
             continue
+        kind, paths = own[name]
+        if kind == "other":
+            entry = paths[0]
+            if entry.is_symlink():
+                ops += ["--symlink", os.readlink(entry), dest]
+            else:
+                ops += ["--ro-bind", str(entry), dest]
+            continue
+        lowers = list(paths)
         if host_dir:
-            lowers += [masked, host_path] if masked.is_dir() else [host_path]
+            mask = mask or _whiteouts(keep or work / "mask", hidden, host)
+            if (mask / name).is_dir():
+                lowers.append(mask / name)
+            lowers.append(host_path)
         if len(lowers) == 1:
             ops += ["--ro-bind", str(lowers[0]), dest]
             continue
@@ -199,21 +207,34 @@ def _over_host(work: Path, layers: Sequence[Path], hidden: Sequence[Path],
         _overlay(work, target, lowers, staged)
         ops += ["--ro-bind", str(target), dest]
     staged.layout = tuple(ops)
+    # What the host alone has is bound as it is, its secrets blanked by bwrap.
+    staged.masks = sandbox.host_masks(work / "empty", hidden, prefix="", tops=host_only)
 
 
 def _whiteouts(mask: Path, hidden: Sequence[Path], host: Path) -> Path:
-    """A layer that hides `hidden` host paths: overlayfs whiteouts (0/0 character devices)."""
-    mask.mkdir()
+    """A layer that hides `hidden` host paths: overlayfs whiteouts (0/0 character devices).
+
+    Made once at `mask` and kept (it depends only on the worker's settings).
+    """
+    if mask.is_dir():
+        return mask
+    tmp = mask.with_name(f".{mask.name}.{os.getpid()}.{threading.get_ident()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     for path in hidden:
         rel = Path(path).absolute().relative_to("/")
         if not rel.parts or rel.parts[0] not in sandbox.HOST_VISIBLE:
             continue
         if not os.path.lexists(host / rel) or (host / rel.parts[0]).is_symlink():
             continue
-        out = mask / rel
+        out = tmp / rel
         out.parent.mkdir(parents=True, exist_ok=True)
         if not os.path.lexists(out):
             os.mknod(out, stat.S_IFCHR | 0o600, os.makedev(0, 0))
+    try:
+        os.rename(tmp, mask)
+    except OSError:  # another step made it first
+        shutil.rmtree(tmp, ignore_errors=True)
     return mask
 
 
