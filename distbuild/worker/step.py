@@ -33,7 +33,7 @@ from distbuild.runprocess import CancelToken
 from distbuild.worker import artifacts
 from distbuild.worker.artifacts import PackedArtifact
 from distbuild.worker.assemble import build_stratum, build_system
-from distbuild.worker.cache import LocalArtifactCache
+from distbuild.worker.cache import LocalArtifactCache, empty_sha256
 from distbuild.worker.chunk import build_chunk, staged_chunks
 from distbuild.worker.context import StepContext, WorkerSettings
 from distbuild.worker.errors import DiskFull, StepError
@@ -155,6 +155,9 @@ class StepRunner:
                  for a in [*produced, log, meta]]
         for artifact in moved[:len(produced)]:
             self.cache.add(artifact)
+            if node.kind == "chunk" and artifact.sha256 != empty_sha256():
+                # The next steps here will likely stage it: unpack it now, once.
+                self.cache.unpacked(artifact.filename, artifact.sha256)
         self._trim()
         return StepResult(node.id, node.cache_key, final, moved[:len(produced)],
                           moved[-2], moved[-1], seconds, ctx.command_seconds)
