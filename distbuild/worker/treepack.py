@@ -7,27 +7,29 @@ for the same tree, except that times are whole seconds.
 `normalise_member` is the one place that decides what a member's header
 holds beyond name, type, mode, size and link.
 
-Speed: a system is tens of thousands of files. Headers and file reads run
-on the calling thread while a second thread compresses, hashes and writes
-(zlib and hashlib release the GIL), with a bounded queue between them so
-memory stays at a few MiB whatever the tree's size.
+Speed: a system is tens of thousands of files and hundreds of MB. Headers
+and file reads run on the calling thread while two more deflate blocks of
+the stream (zlib releases the GIL), a few MiB in flight at most whatever
+the tree's size.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import queue
 import stat
 import struct
 import tarfile
-import threading
 import zlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from distbuild.worker.artifacts import PackedArtifact
 
 COMPRESS_LEVEL = 6
+_THREADS = 2
+_WINDOW = 32 * 1024
 _CHUNK = 1 << 20
 _READ = 1 << 20
 _TYPES = {stat.S_IFREG: tarfile.REGTYPE, stat.S_IFDIR: tarfile.DIRTYPE,
@@ -125,7 +127,7 @@ def pack_tree(root: Path, dest: Path, filename: str, names: list[str] | None = N
         buf += bytes(2 * tarfile.BLOCKSIZE)
         total = sink.fed + len(buf)
         buf += bytes(-total % tarfile.RECORDSIZE)
-        sink.put(bytes(buf))
+        sink.put(bytes(buf), last=True)
         return sink.finish(filename)
     except BaseException:
         sink.abort()
@@ -151,25 +153,36 @@ def _append_file(path: str, size: int, buf: bytearray, sink: _Compressor) -> Non
 
 
 class _Compressor:
-    """gzip (as GzipFile writes it, mtime 0), sha256 and write, on a thread of its own."""
+    """gzip (one member, header as GzipFile writes it with mtime 0), sha256 and write.
+
+    Blocks of the tar stream are deflated on a pool of threads, pigz's way:
+    each block primed with the 32 KiB before it as dictionary and ended
+    with a sync flush, so the pieces join into one deflate stream, and the
+    same input always gives the same bytes. The calling thread keeps at
+    most a few blocks in flight, then writes and hashes them in order.
+    """
 
     def __init__(self, dest: Path, level: int) -> None:
         self.dest = dest
         self.file = dest.open("wb")
         self.level = level
-        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self.pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="pack-deflate")
+        self.pending: deque[Future[bytes]] = deque()
         self.fed = 0
-        self.failure: BaseException | None = None
+        self.crc = 0
+        self.window = b""
         self.digest = hashlib.sha256()
         self.size = 0
-        self.thread = threading.Thread(target=self._run, name="pack-compress", daemon=True)
-        self.thread.start()
+        xfl = {9: b"\002", 1: b"\004"}.get(level, b"\000")
+        self._emit(b"\037\213\010\000" + struct.pack("<L", 0) + xfl + b"\377")
 
-    def put(self, data: bytes) -> None:
-        if self.failure is not None:
-            raise self.failure
+    def put(self, data: bytes, last: bool = False) -> None:
         self.fed += len(data)
-        self.queue.put(data)
+        self.crc = zlib.crc32(data, self.crc)
+        self.pending.append(self.pool.submit(_deflate, data, self.window, self.level, last))
+        self.window = (self.window + data)[-_WINDOW:]
+        while len(self.pending) > 2 * _THREADS:
+            self._emit(self.pending.popleft().result())
 
     def _emit(self, data: bytes) -> None:
         if data:
@@ -177,33 +190,27 @@ class _Compressor:
             self.digest.update(data)
             self.size += len(data)
 
-    def _run(self) -> None:
-        try:
-            xfl = {9: b"\002", 1: b"\004"}.get(self.level, b"\000")
-            self._emit(b"\037\213\010\000" + struct.pack("<L", 0) + xfl + b"\377")
-            deflate = zlib.compressobj(self.level, zlib.DEFLATED, -zlib.MAX_WBITS,
-                                       zlib.DEF_MEM_LEVEL, 0)
-            crc = 0
-            while (data := self.queue.get()) is not None:
-                crc = zlib.crc32(data, crc)
-                self._emit(deflate.compress(data))
-            self._emit(deflate.flush())
-            self._emit(struct.pack("<LL", crc, self.fed & 0xFFFFFFFF))
-        except BaseException as e:
-            self.failure = e
-            while self.queue.get() is not None:
-                pass
-
     def finish(self, filename: str) -> PackedArtifact:
-        self.queue.put(None)
-        self.thread.join()
-        self.file.close()
-        if self.failure is not None:
-            raise self.failure
+        try:
+            while self.pending:
+                self._emit(self.pending.popleft().result())
+            self._emit(struct.pack("<LL", self.crc, self.fed & 0xFFFFFFFF))
+        finally:
+            self.pool.shutdown()
+            self.file.close()
         return PackedArtifact(filename, self.dest, self.digest.hexdigest(), self.size)
 
     def abort(self) -> None:
-        if self.thread.is_alive():
-            self.queue.put(None)
-            self.thread.join()
+        for future in self.pending:
+            future.cancel()
+        self.pool.shutdown()
         self.file.close()
+
+
+def _deflate(data: bytes, window: bytes, level: int, last: bool) -> bytes:
+    if window:
+        deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, zlib.DEF_MEM_LEVEL,
+                                   0, window)
+    else:
+        deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return deflate.compress(data) + deflate.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
