@@ -106,6 +106,12 @@ class NetworkProcess:
             db.close()
         return row[0] if row else None
 
+    def __enter__(self) -> NetworkProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def stop(self) -> None:
         """SIGTERM `up`, which stops its components; then check every PID is gone."""
         terminate(self.proc, timeout=30)

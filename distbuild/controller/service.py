@@ -72,6 +72,8 @@ class ControllerSettings:
     retry_limit: int = 2
     dead_after: float = 8.0
     name: str = "controller"
+    # Unknown fields in definitions fail a request instead of warning.
+    strict_definitions: bool = False
 
 
 @dataclass
@@ -79,6 +81,7 @@ class Plan:
     graph: BuildGraph
     targets: list[str]
     cached: set[str]
+    warnings: list[str] = field(default_factory=list)
 
 
 class Controller:
@@ -219,7 +222,8 @@ class Controller:
             raise DistbuildError(f"definitions must come from this network's trove "
                                  f"({trove}), not {repo}", "build-request")
         path = self.mirrors.ensure(repo, msg.definitions_commit)
-        defs = Definitions(GitSource(path, msg.definitions_commit))
+        defs = Definitions(GitSource(path, msg.definitions_commit),
+                           strict=msg.strict or self.settings.strict_definitions)
         graph = build_graph(defs, msg.system, self.resolver, self.aliases)
         targets = components(graph, msg.components) if msg.components else [graph.system.id]
         keys = sorted({n.cache_key for n in graph.nodes.values()})
@@ -227,7 +231,8 @@ class Controller:
         self.cache.pin(pin_name(rid), keys, tokens.issue(self.secret, f"pin:{pin_name(rid)}"),
                        ttl=TOKEN_TTL)
         answer = self.cache.cached_sources(keys)
-        return Plan(graph, targets, {k for k, present in answer.items() if present})
+        return Plan(graph, targets, {k for k, present in answer.items() if present},
+                    defs.warnings)
 
     def _planned(self, rid: str, plan: Plan) -> None:
         if rid not in self.watchers:
@@ -294,7 +299,7 @@ class Controller:
         self.tell(e.request_id, m.GraphingFinished(
             request_id=e.request_id, total=e.total, unbuilt=e.unbuilt,
             system_cache_key=plan.graph.system.cache_key, cached=cached,
-            log_names=self.lognames[e.request_id]))
+            log_names=self.lognames[e.request_id], warnings=plan.warnings))
 
     def _event_StepQueued(self, e: StepQueued) -> None:
         self.state.node_state(e.key, "ready")

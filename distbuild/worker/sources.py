@@ -11,6 +11,13 @@ hard-linked, its branches as `origin/*` and its tags in `packed-refs`, and
 then one `git checkout` (`git clone` remains for a mirror on another
 filesystem).
 
+Every checked-out file gets the same time, the commit's committer time, as a
+release tarball's files have times from the release: git would give each the
+moment it was written, in index order, so `aclocal.m4` would be older than
+`configure.ac` and make would try to rerun autotools that a project imported
+from its tarball does not need. The same time also makes a build's inputs
+the same on every worker.
+
 The trove's MirrorCache does the same for ref resolution; a step needs more
 of it: every git process here runs through runprocess, so cancelling a step
 kills a long fetch at once, and git's output goes to the step's log.
@@ -44,6 +51,7 @@ class GitSources:
         mirror_dir.mkdir(parents=True, exist_ok=True)
         # (mirror, commit) seen in a mirror: nothing deletes objects from one.
         self._present: set[tuple[Path, str]] = set()
+        self._times: dict[str, int] = {}
 
     def checkout(self, repo: str, commit: str, dest: Path, *,
                  submodules: Mapping[str, Mapping[str, str]] | None = None,
@@ -61,6 +69,9 @@ class GitSources:
                       on_line, cancel, f"cannot clone mirror of {url}")
         self._git(["-C", str(dest), "checkout", "-q", "--detach", commit], on_line, cancel,
                   f"cannot check out {commit} of {url}")
+        if commit not in self._times:
+            self._times[commit] = self._commit_time(dest, commit)
+        set_times(dest, self._times[commit])
         for path, info in (submodules or {}).items():
             sub_commit = self._gitlink(dest, commit, path, url)
             sub_dest = dest / path
@@ -103,6 +114,16 @@ class GitSources:
         status = runprocess.run(["git", "-C", str(mirror), "cat-file", "-e",
                                  f"{commit}^{{commit}}"], env=_env())
         return status == 0
+
+    @staticmethod
+    def _commit_time(dest: Path, commit: str) -> int:
+        lines: list[str] = []
+        runprocess.run(["git", "-C", str(dest), "show", "-s", "--format=%ct", commit],
+                       on_line=lines.append, env=_env())
+        try:
+            return int(lines[-1])
+        except (IndexError, ValueError):
+            raise SourceError(f"cannot read the commit time of {commit}") from None
 
     @staticmethod
     def _gitlink(dest: Path, commit: str, path: str, url: str) -> str:
@@ -183,6 +204,16 @@ def _refs(mirror: Path) -> dict[str, tuple[str, str]]:
                 # A loose ref is newer than its packed copy (whose peeled value may be stale).
                 refs[f"refs/{path.relative_to(root)}"] = (value, "")
     return refs
+
+
+def set_times(root: Path, when: int) -> None:
+    """Give every file and directory under `root` (but not .git) atime and mtime `when`."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath == str(root) and ".git" in dirnames:
+            dirnames.remove(".git")
+        for name in (*filenames, *dirnames):
+            os.utime(os.path.join(dirpath, name), (when, when), follow_symlinks=False)
+    os.utime(root, (when, when))
 
 
 def _env() -> dict[str, str]:

@@ -2,10 +2,9 @@
 
 The result has the chunk artifacts' format (see distbuild.worker.artifacts:
 pax tarball, sorted names, parents first, owners 0 with no names, hard
-links kept, gzip with mtime 0): the same members `artifacts.pack` writes
-for the same tree, except that times are whole seconds.
-`normalise_member` is the one place that decides what a member's header
-holds beyond name, type, mode, size and link.
+links kept, gzip with mtime 0): the tar stream is byte for byte the one
+`artifacts.pack` writes for the same tree, member headers normalised by
+the same `artifacts.normalised`; only the deflate blocks differ.
 
 Speed: a system is tens of thousands of files and hundreds of MB. Headers
 and file reads run on the calling thread while two more deflate blocks of
@@ -25,7 +24,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from distbuild.worker.artifacts import PackedArtifact
+from distbuild.worker.artifacts import PackedArtifact, normalised
 
 COMPRESS_LEVEL = 6
 _THREADS = 2
@@ -35,18 +34,6 @@ _READ = 1 << 20
 _TYPES = {stat.S_IFREG: tarfile.REGTYPE, stat.S_IFDIR: tarfile.DIRTYPE,
           stat.S_IFLNK: tarfile.SYMTYPE, stat.S_IFCHR: tarfile.CHRTYPE,
           stat.S_IFBLK: tarfile.BLKTYPE, stat.S_IFIFO: tarfile.FIFOTYPE}
-
-
-def normalise_member(info: tarfile.TarInfo) -> tarfile.TarInfo:
-    """What every member of an artifact says about itself beyond its name, type and data.
-
-    Modification times are whole seconds: a fraction would cost every
-    member a pax header of its own.
-    """
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    info.mtime = int(info.mtime)
-    return info
 
 
 def _header(info: tarfile.TarInfo) -> bytes:
@@ -118,7 +105,7 @@ def pack_tree(root: Path, dest: Path, filename: str, names: list[str] | None = N
                     info.linkname = os.readlink(path)
                 elif kind in (stat.S_IFCHR, stat.S_IFBLK):
                     info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
-            buf += _header(normalise_member(info))
+            buf += _header(normalised(info))
             if info.type == tarfile.REGTYPE and info.size:
                 _append_file(path, info.size, buf, sink)
             if len(buf) >= _CHUNK:
