@@ -383,3 +383,22 @@ def test_layered_over_the_host_secrets_stay_hidden(tmp_path, own_etc):
 
     assert in_thread(run) == 0, lines
     assert lines == ["0", "0", "staged" if own_etc else "none", "host-file", "x"]
+
+
+def test_without_mounts_the_example_system_builds_the_same(tmp_path, monkeypatch):
+    """The fallback a worker that cannot mount takes, end to end: hard-linked staging
+    areas, and a system root unpacked from the tarballs for integration to write in."""
+    from tests.worker_graph import example_graph
+
+    monkeypatch.setattr(mounts, "_available", False)
+    examples.make_all(tmp_path / "repos")
+    graph = example_graph(tmp_path / "repos", tmp_path / "resolver")
+    store = DirectoryArtifactStore(tmp_path / "store")
+    runner = StepRunner(WorkerSettings(tmp_path / "work", staging_over_host=True),
+                        GitSources(tmp_path / "mirrors"), LocalArtifactCache(tmp_path / "c", store))
+    for node_id in graph.order:
+        result = runner.run(graph.nodes[node_id], graph.nodes)
+        store.upload(result.files)
+    with tarfile.open(result.artifacts[0].path) as tar:
+        assert tar.extractfile("etc/hello-version").read() == b"hello 1.0 (libgreet 1.0)\n"
+        assert tar.getmember("usr/bin/hello").isreg()

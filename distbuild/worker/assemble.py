@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -65,26 +66,26 @@ def build_system(ctx: StepContext) -> list[PackedArtifact]:
             ctx.record_input(filename, ctx.cache.sha256(filename))
             contents += [{"stratum": stratum_name, **chunk} for chunk in doc["chunks"]]
             log.line(f"{filename}: {len(doc['chunks'])} chunk artifacts")
-    staged = None
-    if mounts.available():
-        layers = ctx.input_trees([(c["filename"], c["sha256"]) for c in contents])
-        with ctx.cache.holding(layers):
+    with contextlib.ExitStack() as held:
+        staged = None
+        if mounts.available():
+            layers = ctx.input_trees([(c["filename"], c["sha256"]) for c in contents])
+            held.enter_context(ctx.cache.holding(layers))
             staged = staging.system_root(ctx.tmp / "system", layers)
-    if staged is None:
-        rootfs = ctx.tmp / "rootfs"
-        unpacker = untar.Unpacker(rootfs)
-        for chunk in contents:
-            unpacker.add(ctx.input_tarball(chunk["filename"], chunk["sha256"]),
-                         chunk["filename"])
-        unpacker.finish()
-    else:
-        rootfs = staged.root
-    log.line(f"assembled {len(contents)} chunk artifacts in {time.monotonic() - started:.2f} s")
-    try:
+        if staged is None:
+            rootfs = ctx.tmp / "rootfs"
+            unpacker = untar.Unpacker(rootfs)
+            for chunk in contents:
+                # Recorded already if the trees were made before mounting failed.
+                get = ctx.cache.fetch if mounts.available() else ctx.input_tarball
+                unpacker.add(get(chunk["filename"], chunk["sha256"]), chunk["filename"])
+            unpacker.finish()
+        else:
+            held.callback(staged.close)
+            rootfs = staged.root
+        log.line(f"assembled {len(contents)} chunk artifacts in "
+                 f"{time.monotonic() - started:.2f} s")
         return _finish_system(ctx, rootfs, contents)
-    finally:
-        if staged is not None:
-            staged.close()
 
 
 def _finish_system(ctx: StepContext, rootfs: Path, contents: list[dict]) -> list[PackedArtifact]:

@@ -70,7 +70,7 @@ def stage(work: Path, layers: Sequence[Path], *, over_host: bool,
     """
     work.mkdir()
     if not mounts.available():
-        return _linked(work, layers, over_host, hidden)
+        return _linked(work / "linked", layers, over_host, hidden)
     mounts.private_namespace()
     staged = Staged(root=None)
     try:
@@ -83,6 +83,11 @@ def stage(work: Path, layers: Sequence[Path], *, over_host: bool,
                 # An upper layer only so that the sandbox's mount points can be made.
                 _overlay(work, staged.root, _stack(work, list(reversed(layers)), staged),
                          staged, writable=True)
+    except mounts.MountError:
+        # A layer overlayfs refuses (a file system it cannot stack on, say):
+        # the same staging area, slower.
+        staged.close()
+        return _linked(work / "linked", layers, over_host, hidden)
     except BaseException:
         staged.close()
         raise
@@ -101,6 +106,9 @@ def system_root(work: Path, layers: Sequence[Path]) -> Staged | None:
         if layers:
             _overlay(work, staged.root, _stack(work, list(reversed(layers)), staged), staged,
                      writable=True)
+    except mounts.MountError:
+        staged.close()
+        return None
     except BaseException:
         staged.close()
         raise
@@ -241,7 +249,7 @@ def _whiteouts(mask: Path, hidden: Sequence[Path], host: Path) -> Path:
 def _linked(work: Path, layers: Sequence[Path], over_host: bool,
             hidden: Sequence[Path]) -> Staged:
     root = work / "root"
-    root.mkdir()
+    root.mkdir(parents=True)
     dirs: dict[str, int] = {}
     for layer in layers:
         link_tree(layer, root, dirs)
