@@ -138,7 +138,7 @@ class StepRunner:
         log = artifacts.describe(ctx.out / log_name, log_name)
         meta_name = f"{node.cache_key}.meta"
         # One line, sorted keys: json's C encoder (indenting takes its Python one,
-        # 5 ms a step with a few hundred inputs).
+        # 2.6 ms of a step with 210 inputs).
         _write_compact_json(ctx.out / meta_name, {
             "format": META_FORMAT, "node": node.id, "kind": node.kind, "name": node.name,
             "cache_key": node.cache_key, "arch": node.arch, "worker": platform.node(),
