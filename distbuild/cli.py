@@ -9,9 +9,11 @@ runs). Every DistbuildError becomes one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from distbuild import __version__
 from distbuild.errors import DistbuildError
@@ -41,6 +43,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
 DEFAULT_COMMAND = "build"
 
 
+def unknown_command(word: str) -> str | None:
+    """Why `word`, taken as the system to build, is really a mistyped command; else None.
+
+    A first positional that neither ends in .morph nor exists as a file names a
+    command, so `distbuild stauts ID` submits nothing. COMMANDS is the one list
+    the suggestion comes from.
+    """
+    if word.endswith(".morph") or Path(word).exists():
+        return None
+    close = difflib.get_close_matches(word, list(COMMANDS), n=1)
+    if close:
+        return f"unknown command '{word}'; did you mean '{close[0]}'?"
+    return f"unknown command '{word}' (run `distbuild --help` for the commands)"
+
+
 def _top_help() -> str:
     width = max(len(n) for n in COMMANDS)
     lines = [
@@ -65,11 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args[0] in COMMANDS:
         name, rest = args[0], args[1:]
-    elif DEFAULT_COMMAND in COMMANDS:
-        name, rest = DEFAULT_COMMAND, args
     else:
-        print(f"distbuild: error: unknown command '{args[0]}'\n\n{_top_help()}", file=sys.stderr)
-        return 2
+        name, rest = DEFAULT_COMMAND, args
     target, help_ = COMMANDS[name]
     module_name, _, attr = target.partition(":")
     module = importlib.import_module(module_name)
@@ -78,6 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = "distbuild" if name == DEFAULT_COMMAND and args[0] != name else f"distbuild {name}"
     parser = argparse.ArgumentParser(prog=prog, description=help_)
     module.add_arguments(parser)
+    if name != args[0]:
+        known, _ = parser.parse_known_args(rest)
+        why = unknown_command(known.system)
+        if why:
+            print(f"distbuild: error: {why}", file=sys.stderr)
+            return 2
     parsed = parser.parse_args(rest)
     try:
         return int(module.run(parsed) or 0)

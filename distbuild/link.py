@@ -9,10 +9,12 @@ answered here, and a link silent for longer than `dead_after` is declared dead.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import paramiko
@@ -21,7 +23,9 @@ from distbuild import __version__
 from distbuild.errors import DistbuildError
 from distbuild.protocol import PROTOCOL_VERSION, Message, ProtocolError, decode, encode
 from distbuild.protocol.messages import Hello, Ping, Pong, Refused, Welcome
-from distbuild.ssh import PublicKey, check_host_key
+from distbuild.ssh import PublicKey, check_host_key, quiet_paramiko
+
+quiet_paramiko()
 
 SUBSYSTEM = "distbuild"
 HEARTBEAT_SECONDS = 3.0
@@ -46,6 +50,8 @@ class Link:
         self._send_lock = threading.Lock()
         self._last_heard = time.monotonic()
         self._ping_seq = 0
+        # The controller's Welcome, once the handshake is done.
+        self.welcome: Welcome | None = None
 
     def send(self, message: Message) -> None:
         data = encode(message)
@@ -71,16 +77,19 @@ class Link:
                     continue
                 return message
             now = time.monotonic()
-            if now - self._last_heard > self.dead_after:
-                self.close()
-                raise LinkError(f"no word from the controller for {self.dead_after:.0f} s; "
-                                "the link is dead", self.peer, retryable=True)
             if deadline is not None and now >= deadline:
                 return None
             wait = min(1.0, self.dead_after) if deadline is None else max(
                 0.0, min(1.0, deadline - now))
             ready, _, _ = select.select([self.channel], [], [], wait)
             if not ready:
+                # Silence is judged only with nothing left unread: lines that waited
+                # while nobody read (during a long push) are signs of life too.
+                if time.monotonic() - self._last_heard > self.dead_after:
+                    self.close()
+                    raise LinkError(f"no word from the controller for "
+                                    f"{self.dead_after:.0f} s; the link is dead", self.peer,
+                                    retryable=True)
                 # Our own ping keeps a quiet but healthy link provably alive.
                 if now - self._last_heard > HEARTBEAT_SECONDS:
                     self._ping_seq += 1
@@ -94,6 +103,31 @@ class Link:
                 raise LinkError("the controller closed the link", self.peer, retryable=True)
             self._last_heard = time.monotonic()
             self._buffer += chunk
+
+    @contextlib.contextmanager
+    def kept_alive(self) -> Iterator[None]:
+        """Ping the controller from a thread while the caller does something long.
+
+        For work done between messages (pushing the definitions): nobody reads
+        the link then, and the controller would take the silence for a dead link.
+        """
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(HEARTBEAT_SECONDS):
+                try:
+                    self._ping_seq += 1
+                    self.send(Ping(seq=self._ping_seq))
+                except LinkError:
+                    return
+
+        thread = threading.Thread(target=beat, name="link-keepalive", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def close(self) -> None:
         try:
@@ -118,7 +152,13 @@ def connect(host: str, port: int, identity: Path, known_hosts: Path, role: str, 
     try:
         try:
             transport.start_client(timeout=timeout)
-        except (paramiko.SSHException, OSError) as e:
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            if "banner" in str(e):
+                # Retryable: a controller that is starting or stopping may drop a
+                # connection before its banner too.
+                raise LinkError("no SSH server answers on this port, so it is not the "
+                                "controller's initiator or worker port (an HTTP or git "
+                                "port?)", peer, retryable=True) from None
             raise LinkError(f"SSH handshake failed: {e}", peer, retryable=True) from None
         offered = transport.get_remote_server_key()
         check_host_key(known_hosts, host, port, PublicKey(offered.get_name(), offered.asbytes()))
@@ -130,8 +170,13 @@ def connect(host: str, port: int, identity: Path, known_hosts: Path, role: str, 
                             f"{role} authorized keys", peer) from None
         except (paramiko.SSHException, OSError) as e:
             raise LinkError(f"authentication failed: {e}", peer, retryable=True) from None
-        channel = transport.open_session(timeout=timeout)
-        channel.invoke_subsystem(SUBSYSTEM)
+        try:
+            channel = transport.open_session(timeout=timeout)
+            channel.invoke_subsystem(SUBSYSTEM)
+        except (paramiko.SSHException, OSError, EOFError):
+            raise LinkError("the SSH server on this port does not serve distbuild links, so "
+                            "it is not the controller (the trove's SSH port?)", peer,
+                            retryable=True) from None
         link = Link(transport, channel, peer, dead_after)
         link.send(Hello(protocol=PROTOCOL_VERSION, role=role, name=name,
                         software=f"distbuild {__version__}"))
@@ -141,6 +186,7 @@ def connect(host: str, port: int, identity: Path, known_hosts: Path, role: str, 
         if not isinstance(answer, Welcome):
             raise ProtocolError(f"expected welcome, got {answer.type if answer else 'nothing'}",
                                 peer)
+        link.welcome = answer
         return link
     except BaseException:
         transport.close()

@@ -1,12 +1,18 @@
 """`distbuild up`: a whole distbuild network on this machine, one process per component.
 
 It starts a trove, a controller and N workers on 127.0.0.1, each as its own
-`distbuild trove|controller|worker` process, as they would run on separate
-machines. The first run writes the keys and creates the trove; every run
-imports the example sources and definitions from morphs/ (unchanged content
-pushes nothing). It writes DIR/network.yaml for the client commands, prints
-how to build, and stops every process it started on Ctrl-C or SIGTERM.
-With --demo it builds the example system once, prints its artifact, and stops.
+`distbuild trove|controller|worker` process reading its own settings file
+(STATE/trove.yaml, controller.yaml, worker-N.yaml), as they would run on
+separate machines. Those files carry the real ports, and a later `up` on the
+same state directory reuses them when they are free, so URLs printed before,
+known_hosts and workers' settings stay valid. The first run writes the keys
+and creates the trove; a run imports an example repository from morphs/ only
+where the trove does not have it yet, so a branch a user pushed is never
+moved. It writes STATE/network.yaml for the client commands, prints how to
+build, restarts any component that dies (see supervise.py), and stops every
+process it started on Ctrl-C or SIGTERM. One `up` at a time holds a state
+directory (STATE/up.lock). With --demo it builds the example system once,
+prints its artifact, and stops.
 """
 
 from __future__ import annotations
@@ -16,23 +22,29 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from distbuild import keygen, ssh
 from distbuild.errors import DistbuildError
+from distbuild.supervise import Component, StateLock, Supervisor
 
 PROJECT = Path(__file__).resolve().parent.parent
 MORPHS = PROJECT / "morphs"
 EXAMPLE_SYSTEM = "systems/example-system-x86_64.morph"
 DEFINITIONS_REPO = "baserock/definitions"
 ADDRESS = "127.0.0.1"
+# (settings file, section, key) of every port the network listens on.
+PORTS = {"git_port": ("trove.yaml", "trove"), "http_port": ("trove.yaml", "trove"),
+         "ssh_port": ("trove.yaml", "trove"),
+         "initiator_port": ("controller.yaml", "controller"),
+         "worker_port": ("controller.yaml", "controller")}
 
 
 class NetworkError(DistbuildError):
@@ -44,135 +56,181 @@ def say(text: str) -> None:
     print(f"{stamp} {text}", flush=True)
 
 
-@dataclass
-class Component:
-    name: str
-    argv: list[str]
-    log: Path
-    proc: subprocess.Popen | None = None
-
-    def start(self, env: dict[str, str]) -> None:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                         env=env, start_new_session=True)
-
-    def stop(self, timeout: float = 10) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            s.bind((ADDRESS, port))
+        except OSError:
+            return False
+    return True
 
 
-@dataclass
+def choose_ports(previous: dict[str, int]) -> dict[str, int]:
+    """A port for each name: the previous one when it is free, else a new free one."""
+    chosen: dict[str, int] = {}
+    holders = []
+    try:
+        for name in PORTS:
+            port = previous.get(name)
+            if isinstance(port, int) and port > 0 and port not in chosen.values() \
+                    and _port_free(port):
+                chosen[name] = port
+                continue
+            # Held open until every port is chosen, so no two names get the same one.
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            holders.append(s)
+            s.bind((ADDRESS, 0))
+            chosen[name] = s.getsockname()[1]
+    finally:
+        for s in holders:
+            s.close()
+    return chosen
+
+
 class Network:
-    state_dir: Path
-    workers: int = 2
-    slots: int = 1
-    components: list[Component] = field(default_factory=list)
+    """The components of one local network in `state_dir`, started and kept running."""
 
-    def __post_init__(self) -> None:
-        self.state_dir = self.state_dir.resolve()
+    def __init__(self, state_dir: Path, workers: int = 2, slots: int = 1):
+        self.state_dir = Path(state_dir).resolve()
+        self.workers = workers
+        self.slots = slots
         self.keys = keygen.KeySet.in_dir(self.state_dir / "keys")
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = str(PROJECT) + os.pathsep + self.env.get("PYTHONPATH", "")
         self.env.pop("DISTBUILD_CONFIG", None)
+        self.lock = StateLock(self.state_dir)
+        self.supervisor = Supervisor(self.env, say, self._write_pids)
+
+    @property
+    def components(self) -> list[Component]:
+        return self.supervisor.components
 
     def _distbuild(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "distbuild", *args]
 
     def _start(self, name: str, argv: list[str], ready: Path | None = None,
                timeout: float = 30) -> dict:
-        component = Component(name, argv, self.state_dir / "logs" / f"{name}.log")
-        if ready is not None and ready.exists():
-            ready.unlink()
-        component.start(self.env)
-        self.components.append(component)
+        component = self.supervisor.add(
+            Component(name, argv, self.state_dir / "logs" / f"{name}.log", ready))
         if ready is None:
             return {}
         deadline = time.monotonic() + timeout
         while not ready.exists():
-            if component.proc.poll() is not None or time.monotonic() > deadline:
+            if component.exited() is not None or time.monotonic() > deadline:
                 tail = component.log.read_text().strip().splitlines()[-5:]
                 raise NetworkError(f"{name} did not start; its log ends: " + " | ".join(tail),
                                    str(component.log))
             time.sleep(0.05)
         return json.loads(ready.read_text())
 
+    def _write_settings(self, name: str, section: str, values: dict) -> Path:
+        path = self.state_dir / name
+        tmp = path.with_name(name + ".tmp")
+        tmp.write_text(yaml.safe_dump({section: values}, sort_keys=False))
+        os.replace(tmp, path)
+        return path
+
+    def previous_ports(self) -> dict[str, int]:
+        """The ports the settings files of an earlier run name (none on a first run)."""
+        found = {}
+        for key, (name, section) in PORTS.items():
+            path = self.state_dir / name
+            try:
+                values = (yaml.safe_load(path.read_text()) or {}).get(section) or {}
+            except (OSError, yaml.YAMLError, AttributeError):
+                continue
+            if isinstance(values, dict) and isinstance(values.get(key), int):
+                found[key] = values[key]
+        return found
+
     def start(self) -> dict:
         """Start every component; returns the settings written to network.yaml."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire()
+        ports = choose_ports(self.previous_ports())
         keygen.generate(self.keys.known_hosts.parent, (ADDRESS, []), (ADDRESS, []))
         d = self.state_dir
         (d / "run").mkdir(parents=True, exist_ok=True)
-        trove = self._start("trove", self._distbuild(
-            "trove", "--git-dir", str(d / "trove" / "git"),
-            "--artifact-dir", str(d / "trove" / "artifacts"), "--listen-address", ADDRESS,
-            "--git-port", "0", "--http-port", "0", "--ssh-port", "0",
-            "--authorized-keys", str(self.keys.trove_authorized_keys),
-            "--host-key", str(self.keys.trove_host_key),
-            "--token-secret-file", str(self.keys.token_secret),
-            "--ready-file", str(d / "run" / "trove.json")), d / "run" / "trove.json")
-        git_url = f"git://{ADDRESS}:{trove['git_port']}"
-        cache_url = f"http://{ADDRESS}:{trove['http_port']}/"
-        controller_conf = d / "controller.yaml"
-        controller_conf.write_text(yaml.safe_dump({"controller": {
+        git_url = f"git://{ADDRESS}:{ports['git_port']}"
+        cache_url = f"http://{ADDRESS}:{ports['http_port']}/"
+        ssh_url = f"ssh://git@{ADDRESS}:{ports['ssh_port']}"
+        self._trust(ports["initiator_port"], ports["worker_port"], ports["ssh_port"])
+        trove_conf = self._write_settings("trove.yaml", "trove", {
+            "git_dir": str(d / "trove" / "git"), "artifact_dir": str(d / "trove" / "artifacts"),
+            "listen_address": ADDRESS, "git_port": ports["git_port"],
+            "http_port": ports["http_port"], "ssh_port": ports["ssh_port"],
+            "authorized_keys": str(self.keys.trove_authorized_keys),
+            "host_key": str(self.keys.trove_host_key),
+            "token_secret_file": str(self.keys.token_secret)})
+        self._start("trove", self._distbuild(
+            "trove", "--config", str(trove_conf), "--ready-file", str(d / "run" / "trove.json")),
+            d / "run" / "trove.json")
+        controller_conf = self._write_settings("controller.yaml", "controller", {
             "state_dir": str(d / "controller"), "trove_git_url": git_url,
-            "artifact_cache_url": cache_url, "token_secret_file": str(self.keys.token_secret),
+            "artifact_cache_url": cache_url, "trove_ssh_url": ssh_url,
+            "trove_ssh_host_key": ssh.public_key_of(self.keys.trove_host_key).line(),
+            "definitions_repo": DEFINITIONS_REPO,
+            "token_secret_file": str(self.keys.token_secret),
             "host_key": str(self.keys.controller_host_key),
             "initiator_authorized_keys": str(self.keys.initiator_authorized_keys),
             "worker_authorized_keys": str(self.keys.worker_authorized_keys),
-            "listen_address": ADDRESS, "initiator_port": 0, "worker_port": 0}}))
-        controller = self._start("controller", self._distbuild(
+            "listen_address": ADDRESS, "initiator_port": ports["initiator_port"],
+            "worker_port": ports["worker_port"]})
+        self._start("controller", self._distbuild(
             "controller", "--config", str(controller_conf),
             "--ready-file", str(d / "run" / "controller.json")), d / "run" / "controller.json")
-        self._trust(controller["initiator_port"], controller["worker_port"], trove["ssh_port"])
         settings = {
             "controller_initiator_address": ADDRESS,
-            "controller_initiator_port": controller["initiator_port"],
+            "controller_initiator_port": ports["initiator_port"],
             "artifact_cache_url": cache_url,
             "trove_git_url": git_url,
-            "trove_ssh_url": f"ssh://git@{ADDRESS}:{trove['ssh_port']}",
+            "trove_ssh_url": ssh_url,
             "definitions_url": f"{git_url}/{DEFINITIONS_REPO}",
             "definitions_repo": DEFINITIONS_REPO,
             "identity": str(self.keys.initiator_key),
             "known_hosts": str(self.keys.known_hosts),
         }
         self._import_examples(settings)
+        controller_log = d / "logs" / "controller.log"
+        joined_after = controller_log.stat().st_size if controller_log.exists() else 0
         for n in range(1, self.workers + 1):
-            worker_conf = d / f"worker-{n}.yaml"
-            worker_conf.write_text(yaml.safe_dump({"worker": {
+            worker_conf = self._write_settings(f"worker-{n}.yaml", "worker", {
                 "name": f"worker-{n}", "controller_address": ADDRESS,
-                "controller_port": controller["worker_port"],
+                "controller_port": ports["worker_port"],
                 "identity": str(self.keys.worker_key), "known_hosts": str(self.keys.known_hosts),
                 "work_dir": str(d / f"worker-{n}"), "slots": self.slots,
                 # The example definitions bring no toolchain: build with the host's.
-                "staging_over_host": True}}))
+                "staging_over_host": True})
             self._start(f"worker-{n}", self._distbuild("worker", "--config", str(worker_conf)))
-        self._wait_for_workers()
+        self._wait_for_workers(joined_after)
         network_yaml = d / "network.yaml"
         tmp = network_yaml.with_name("network.yaml.tmp")
         tmp.write_text(yaml.safe_dump(settings, sort_keys=False))
         os.replace(tmp, network_yaml)
-        (d / "run" / "pids.json").write_text(json.dumps(
-            {c.name: c.proc.pid for c in self.components if c.proc}))
+        self._write_pids()
         return settings
 
-    def _wait_for_workers(self, timeout: float = 30) -> None:
-        """Return once every worker has joined the controller; a worker that died is an error."""
+    def _write_pids(self) -> None:
+        path = self.state_dir / "run" / "pids.json"
+        tmp = path.with_name("pids.json.tmp")
+        tmp.write_text(json.dumps(self.supervisor.pids()))
+        os.replace(tmp, path)
+
+    def _wait_for_workers(self, start: int, timeout: float = 30) -> None:
+        """Return once every worker has joined the controller (in its log after byte
+        `start`: the log goes on across runs); a worker that died is an error."""
         controller_log = self.state_dir / "logs" / "controller.log"
         workers = [c for c in self.components if c.name.startswith("worker-")]
         deadline = time.monotonic() + timeout
         while True:
-            text = controller_log.read_text() if controller_log.exists() else ""
+            text = (controller_log.read_bytes()[start:].decode("utf-8", "replace")
+                    if controller_log.exists() else "")
             waiting = [c for c in workers if f"worker {c.name}: arch " not in text]
             if not waiting:
                 return
             for c in waiting:
-                if c.proc is not None and c.proc.poll() is not None:
+                if c.exited() is not None:
                     tail = c.log.read_text().strip().splitlines()[-1:] if c.log.exists() else []
                     raise NetworkError(f"{c.name} exited with status {c.proc.returncode}: "
                                        f"{' '.join(tail)}", str(c.log))
@@ -190,18 +248,35 @@ class Network:
         self.keys.known_hosts.write_text("\n".join(lines) + "\n")
 
     def _import_examples(self, settings: dict) -> None:
-        """The example sources as delta/NAME and the definitions as baserock/definitions."""
+        """The example sources as delta/NAME and the definitions as baserock/definitions.
+
+        Only repositories the trove does not have yet: one that exists may hold
+        branches a user pushed, which an import would move.
+        """
         config_file = self.state_dir / "network.yaml.import"
         config_file.write_text(yaml.safe_dump(settings))
         try:
             for source in sorted((MORPHS / "sources").iterdir()):
-                self._run_import(f"delta/{source.name}", source, config_file)
+                self._import_missing(f"delta/{source.name}", source, config_file, settings)
+            if self._has_branches(settings, DEFINITIONS_REPO):
+                return
             with tempfile.TemporaryDirectory(prefix="distbuild-definitions-") as tmp:
                 definitions = Path(tmp) / "definitions"
                 shutil.copytree(MORPHS, definitions, ignore=shutil.ignore_patterns("sources"))
                 self._run_import(DEFINITIONS_REPO, definitions, config_file)
         finally:
             config_file.unlink(missing_ok=True)
+
+    def _import_missing(self, name: str, source: Path, config_file: Path,
+                        settings: dict) -> None:
+        if not self._has_branches(settings, name):
+            self._run_import(name, source, config_file)
+
+    def _has_branches(self, settings: dict, name: str) -> bool:
+        proc = subprocess.run(["git", "ls-remote", "--heads",
+                               f"{settings['trove_git_url']}/{name}"],
+                              capture_output=True, text=True, timeout=60)
+        return proc.returncode == 0 and bool(proc.stdout.strip())
 
     def _run_import(self, name: str, source: Path, config_file: Path) -> None:
         proc = subprocess.run(self._distbuild("trove", "import", "--config", str(config_file),
@@ -211,18 +286,12 @@ class Network:
             raise NetworkError(f"importing {name} failed: {proc.stderr.strip()}", str(source))
 
     def stop(self) -> None:
-        for component in reversed(self.components):
-            component.stop()
+        self.supervisor.stop()
+        self.lock.release()
 
-    def watch(self, stop_requested) -> None:
-        """Report components that exit, until asked to stop."""
-        reported: set[str] = set()
-        while not stop_requested():
-            for c in self.components:
-                if c.name not in reported and c.proc and c.proc.poll() is not None:
-                    reported.add(c.name)
-                    say(f"{c.name} exited with status {c.proc.returncode}; see {c.log}")
-            time.sleep(0.5)
+    def watch(self, done) -> None:
+        """Restart components that exit, until `done()` is true."""
+        self.supervisor.watch(done)
 
 
 def checkout_definitions(settings: dict, dest: Path) -> Path:
@@ -257,6 +326,7 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    network.lock.acquire()
     try:
         say(f"Starting a distbuild network in {network.state_dir}")
         settings = network.start()
@@ -271,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
               f"  DISTBUILD_CONFIG={network_yaml} distbuild {EXAMPLE_SYSTEM}\n"
               f"Logs of the network's processes: {network.state_dir / 'logs'}\n", flush=True)
         if args.demo:
-            return demo(network, definitions, network_yaml)
+            return demo(network, definitions, network_yaml, lambda: stopping["now"])
         say("Press Ctrl-C to stop the network")
         network.watch(lambda: stopping["now"])
         return 0
@@ -280,8 +350,11 @@ def run(args: argparse.Namespace) -> int:
         network.stop()
 
 
-def demo(network: Network, definitions: Path, network_yaml: Path) -> int:
+def demo(network: Network, definitions: Path, network_yaml: Path, stopping) -> int:
     """Build the example system as an initiator would, from the checkout."""
-    proc = subprocess.run(network._distbuild("--config", str(network_yaml), EXAMPLE_SYSTEM),
-                          cwd=definitions, env=network.env)
-    return proc.returncode
+    proc = subprocess.Popen(network._distbuild("--config", str(network_yaml), EXAMPLE_SYSTEM),
+                            cwd=definitions, env=network.env)
+    network.watch(lambda: proc.poll() is not None or stopping())
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    return proc.wait()

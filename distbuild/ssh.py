@@ -9,6 +9,7 @@ that shows the fingerprint and the exact known_hosts line to add.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import os
@@ -176,9 +177,26 @@ def check_host_key(known_hosts: Path, host: str, port: int, key: PublicKey) -> N
         where)
 
 
+def quiet_paramiko():
+    """paramiko, with its logger kept from printing tracebacks of its own threads.
+
+    Every failure paramiko logs also reaches the caller as an exception, which
+    becomes one line naming the peer; the log records would only add a traceback.
+    """
+    import logging
+
+    import paramiko
+
+    logger = logging.getLogger("paramiko")
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+        logger.propagate = False
+    return paramiko
+
+
 def fetch_host_key(host: str, port: int, timeout: float = 10.0) -> PublicKey:
     """The host key an SSH server at host:port offers (no authentication is attempted)."""
-    import paramiko
+    paramiko = quiet_paramiko()
 
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
@@ -239,6 +257,36 @@ class AuthorizedKeysFile:
             except keys.BadKeyError:
                 continue
         return out
+
+
+# Signature algorithms conch verifies for a client's key. conch's server names its
+# host key types in server-sig-algs instead, so a client with an RSA key (paramiko,
+# OpenSSH) would find no algorithm it may sign with and give up.
+CLIENT_SIGNATURE_ALGORITHMS = (b"ssh-ed25519", b"ecdsa-sha2-nistp256", b"ecdsa-sha2-nistp384",
+                               b"ecdsa-sha2-nistp521", b"rsa-sha2-512", b"rsa-sha2-256")
+
+
+@functools.cache
+def server_transport():
+    """The conch server transport every distbuild SSH server uses.
+
+    It announces the client signature algorithms it accepts, and turns Nagle's
+    algorithm off: messages are small and come in bursts, and each would
+    otherwise wait about 40 ms for the peer's delayed ACK.
+    """
+    from twisted.conch.ssh import transport
+
+    class ServerTransport(transport.SSHServerTransport):
+        def connectionMade(self) -> None:
+            self.transport.setTcpNoDelay(True)
+            super().connectionMade()
+
+        def sendExtInfo(self, extensions) -> None:
+            super().sendExtInfo([
+                (name, b",".join(CLIENT_SIGNATURE_ALGORITHMS)
+                 if name == b"server-sig-algs" else value) for name, value in extensions])
+
+    return ServerTransport
 
 
 def make_portal(realm, authorized_keys: Path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -35,11 +36,28 @@ def run_distbuild(*args: str, cwd: Path | None = None, env: dict | None = None,
     return proc
 
 
+# CI sets this (.ci/run) so that tests needing ../shared fail instead of skipping.
+REQUIRE_ALL = "DISTBUILD_REQUIRE_ALL"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip the test for something from outside the clone that is missing, with one
+    reason line; or fail when $DISTBUILD_REQUIRE_ALL is 1 (CI must run every test)."""
+    if os.environ.get(REQUIRE_ALL) == "1":
+        pytest.fail(f"{reason} ({REQUIRE_ALL}=1 requires it)", pytrace=False)
+    pytest.skip(reason)
+
+
+def need_shared(path: Path = BASEROCK) -> Path:
+    """`path` under ../shared, or skip_or_fail when it is absent."""
+    if not path.exists():
+        skip_or_fail(f"../shared/{path.relative_to(SHARED)} is not beside the project")
+    return path
+
+
 @pytest.fixture
 def baserock() -> Path:
-    if not BASEROCK.is_dir():
-        pytest.skip("../shared/baserock-definitions is not beside the project")
-    return BASEROCK
+    return need_shared(BASEROCK)
 
 
 @contextmanager
@@ -53,3 +71,44 @@ def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+# Imports the modules named in argv and prints the site-packages entries they came from.
+_THIRD_PARTY = """
+import importlib, sys, sysconfig
+from pathlib import Path
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+sites = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+for mod in list(sys.modules.values()):
+    path = getattr(mod, "__file__", None) or ""
+    for site in sites:
+        if path.startswith(site + "/"):
+            print(Path(site) / Path(path).relative_to(site).parts[0])
+"""
+
+
+def python_for_others(dest: Path, *modules: str) -> tuple[str, str]:
+    """(python, PYTHONPATH) with which another user runs `modules` of this checkout.
+
+    The checkout (and its .venv) may lie under a directory only root can read,
+    as `mktemp -d` makes, so the distbuild package, its extensions and the
+    third-party packages `modules` import are copied into `dest` (which that
+    user must be able to read), and the interpreter is the system's own.
+    """
+    lib = dest / "lib"
+    shutil.copytree(PROJECT / "distbuild", lib / "distbuild",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(PROJECT / "extensions", lib / "extensions")
+    found = subprocess.run([sys.executable, "-c", _THIRD_PARTY, *modules], check=True,
+                           capture_output=True, text=True, cwd=PROJECT).stdout.split()
+    for entry in sorted({Path(p) for p in found}):
+        if entry.name.startswith(("__editable__", "_distutils_hack", "distbuild")):
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, lib / entry.name, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(entry, lib / entry.name)
+    subprocess.run(["chmod", "-R", "a+rX", str(dest)], check=True)
+    return os.path.realpath(sys.executable), str(lib)

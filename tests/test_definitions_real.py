@@ -7,26 +7,26 @@ from pathlib import Path
 import pytest
 
 from distbuild.definitions import Definitions, DirectorySource, build_graph
-from tests.conftest import BASEROCK, run_distbuild
+from tests.conftest import BASEROCK, need_shared, run_distbuild
 
+# Without ../shared each list holds one placeholder, whose test skips (or fails in CI).
 SYSTEMS = sorted(
     str(p.relative_to(BASEROCK))
     for p in [*BASEROCK.glob("systems/*.morph"), *BASEROCK.glob("genivi/systems/*.morph")]
-)
+) or ["(no ../shared)"]
 CLUSTERS = sorted(
     str(p.relative_to(BASEROCK))
     for p in [*BASEROCK.glob("clusters/*.morph"), *BASEROCK.glob("genivi/clusters/*.morph")]
-)
+) or ["(no ../shared)"]
 
 
 @pytest.fixture(scope="module")
 def defs():
-    if not BASEROCK.is_dir():
-        pytest.skip("../shared/baserock-definitions is not beside the project")
-    return Definitions(DirectorySource(BASEROCK))
+    return Definitions(DirectorySource(need_shared(BASEROCK)))
 
 
 def test_there_are_systems_to_check():
+    need_shared(BASEROCK)
     assert len(SYSTEMS) == 87  # 81 in systems/ and 6 in genivi/systems/
 
 

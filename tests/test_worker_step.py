@@ -206,7 +206,9 @@ def test_failing_command_reports_status_command_and_last_lines(runner, repo):
     assert (err.status, err.command, err.phase) == (3, "echo about to fail; exit 3", "build")
     assert err.last_lines == ("about to fail",)
     assert str(err).startswith(f"{node.id}: build command 'echo about to fail; exit 3' "
-                               "exited with status 3; last lines of output:")
+                               "exited with status 3\nlast lines of output:\nabout to fail")
+    assert err.what.splitlines()[0] == ("build command 'echo about to fail; exit 3' "
+                                        "exited with status 3")
     assert not any(line.endswith(" never") for line in lines)
     assert lines[-1].endswith(f"Build of {node.id} failed: {err.what.splitlines()[0]}")
     assert_nothing_left(runner, node.cache_key)

@@ -10,13 +10,13 @@ a Refused that names both versions, and the channel closes.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
 from twisted.conch.avatar import ConchUser
 from twisted.conch.interfaces import IConchUser, ISession
-from twisted.conch.ssh import connection, factory, session, transport
+from twisted.conch.ssh import connection, factory, session
 from twisted.cred import portal
 from twisted.internet import task
 from twisted.internet.interfaces import IReactorTime
@@ -28,7 +28,7 @@ from distbuild import ssh
 from distbuild.errors import DistbuildError
 from distbuild.protocol import PROTOCOL_VERSION, Message, ProtocolError, decode, encode
 from distbuild.protocol.codec import MAX_LINE
-from distbuild.protocol.messages import Hello, Ping, Pong, Refused, Welcome
+from distbuild.protocol.messages import TROVE_FIELDS, Hello, Ping, Pong, Refused, Welcome
 
 SUBSYSTEM = b"distbuild"
 HEARTBEAT_SECONDS = 3.0
@@ -59,8 +59,10 @@ class LinkProtocol(TwistedProtocol):
     MAX_LENGTH = MAX_LINE
 
     def __init__(self, role: str, handler: LinkHandler, user: str, clock: IReactorTime,
-                 dead_after: float = DEAD_AFTER_SECONDS):
+                 dead_after: float = DEAD_AFTER_SECONDS,
+                 trove: Mapping[str, str] | None = None):
         self.role = role
+        self.trove = dict(trove or {})
         self.handler = handler
         self.user = user
         self.clock = clock
@@ -145,7 +147,8 @@ class LinkProtocol(TwistedProtocol):
             self.refuse(why)
             return
         self.open = True
-        self.send(Welcome(protocol=PROTOCOL_VERSION, controller=self.handler.name))
+        self.send(Welcome(protocol=PROTOCOL_VERSION, controller=self.handler.name,
+                          **self.trove))
 
     def send(self, message: Message) -> None:
         if self.transport is not None:
@@ -232,27 +235,23 @@ class LinkRealm:
 components.registerAdapter(_NoShell, LinkAvatar, ISession)
 
 
-class _NoDelayTransport(transport.SSHServerTransport):
-    """The SSH server transport with Nagle's algorithm off: messages are small and come in
-    bursts, and each would otherwise wait about 40 ms for the peer's delayed ACK."""
-
-    def connectionMade(self) -> None:
-        self.transport.setTcpNoDelay(True)
-        super().connectionMade()
-
-
 def link_factory(role: str, handler: LinkHandler, host_key: Path, authorized_keys: Path,
-                 clock: IReactorTime, dead_after: float = DEAD_AFTER_SECONDS
-                 ) -> factory.SSHFactory:
-    """An SSH server for one role, admitting exactly the keys in `authorized_keys`."""
+                 clock: IReactorTime, dead_after: float = DEAD_AFTER_SECONDS,
+                 trove: Mapping[str, str] | None = None) -> factory.SSHFactory:
+    """An SSH server for one role, admitting exactly the keys in `authorized_keys`.
+
+    `trove` (keys of TROVE_FIELDS) goes into every Welcome, so that clients learn
+    where the network's trove is from the controller.
+    """
     key = ssh.load_host_key(host_key)
     ssh.read_authorized_keys(authorized_keys)  # a missing or broken file fails at start-up
+    announced = {k: v for k, v in (trove or {}).items() if k in TROVE_FIELDS and v}
 
     def make_protocol(user: str) -> LinkProtocol:
-        return LinkProtocol(role, handler, user, clock, dead_after)
+        return LinkProtocol(role, handler, user, clock, dead_after, announced)
 
     f = factory.SSHFactory()
-    f.protocol = _NoDelayTransport
+    f.protocol = ssh.server_transport()
     f.portal = ssh.make_portal(LinkRealm(make_protocol), authorized_keys)
     f.publicKeys = {key.sshType(): key.public()}
     f.privateKeys = {key.sshType(): key}

@@ -25,8 +25,9 @@ from distbuild.timestamps import terminal_stamp
 LAST_LINES = 20
 
 
-def say(text: str) -> None:
-    print(f"{terminal_stamp()} {text}", flush=True)
+def say(text: str, quiet: bool = False) -> None:
+    """A progress line with its time; `quiet` sends it to stderr (stdout holds data)."""
+    print(f"{terminal_stamp()} {text}", flush=True, file=sys.stderr if quiet else sys.stdout)
 
 
 def add_link_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,53 +50,91 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write logs of steps that were already in the cache")
     parser.add_argument("--detach", action="store_true",
                         help="submit the request and return without following it")
+    parser.add_argument("--priority", choices=("high", "normal", "low"), default="normal",
+                        help="served before (high) or after (low) other requests "
+                             "(default: normal)")
     parser.add_argument("--strict", action="store_true", default=None,
                         help="unknown fields in the definitions fail the build instead of "
                              "warning (also: strict_definitions in the settings)")
 
 
+# The keys `ssh` itself tries, in its order.
+SSH_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa")
+
+
 def settings(args: argparse.Namespace) -> config.ClientSettings:
+    """Client settings from --config and options, else from the files `ssh` uses."""
     s = config.client_settings(
         args.config, strict_definitions=getattr(args, "strict", None),
         controller_initiator_address=args.controller_initiator_address,
         controller_initiator_port=args.controller_initiator_port,
         identity=args.identity, known_hosts=args.known_hosts)
-    for name in ("controller_initiator_address", "identity", "known_hosts"):
-        if not getattr(s, name):
-            raise ConfigError(f"no {name} given: pass --{name.replace('_', '-')} or a "
-                              "--config file (such as the network.yaml from `distbuild up`)",
+    if not s.controller_initiator_address:
+        raise ConfigError("no controller given: pass --controller-initiator-address=HOST "
+                          "or a --config file (such as the network.yaml from `distbuild up`)",
+                          "settings")
+    ssh_dir = Path.home() / ".ssh"
+    if s.identity is None:
+        s.identity = next((ssh_dir / n for n in SSH_IDENTITIES if (ssh_dir / n).is_file()), None)
+        if s.identity is None:
+            raise ConfigError(f"no identity: none of {', '.join(SSH_IDENTITIES)} is in "
+                              f"{ssh_dir}; pass --identity or create a key with ssh-keygen",
                               "settings")
+    if s.known_hosts is None:
+        s.known_hosts = ssh_dir / "known_hosts"
     return s
 
 
-def open_link(s: config.ClientSettings) -> Link:
-    say(f"Connecting to {s.controller_initiator_address}:{s.controller_initiator_port}")
+def open_link(s: config.ClientSettings, quiet: bool = False) -> Link:
+    """The initiator link to the controller; `quiet` sends the progress line to stderr."""
+    say(f"Connecting to {s.controller_initiator_address}:{s.controller_initiator_port}",
+        quiet)
     return connect(s.controller_initiator_address, s.controller_initiator_port,
                    s.identity, s.known_hosts, "initiator",
                    f"{_user()}@{_host()}")
 
 
-def run(args: argparse.Namespace) -> int:
-    s = settings(args)
+def with_trove(s: config.ClientSettings, welcome: m.Welcome | None) -> config.ClientSettings:
+    """`s` completed with the trove URLs the controller announced; the settings' own win."""
+    if welcome is not None:
+        for name in m.TROVE_FIELDS:
+            if hasattr(s, name) and not getattr(s, name) and getattr(welcome, name):
+                setattr(s, name, getattr(welcome, name))
     for name in ("trove_ssh_url", "trove_git_url"):
         if not getattr(s, name):
-            raise ConfigError(f"no {name} in the settings: the initiator pushes the "
-                              "definitions to the trove", "settings")
-    snap = snapshot.take(Path.cwd())
+            raise ConfigError(f"the controller did not say where its trove is ({name}) and "
+                              "the settings do not either: set trove_ssh_url and "
+                              "trove_git_url in the controller's settings or in a --config "
+                              "file", "settings")
+    return s
+
+
+def run(args: argparse.Namespace) -> int:
+    s = settings(args)
+    snap = snapshot.take(Path.cwd(), [args.initiator_step_output_dir])
     system = _relative_to(Path(args.system), snap.top)
-    repo = s.definitions_repo or "distbuild/definitions"
-    snapshot.push(snap, repo, s.trove_ssh_url, s.identity, s.known_hosts)
-    if snap.has_changes:
-        say(f"Uncommitted changes are included as commit {snap.commit[:12]} "
-            f"on top of {snap.head[:12]}")
+    snapshot.require_file(snap, system)
     link = open_link(s)
-    url = f"{s.trove_git_url.rstrip('/')}/{repo}"
-    say(f"Requesting build of {url} {snap.commit} {system}"
-        + (f" ({', '.join(args.components)})" if args.components else ""))
-    link.send(m.BuildRequest(definitions_repo=url, definitions_commit=snap.commit,
-                             system=system, components=list(args.components),
-                             fetch_cached_logs=args.fetch_cached_logs, detach=args.detach,
-                             strict=s.strict_definitions))
+    try:
+        s = with_trove(s, link.welcome)
+        repo = s.definitions_repo or "distbuild/definitions"
+        announced_key = link.welcome.trove_ssh_host_key if link.welcome else ""
+        with link.kept_alive():
+            snapshot.push(snap, repo, s.trove_ssh_url, s.identity, s.known_hosts,
+                          announced_key)
+        if snap.has_changes:
+            say(f"Uncommitted changes are included as commit {snap.commit[:12]} "
+                f"on top of {snap.head[:12]}")
+        url = f"{s.trove_git_url.rstrip('/')}/{repo}"
+        say(f"Requesting build of {url} {snap.commit} {system}"
+            + (f" ({', '.join(args.components)})" if args.components else ""))
+        link.send(m.BuildRequest(definitions_repo=url, definitions_commit=snap.commit,
+                                 system=system, components=list(args.components),
+                                 fetch_cached_logs=args.fetch_cached_logs, detach=args.detach,
+                                 priority=args.priority, strict=s.strict_definitions))
+    except BaseException:
+        link.close()
+        raise
     return Follower(link, StepLogs(args.initiator_step_output_dir), s, args).run()
 
 
@@ -145,6 +184,7 @@ class Follower:
     def handle(self, msg: m.Message) -> int | None:
         if isinstance(msg, m.RequestAccepted):
             self.request_id = msg.request_id
+            self.logs.request_id = msg.request_id
             say(f"Request ID: {msg.request_id}")
             if self.args.detach:
                 say(f"Detached. Follow it with `distbuild status {msg.request_id}`; "

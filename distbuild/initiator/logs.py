@@ -1,4 +1,7 @@
-"""The build-step-*.log files: one per step, created when it starts, appended live.
+"""The build-step-*.log files: one per step, written afresh when it starts, appended live.
+
+A file starts with a line naming the request, so that a rebuild's log is not
+mistaken for the previous build's (a retried step goes on in the same file).
 
 Lines are flushed as they arrive so that `tail -f build-step-*.log` follows
 the build. Status lines ("Started building X on W", "Finished building X on
@@ -18,6 +21,7 @@ class StepLogs:
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
+        self.request_id = ""
         self.files: dict[str, IO[str]] = {}
         self.paths: dict[str, Path] = {}
 
@@ -30,7 +34,8 @@ class StepLogs:
             self.directory.mkdir(parents=True, exist_ok=True)
             path = self.directory / Path(name).name
             self.paths[step] = path
-            self.files[step] = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open
+            self.files[step] = open(path, "w", encoding="utf-8")  # noqa: SIM115 - kept open
+            self.status(step, f"Log of {step} for request {self.request_id or '(unknown)'}")
         return self.paths[step]
 
     def status(self, step: str, text: str) -> None:

@@ -12,7 +12,8 @@ from distbuild.protocol import messages as m
 
 
 def _ask(args: argparse.Namespace, question: m.Message) -> m.Message:
-    link: Link = open_link(settings(args))
+    # Progress goes to stderr: stdout holds the answer (`status --json` is only JSON).
+    link: Link = open_link(settings(args), quiet=True)
     try:
         link.send(question)
         while True:
@@ -40,7 +41,7 @@ class Status:
     def run(args: argparse.Namespace) -> int:
         answer = _ask(args, m.StatusRequest(request_id=args.request_id))
         if isinstance(answer, m.Error):
-            say(answer.message)
+            say(answer.message, quiet=True)
             return 1
         r = answer.request
         if args.json:
@@ -69,7 +70,7 @@ class List:
     def run(args: argparse.Namespace) -> int:
         answer = _ask(args, m.ListRequests())
         if isinstance(answer, m.Error):
-            say(answer.message)
+            say(answer.message, quiet=True)
             return 1
         if not answer.requests:
             print("No requests.")
@@ -91,5 +92,5 @@ class Cancel:
         if isinstance(answer, m.BuildCancelled):
             say(f"Cancelled request {args.request_id}")
             return 0
-        say(getattr(answer, "message", f"unexpected answer {answer.type}"))
+        say(getattr(answer, "message", f"unexpected answer {answer.type}"), quiet=True)
         return 1

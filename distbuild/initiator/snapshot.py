@@ -40,6 +40,12 @@ class Snapshot:
         return self.commit != self.head
 
 
+class _GitFailed(SnapshotError):
+    def __init__(self, what: str, where: str, stderr: str):
+        super().__init__(what, where)
+        self.stderr = stderr
+
+
 def _git(args: list[str], cwd: Path, env: dict | None = None, what: str = "") -> str:
     full = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     full["GIT_TERMINAL_PROMPT"] = "0"
@@ -48,12 +54,20 @@ def _git(args: list[str], cwd: Path, env: dict | None = None, what: str = "") ->
     if proc.returncode != 0:
         lines = [x for x in proc.stderr.strip().splitlines() if x.strip()]
         reason = lines[-1].removeprefix("fatal: ") if lines else f"exit {proc.returncode}"
-        raise SnapshotError(f"{what or 'git ' + args[0]} failed: {reason}", str(cwd))
+        raise _GitFailed(f"{what or 'git ' + args[0]} failed: {reason}", str(cwd), proc.stderr)
     return proc.stdout.strip()
 
 
-def take(path: Path) -> Snapshot:
-    """Commit the checkout's current state (HEAD and uncommitted changes) without touching it."""
+# The build's own output, never part of what is built.
+LOG_FILES = "build-step-*.log"
+
+
+def take(path: Path, leave_out: list[Path] | None = None) -> Snapshot:
+    """Commit the checkout's current state (HEAD and uncommitted changes) without touching it.
+
+    Uncommitted build-step-*.log files are left out, and so is each directory in
+    `leave_out` (such as --initiator-step-output-dir) that lies inside the checkout.
+    """
     try:
         top = Path(_git(["rev-parse", "--show-toplevel"], path))
     except SnapshotError:
@@ -61,10 +75,16 @@ def take(path: Path) -> Snapshot:
                             "definitions", str(path)) from None
     head = _git(["rev-parse", "--verify", "-q", "HEAD^{commit}"], top,
                 what="finding HEAD (does the repository have a commit yet?)")
+    excludes = [f":(exclude,glob)**/{LOG_FILES}"]
+    for folder in leave_out or []:
+        inside = _inside(folder, top)
+        if inside:
+            excludes.append(f":(exclude,top){inside}")
     with tempfile.TemporaryDirectory(prefix="distbuild-index-") as tmp:
         env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
         _git(["read-tree", "HEAD"], top, env)
-        _git(["add", "-A", "."], top, env, what="recording uncommitted changes")
+        _git(["add", "-A", "--", ".", *excludes], top, env,
+             what="recording uncommitted changes")
         tree = _git(["write-tree"], top, env)
     if tree == _git(["rev-parse", "HEAD^{tree}"], top):
         return Snapshot(top, head, head)
@@ -77,26 +97,91 @@ def take(path: Path) -> Snapshot:
     return Snapshot(top, commit, head)
 
 
+def _inside(folder: Path, top: Path) -> str | None:
+    """`folder` relative to `top` when it lies strictly inside it."""
+    try:
+        rel = Path(os.path.abspath(folder)).resolve().relative_to(top.resolve())
+    except ValueError:
+        return None
+    return str(rel) if str(rel) != "." else None
+
+
+def require_file(snapshot: Snapshot, path: str) -> None:
+    """Refuse, before anything is pushed, a system file that is not in the snapshot."""
+    try:
+        kind = _git(["cat-file", "-t", f"{snapshot.commit}:{path}"], snapshot.top)
+    except SnapshotError:
+        kind = ""
+    if kind != "blob":
+        raise SnapshotError("no such file in this checkout", path)
+
+
 def push(snapshot: Snapshot, repo: str, trove_ssh_url: str, identity: Path,
-         known_hosts: Path) -> str:
-    """Push the snapshot to repository `repo` on the trove; returns the ref it is under."""
+         known_hosts: Path, announced_key: str = "") -> str:
+    """Push the snapshot to repository `repo` on the trove; returns the ref it is under.
+
+    `announced_key` is the trove's host key as the controller announced it: it is
+    trusted when known_hosts names no key for the trove (and checked otherwise).
+    """
     parsed = urllib.parse.urlsplit(trove_ssh_url)
     if parsed.scheme != "ssh" or not parsed.hostname:
         raise ConfigError("trove_ssh_url must look like ssh://git@HOST:PORT", trove_ssh_url)
     host, port = parsed.hostname, parsed.port or 22
-    ssh.check_host_key(known_hosts, host, port, ssh.fetch_host_key(host, port))
+    offered = ssh.fetch_host_key(host, port)
+    with tempfile.TemporaryDirectory(prefix="distbuild-push-") as tmp:
+        if announced_key and not ssh.known_keys(known_hosts, host, port):
+            trusted = ssh.parse_public_key(announced_key, "the controller's welcome")
+            known_hosts = Path(tmp) / "known_hosts"
+            known_hosts.write_text(ssh.known_hosts_line(host, port, trusted) + "\n")
+        ssh.check_host_key(known_hosts, host, port, offered)
+        return _push(snapshot, f"ssh://{parsed.username or 'git'}@{host}:{port}/{repo}",
+                     identity, known_hosts)
+
+
+def _push(snapshot: Snapshot, target: str, identity: Path, known_hosts: Path) -> str:
     ref = f"{SNAPSHOT_REFS}/{snapshot.commit}"
-    target = f"ssh://{parsed.username or 'git'}@{host}:{port}/{repo}"
     env = {"GIT_SSH_COMMAND": ssh.git_ssh_command(identity, known_hosts)}
-    for attempt in range(PUSH_ATTEMPTS):
+    for attempt in range(1, PUSH_ATTEMPTS + 1):
         try:
-            _git(["push", "-q", target, f"{snapshot.commit}:{ref}"], snapshot.top, env,
-                 what=f"pushing the definitions to {target}")
+            _git(["push", "-q", target, f"{snapshot.commit}:{ref}"], snapshot.top, env)
             return ref
-        except SnapshotError:
+        except _GitFailed as e:
+            error = push_error(e.stderr, identity, target)
             # Two initiators pushing the same state at once race for the ref's lock;
-            # the loser finds the ref already there on its next try.
-            if attempt == PUSH_ATTEMPTS - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1))
+            # the loser finds the ref already there on its next try. A trove that
+            # dropped the connection may be back (`distbuild up` restarts it).
+            if not error.retryable or attempt == PUSH_ATTEMPTS:
+                raise error from None
+            time.sleep(0.3 * attempt)
     return ref
+
+
+# What git and ssh print, and what it means for a push to the trove. The first match wins.
+_PUSH_FAILURES: tuple[tuple[tuple[str, ...], str, bool], ...] = (
+    (("Permission denied (publickey",),
+     "the trove refused key {identity} (it is not among the initiator keys)", False),
+    (("Connection refused",), "cannot connect to the trove: connection refused", True),
+    (("hung up unexpectedly", "Connection closed by", "Connection reset",
+      "unexpected disconnect", "Broken pipe", "early EOF", "closed by remote host"),
+     "the trove closed the connection while receiving the definitions", True),
+    (("cannot lock ref", "failed to update ref", "failed to lock"),
+     "another push of the same state was under way", True),
+)
+
+# git's generic advice after any failure; it says nothing about this one.
+_GIT_ADVICE = ("Could not read from remote repository", "Please make sure you have",
+               "and the repository exists")
+
+
+def push_error(stderr: str, identity: Path, target: str) -> SnapshotError:
+    """The one-line error for a failed push, from what git and ssh printed."""
+    for needles, message, retryable in _PUSH_FAILURES:
+        if any(n in stderr for n in needles):
+            error = SnapshotError(message.format(identity=identity), target)
+            error.retryable = retryable
+            return error
+    lines = [x.strip().removeprefix("fatal: ").removeprefix("error: ")
+             for x in stderr.splitlines()
+             if x.strip() and not any(a in x for a in _GIT_ADVICE)]
+    return SnapshotError("pushing the definitions failed: "
+                         + ("; ".join(lines) or "git gave no reason"), target)

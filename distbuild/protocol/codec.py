@@ -25,8 +25,17 @@ class ProtocolError(DistbuildError):
 
 def encode(message: Message) -> bytes:
     """One JSON line, `type` first."""
-    body = {"type": message.type, **dataclasses.asdict(message)}
+    # Fields hold JSON values only (decode builds them from JSON), so a shallow copy is
+    # enough: asdict would deep-copy a job's whole closure for every job.
+    body = {"type": message.type}
+    for name in _names(type(message)):
+        body[name] = getattr(message, name)
     return json.dumps(body, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+@cache
+def _names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 def decode(line: bytes | str, peer: str) -> Message:

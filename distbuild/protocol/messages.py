@@ -40,13 +40,27 @@ class Hello(Message):
 
 @dataclass
 class Welcome(Message):
-    """The controller accepts the client; the link is open."""
+    """The controller accepts the client; the link is open. It names its trove's URLs."""
 
     type: ClassVar[str] = "welcome"
     link: ClassVar[str] = "any"
     sender: ClassVar[str] = "controller"
     protocol: int
     controller: str
+    # Where the network's trove is, so that an initiator needs no settings file:
+    # "" for what the controller was not told.
+    trove_git_url: str = ""
+    trove_ssh_url: str = ""
+    artifact_cache_url: str = ""
+    definitions_repo: str = ""
+    # The trove's SSH host key (a .pub line): the link is authenticated by the
+    # controller's host key, so an initiator can trust this one for its push.
+    trove_ssh_host_key: str = ""
+
+
+# The members of Welcome that say where the trove is.
+TROVE_FIELDS = ("trove_git_url", "trove_ssh_url", "artifact_cache_url", "definitions_repo",
+                "trove_ssh_host_key")
 
 
 @dataclass
@@ -173,6 +187,7 @@ class BuildRequest(Message):
     components: list[str] = field(default_factory=list)
     fetch_cached_logs: bool = False
     detach: bool = False
+    priority: str = "normal"  # "high", "normal" or "low": see docs/architecture.md
     strict: bool = False  # unknown fields in the definitions fail the request
 
 

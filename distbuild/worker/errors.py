@@ -17,8 +17,11 @@ class CommandFailed(StepError):
     def __init__(self, node_id: str, phase: str, command: str, status: int,
                  last_lines: Sequence[str]):
         how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
-        tail = "\n".join(last_lines)
-        super().__init__(f"{phase} command {command!r} {how}; last lines of output:\n{tail}",
+        # The first line is the summary the initiator shows; the lines follow it only
+        # when there are some, so the summary never ends in a dangling heading.
+        summary = f"{phase} command {command!r} {how}"
+        tail = "".join(f"\n{line}" for line in last_lines)
+        super().__init__(f"{summary}\nlast lines of output:{tail}" if last_lines else summary,
                          node_id)
         self.phase = phase
         self.command = command

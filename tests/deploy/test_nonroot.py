@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import textwrap
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MORPHS, PROJECT
+from tests.conftest import MORPHS, python_for_others
 from tests.deploy.conftest import put_system
 
 SYSTEM = "systems/example-system-x86_64.morph"
@@ -72,11 +71,14 @@ def test_rawdisk_as_ordinary_user(artifact_cache, shared_dir, use_fakeroot, owne
             disk: {{type: rawdisk, location: {image}, DISK_SIZE: 32M, HOSTNAME: mine}}
         """))
     subprocess.run(["chmod", "-R", "a+rwX", str(defs)], check=True)
+    # The checkout may be unreadable to the user (under a root-only mktemp -d).
+    python, path = python_for_others(shared_dir / "python", "distbuild.deploy.deployer",
+                                     "distbuild.deploy.systems", "distbuild.deploy.cluster")
     env = {"PATH": os.environ["PATH"], "HOME": str(shared_dir),
-           "PYTHONPATH": str(PROJECT), "TMPDIR": str(shared_dir)}
+           "PYTHONPATH": path, "TMPDIR": str(shared_dir)}
     proc = subprocess.run(
         ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-         sys.executable, "-c", DEPLOY_AS_USER, str(defs), artifact_cache.url, use_fakeroot],
+         python, "-c", DEPLOY_AS_USER, str(defs), artifact_cache.url, use_fakeroot],
         capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert image.stat().st_uid == NOBODY

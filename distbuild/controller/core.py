@@ -1,0 +1,141 @@
+"""The controller's shared state, and the tables that route messages and events.
+
+Messages from links go to the handler registered for their type (initiator
+messages in `requests`, worker messages in `jobs`); the scheduler's events go
+to the handler registered for theirs (in `events`). Every handler runs on the
+reactor thread; blocking work goes to a thread through `in_thread`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from distbuild import tokens
+from distbuild.controller import events, jobs, requests
+from distbuild.controller.requests import Plan, pin_name
+from distbuild.controller.settings import ControllerSettings
+from distbuild.controller.state import ControllerState
+from distbuild.definitions import Aliases
+from distbuild.errors import DistbuildError
+from distbuild.protocol import messages as m
+from distbuild.scheduling import RequestCancelled, Scheduler
+from distbuild.timestamps import service_logger
+
+# Each message type a peer may send, with the function that handles it.
+MESSAGE_HANDLERS = {**requests.HANDLERS, **jobs.HANDLERS}
+
+class Controller:
+    """Owns the scheduler, the state database and what the handlers share."""
+
+    def __init__(self, settings: ControllerSettings, reactor, log=None):
+        from distbuild.trove.client import CacheClient
+        from distbuild.trove.mirror import MirrorCache
+        from distbuild.trove.refs import GitResolver
+
+        self.settings = settings
+        self.reactor = reactor
+        self.name = settings.name
+        self.log = log or service_logger("controller")
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state = ControllerState(settings.state_dir / "controller.db")
+        self.secret = tokens.read_secret(settings.token_secret_file)
+        self.scheduler = Scheduler(settings.retry_limit)
+        self.cache = CacheClient(settings.artifact_cache_url)
+        self.mirrors = MirrorCache(settings.state_dir / "mirrors")
+        self.resolver = GitResolver(self.mirrors)
+        self.aliases = Aliases.from_config(settings.trove_git_url, settings.repo_aliases)
+        self.workers: dict[str, Any] = {}  # name -> link
+        self.watchers: dict[str, set[Any]] = {}  # request id -> initiator links
+        self.owners: dict[str, Any] = {}  # request id -> the link whose loss cancels it
+        self.plans: dict[str, Plan] = {}
+        self.lognames: dict[str, dict[str, str]] = {}
+        self.job_results: dict[str, m.Message] = {}  # cache key -> last JobFinished/JobFailed
+        self.job_output: dict[str, deque[str]] = {}  # running job -> its recent log lines
+        self.cache_checks = jobs.CacheChecks(self)
+
+    # -- links ---------------------------------------------------------------------------
+
+    def link_opened(self, link) -> str | None:
+        """Accept a link after its Hello, or return why it is refused."""
+        hello = link.hello
+        if link.role == "worker":
+            allowed = self.settings.allowed_workers
+            if allowed and hello.name not in allowed:
+                return f"worker name '{hello.name}' is not in this controller's allowed_workers"
+            if hello.name in self.workers:
+                return f"a worker named '{hello.name}' is already connected"
+            self.workers[hello.name] = link
+        self.log(f"{link.peer} connected ({hello.software or 'unknown software'})")
+        return None
+
+    def link_closed(self, link, reason: str) -> None:
+        """A link went away: a worker's steps go back to the queue, an owner's requests end."""
+        self.log(f"{link.peer} disconnected: {reason}")
+        if link.role == "worker":
+            if self.workers.get(link.hello.name) is link:
+                del self.workers[link.hello.name]
+                self.apply(self.scheduler.remove_worker(link.hello.name,
+                                                        f"worker {link.hello.name} was lost"))
+            return
+        for watchers in self.watchers.values():
+            watchers.discard(link)
+        for rid, owner in list(self.owners.items()):
+            if owner is link:
+                self.log(f"request {rid}: its initiator went away; cancelling")
+                self.cancel(rid)
+
+    def message_received(self, link, message: m.Message) -> None:
+        """Hand `message` to the handler for its type, if `link`'s role may send it."""
+        handler = MESSAGE_HANDLERS.get(type(message))
+        if handler is None or message.link not in (link.role, "any"):
+            raise DistbuildError(f"{message.type} is not a message a {link.role} may send",
+                                 link.peer)
+        handler(self, link, message)
+
+    # -- shared by the handlers ------------------------------------------------------------
+
+    def apply(self, scheduler_events) -> None:
+        """Turn scheduler events into messages, state and log lines."""
+        for event in scheduler_events:
+            events.HANDLERS[type(event)](self, event)
+
+    def cancel(self, rid: str) -> bool:
+        """Cancel request `rid`; False if it is not running."""
+        if rid not in self.watchers:
+            return False
+        cancelled = self.scheduler.cancel_request(rid)
+        if not cancelled:  # still graphing: nothing scheduled yet
+            cancelled = [RequestCancelled(rid)]
+        self.apply(cancelled)
+        return True
+
+    def end(self, rid: str, state: str, message: m.Message, reason: str = "",
+            artifacts: list[str] | None = None) -> None:
+        """Request `rid` is over: tell its watchers, record it, forget it, unpin it."""
+        self.tell(rid, message)
+        self.state.ended(rid, state, reason, artifacts)
+        self.log(f"request {rid} {state}{': ' + reason if reason else ''}")
+        self.watchers.pop(rid, None)
+        self.owners.pop(rid, None)
+        self.plans.pop(rid, None)
+        self.lognames.pop(rid, None)
+        self.unpin(rid)
+
+    def unpin(self, rid: str) -> None:
+        """Release request `rid`'s cache pin (in a thread; a failure is logged)."""
+        name = pin_name(rid)
+        self.in_thread(self.cache.unpin, name, tokens.issue(self.secret, f"pin:{name}")
+                       ).addErrback(lambda f: self.log(f"could not unpin {name}: "
+                                                       f"{f.getErrorMessage()}"))
+
+    def tell(self, rid: str, message: m.Message) -> None:
+        """Send `message` to every initiator watching request `rid`."""
+        for link in list(self.watchers.get(rid, ())):
+            link.send(message)
+
+    def in_thread(self, fn, *args):
+        """Run `fn(*args)` in the reactor's thread pool; a Deferred of its result."""
+        from twisted.internet import threads
+
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *args)

@@ -1,0 +1,113 @@
+"""Worker messages: a worker's slots, and its jobs' output and results.
+
+A finished job frees its slot at once, but its step counts as built only once
+the artifact cache, which took the upload only with a valid token, confirms it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.python.failure import Failure
+
+from distbuild.protocol import messages as m
+
+if TYPE_CHECKING:
+    from distbuild.controller.core import Controller
+
+
+def on_worker_ready(ctl: Controller, link, msg: m.WorkerReady) -> None:
+    ctl.log(f"{link.peer}: arch {msg.arch}, {msg.slots} slot(s)")
+    ctl.apply(ctl.scheduler.add_worker(link.hello.name, msg.arch, msg.slots))
+
+
+def on_job_output(ctl: Controller, link, msg: m.JobOutput) -> None:
+    if msg.job in ctl.job_output:
+        ctl.job_output[msg.job].extend(msg.lines)
+    for rid, nid in ctl.scheduler.job_requests(msg.job).items():
+        ctl.tell(rid, m.StepOutput(request_id=rid, step=nid, lines=msg.lines))
+
+
+def on_job_finished(ctl: Controller, link, msg: m.JobFinished) -> None:
+    key = ctl.scheduler.jobs.get(msg.job)
+    if key is None:
+        return
+    ctl.job_results[key] = msg
+    ctl.apply(ctl.scheduler.release_slot(msg.job))
+    ctl.cache_checks.add(key, msg)
+
+
+class CacheChecks:
+    """Confirms finished jobs with the cache: one query in flight, for all that came meanwhile.
+
+    At farm rates a query per job would keep the thread pool busy with HTTP;
+    batched, the cost per job falls as the rate rises.
+    """
+
+    def __init__(self, ctl: Controller):
+        self.ctl = ctl
+        self.waiting: dict[str, tuple[str, m.JobFinished]] = {}  # job -> (key, message)
+        self.busy = False
+
+    def add(self, key: str, msg: m.JobFinished) -> None:
+        """Check that the cache holds `key`, which job `msg.job` reports built."""
+        self.waiting[msg.job] = (key, msg)
+        if not self.busy:
+            self._query()
+
+    def _query(self) -> None:
+        batch, self.waiting = self.waiting, {}
+        self.busy = True
+        d = self.ctl.in_thread(self.ctl.cache.cached_sources,
+                               sorted({key for key, _ in batch.values()}))
+        d.addCallbacks(lambda answer: self._answered(batch, answer),
+                       lambda f: self._unanswered(batch, f))
+        d.addBoth(self._done)
+
+    def _answered(self, batch: dict[str, tuple[str, m.JobFinished]],
+                  answer: dict[str, bool]) -> None:
+        ctl = self.ctl
+        for job, (key, msg) in batch.items():
+            if answer.get(key):
+                ctl.job_output.pop(job, None)
+                ctl.state.attempt_ended(job, "built", worker_seconds=msg.seconds,
+                                        command_seconds=msg.command_seconds)
+                ctl.apply(ctl.scheduler.job_finished(job))
+            else:
+                job_failed(ctl, job, "the worker reported success but the artifact cache "
+                           "does not hold the step's artifacts")
+
+    def _unanswered(self, batch: dict[str, tuple[str, m.JobFinished]], failure) -> None:
+        for job in batch:
+            job_failed(self.ctl, job, f"could not confirm the artifacts: "
+                       f"{failure.getErrorMessage()}")
+
+    def _done(self, result) -> None:
+        self.busy = False
+        if isinstance(result, Failure):
+            self.ctl.log(f"checking finished jobs with the cache: {result.getTraceback()}")
+        if self.waiting:
+            self._query()
+
+
+def on_job_failed(ctl: Controller, link, msg: m.JobFailed) -> None:
+    key = ctl.scheduler.jobs.get(msg.job)
+    if key is None:
+        return  # cancelled by us; nothing waits for it
+    ctl.job_results[key] = msg
+    job_failed(ctl, msg.job, msg.reason)
+
+
+def job_failed(ctl: Controller, job: str, reason: str) -> None:
+    """Record `job` as failed and let the scheduler retry it or fail its requests."""
+    ctl.job_output.pop(job, None)
+    ctl.state.attempt_ended(job, "failed", reason)
+    ctl.apply(ctl.scheduler.job_failed(job, reason))
+
+
+HANDLERS = {
+    m.WorkerReady: on_worker_ready,
+    m.JobOutput: on_job_output,
+    m.JobFinished: on_job_finished,
+    m.JobFailed: on_job_failed,
+}

@@ -1,0 +1,168 @@
+"""Initiator messages: build requests and their planning, cancel, status and list.
+
+Planning runs in a thread: definitions from the trove, the graph, one cache
+query and a pin; its result goes to the scheduler on the reactor thread.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from distbuild import tokens
+from distbuild.controller.settings import TOKEN_TTL
+from distbuild.definitions import BuildGraph, Definitions, GitSource, build_graph, node_to_dict
+from distbuild.errors import DistbuildError
+from distbuild.lognames import log_names
+from distbuild.protocol import messages as m
+from distbuild.scheduling import PRIORITIES, steps_from_graph
+
+if TYPE_CHECKING:
+    from distbuild.controller.core import Controller
+
+
+@dataclass
+class Plan:
+    graph: BuildGraph
+    targets: list[str]
+    cached: set[str]
+    priority: str = "normal"
+    warnings: list[str] = field(default_factory=list)
+    _dicts: dict[str, dict] = field(default_factory=dict, repr=False)
+
+    def node_dict(self, nid: str) -> dict:
+        """Node `nid` as protocol data, made once: every job of the request sends closures."""
+        data = self._dicts.get(nid)
+        if data is None:
+            data = self._dicts[nid] = node_to_dict(self.graph.nodes[nid])
+        return data
+
+
+def on_build_request(ctl: Controller, link, msg: m.BuildRequest) -> None:
+    if msg.priority not in PRIORITIES:
+        link.send(m.Error(message=f"build-request: priority must be one of "
+                                  f"{', '.join(PRIORITIES)}, not '{msg.priority}'"))
+        return
+    rid = uuid.uuid4().hex[:12]
+    ctl.state.add_request(rid, ctl.state.next_seq(), msg.system, msg.definitions_repo,
+                          msg.definitions_commit, msg.components, link.peer)
+    ctl.watchers[rid] = {link}
+    if not msg.detach:
+        ctl.owners[rid] = link
+    link.send(m.RequestAccepted(request_id=rid))
+    link.send(m.GraphingStarted(request_id=rid))
+    ctl.log(f"request {rid}: {msg.system} at {msg.definitions_commit[:12]} from {link.peer}")
+    d = ctl.in_thread(plan, ctl, rid, msg)
+    d.addCallbacks(lambda result: planned(ctl, rid, result),
+                   lambda failure: plan_failed(ctl, rid, failure))
+
+
+def plan(ctl: Controller, rid: str, msg: m.BuildRequest) -> Plan:
+    """Runs in a thread: definitions from the trove, the graph, one cache query, a pin."""
+    repo = ctl.aliases.resolve(msg.definitions_repo)
+    trove = ctl.settings.trove_git_url.rstrip("/") + "/"
+    if not repo.startswith(trove) or "/../" in repo[len(trove) - 1:]:
+        # The controller reads only the network's trove: an initiator cannot make it
+        # fetch from elsewhere (another host, or a path on the controller itself).
+        raise DistbuildError(f"definitions must come from this network's trove "
+                             f"({trove}), not {repo}", "build-request")
+    path = ctl.mirrors.ensure(repo, msg.definitions_commit)
+    defs = Definitions(GitSource(path, msg.definitions_commit),
+                       strict=msg.strict or ctl.settings.strict_definitions)
+    graph = build_graph(defs, msg.system, ctl.resolver, ctl.aliases)
+    targets = components(graph, msg.components) if msg.components else [graph.system.id]
+    keys = sorted({n.cache_key for n in graph.nodes.values()})
+    # Garbage collection must not remove what this build stages from, until it ends.
+    ctl.cache.pin(pin_name(rid), keys, tokens.issue(ctl.secret, f"pin:{pin_name(rid)}"),
+                  ttl=TOKEN_TTL)
+    answer = ctl.cache.cached_sources(keys)
+    result = Plan(graph, targets, {k for k, present in answer.items() if present}, msg.priority,
+                  defs.warnings)
+    # Made here, off the reactor thread, and all at once: made job by job, they
+    # would keep the cyclic GC's full passes (which stop the reactor) coming
+    # through the build.
+    for nid in graph.order:
+        result.node_dict(nid)
+    return result
+
+
+def planned(ctl: Controller, rid: str, result: Plan) -> None:
+    if rid not in ctl.watchers:
+        ctl.unpin(rid)  # cancelled while graphing, after its pin was made
+        return
+    graph = result.graph
+    ctl.plans[rid] = result
+    ctl.lognames[rid] = log_names(graph.order)
+    ctl.state.planned(rid, [(n.id, n.cache_key, "built" if n.cache_key in result.cached
+                             else "waiting") for n in graph.nodes.values()],
+                      len(graph.nodes), 0)
+    ctl.apply(ctl.scheduler.add_request(rid, steps_from_graph(graph), result.targets,
+                                        result.cached, result.priority))
+
+
+def plan_failed(ctl: Controller, rid: str, failure) -> None:
+    error = failure.value
+    reason = str(error) if isinstance(error, DistbuildError) else (
+        f"internal error while computing the build graph: {failure.getErrorMessage()}")
+    if not isinstance(error, DistbuildError):
+        ctl.log(f"request {rid}: {failure.getTraceback()}")
+    ctl.end(rid, "failed", m.BuildFailed(request_id=rid, reason=reason), reason)
+
+
+def on_cancel_request(ctl: Controller, link, msg: m.CancelRequest) -> None:
+    watching = link in ctl.watchers.get(msg.request_id, ())
+    if not ctl.cancel(msg.request_id):
+        link.send(m.Error(message=f"no running request {msg.request_id}",
+                          request_id=msg.request_id))
+    elif not watching:
+        # The canceller hears the outcome even if it did not submit the request.
+        link.send(m.BuildCancelled(request_id=msg.request_id))
+
+
+def on_status_request(ctl: Controller, link, msg: m.StatusRequest) -> None:
+    status = ctl.state.request(msg.request_id)
+    if status is None:
+        link.send(m.Error(message=f"no request {msg.request_id}", request_id=msg.request_id))
+    else:
+        link.send(m.StatusReply(request=status))
+
+
+def on_list_requests(ctl: Controller, link, msg: m.ListRequests) -> None:
+    link.send(m.RequestList(requests=ctl.state.requests()))
+
+
+HANDLERS = {
+    m.BuildRequest: on_build_request,
+    m.CancelRequest: on_cancel_request,
+    m.StatusRequest: on_status_request,
+    m.ListRequests: on_list_requests,
+}
+
+
+def pin_name(rid: str) -> str:
+    """The artifact cache pin that keeps request `rid`'s artifacts while it runs."""
+    return f"request-{rid}"
+
+
+def components(graph: BuildGraph, names: list[str]) -> list[str]:
+    """Node ids for COMPONENT names: a stratum name, a chunk name, or STRATUM/CHUNK."""
+    out = []
+    for name in names:
+        if f"stratum:{name}" in graph.nodes:
+            out.append(f"stratum:{name}")
+            continue
+        if f"chunk:{name}" in graph.nodes:
+            out.append(f"chunk:{name}")
+            continue
+        matches = [n.id for n in graph.nodes.values() if n.kind == "chunk" and n.name == name]
+        if len(matches) == 1:
+            out.append(matches[0])
+        elif matches:
+            options = ", ".join(m.split(":", 1)[1] for m in matches)
+            raise DistbuildError(f"component '{name}' is a chunk of several strata; "
+                                 f"name one of: {options}", graph.system.name)
+        else:
+            raise DistbuildError(f"component '{name}' is neither a stratum nor a chunk of "
+                                 f"system {graph.system.name}", graph.system.name)
+    return out
