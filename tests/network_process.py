@@ -143,3 +143,14 @@ def processes_with(marker: str) -> list[int]:
         if marker in cmdline and "pytest" not in cmdline:
             found.append(int(entry.name))
     return found
+
+
+def wait_for(predicate, timeout: float, what: str):
+    """The first true value of `predicate()`, polled every 50 ms; fails after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)

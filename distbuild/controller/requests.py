@@ -37,6 +37,7 @@ class Plan:
     cached: set[str]
     warnings: list[str] = field(default_factory=list)
     priority: str = "normal"
+    warnings: list[str] = field(default_factory=list)
     _dicts: dict[str, dict] = field(default_factory=dict, repr=False)
 
     def node_dict(self, nid: str) -> dict:
