@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("distbuild.initiator.requests:Status", "show one build request"),
     "list": ("distbuild.initiator.requests:List", "list build requests"),
     "cancel": ("distbuild.initiator.requests:Cancel", "cancel a build request"),
+    "attach": ("distbuild.initiator.attach", "follow a running build request again"),
+    "log": ("distbuild.initiator.steplog", "print the log of one step of a build request"),
     "graph": ("distbuild.definitions.command", "show the build graph of a system"),
     "trove": ("distbuild.trove.service", "run the trove (git server and artifact cache); "
               "`trove import` adds a repository"),

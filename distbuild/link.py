@@ -200,3 +200,9 @@ def _load_identity(path: Path) -> paramiko.PKey:
         raise LinkError("identity (private key) file does not exist", str(path)) from None
     except (paramiko.SSHException, ValueError, OSError) as e:
         raise LinkError(f"cannot load private key: {e}", str(path)) from None
+
+
+def worth_retrying(error: LinkError) -> bool:
+    """For a client that had a link: may trying again help? (A controller starting up
+    can take a connection before it answers, which looks like a port without SSH.)"""
+    return error.retryable or "no SSH server answers" in error.what

@@ -25,6 +25,14 @@ LineCallback = Callable[[str], None]
 # How often a waiting runner looks at its cancel token: well inside the
 # 2 seconds a cancelled step has to disappear in.
 _POLL_SECONDS = 0.05
+# A longer line is cut here, with a marker saying how much was dropped: one
+# line of a log must neither fill memory nor overflow a protocol message.
+MAX_LINE_BYTES = 256 << 10
+
+
+def cut_marker(dropped: int) -> str:
+    """What ends a line cut at MAX_LINE_BYTES."""
+    return f" [distbuild: line cut, {dropped} more bytes not shown]"
 
 
 class Cancelled(DistbuildError):
@@ -128,15 +136,33 @@ def _pump(stream, on_line: LineCallback | None, failures: list[BaseException]) -
         except Exception as e:
             failures.append(e)
 
-    pending = b""
+    # `line` never holds more than MAX_LINE_BYTES; the rest of an overlong
+    # line is only counted, up to its newline.
+    line = bytearray()
+    dropped = 0
+
+    def add(piece: bytes) -> None:
+        nonlocal dropped
+        room = max(MAX_LINE_BYTES - len(line), 0)
+        line.extend(piece[:room])
+        dropped += max(len(piece) - room, 0)
+
+    def end_line() -> None:
+        nonlocal dropped
+        deliver(bytes(line) + (cut_marker(dropped).encode() if dropped else b""))
+        line.clear()
+        dropped = 0
+
     while True:
         chunk = stream.read1(65536)
         if not chunk:
             break
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            deliver(line)
-    if pending:
-        deliver(pending)
+        start = 0
+        while (newline := chunk.find(b"\n", start)) >= 0:
+            add(chunk[start:newline])
+            end_line()
+            start = newline + 1
+        add(chunk[start:])
+    if line or dropped:
+        end_line()
     stream.close()

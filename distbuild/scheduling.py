@@ -17,24 +17,38 @@ forgotten, so memory follows the requests in flight.
 
 from __future__ import annotations
 
-import enum
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from distbuild.scheduling_events import (
+    Event,
+    JobCancelled,
+    JobStarted,
+    RequestCancelled,
+    RequestFailed,
+    RequestFinished,
+    RequestPlanned,
+    State,
+    StepBuilt,
+    StepFailed,
+    StepJoined,
+    StepQueued,
+    StepRequeued,
+)
+from distbuild.scheduling_workers import Worker, WorkerChanges
+
+__all__ = [
+    "PRIORITIES", "Event", "JobCancelled", "JobStarted", "RequestCancelled", "RequestFailed",
+    "RequestFinished", "RequestPlanned", "Scheduler", "State", "StepBuilt", "StepFailed",
+    "StepInfo", "StepJoined", "StepQueued", "StepRequeued", "steps_from_graph",
+]
+
 if TYPE_CHECKING:
     from distbuild.definitions import BuildGraph
-
-
-class State(enum.Enum):
-    WAITING = "waiting"  # some dependency is not built yet
-    READY = "ready"  # can run; waits for a worker slot
-    RUNNING = "running"
-    BUILT = "built"
-    FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -62,6 +76,7 @@ class Work:
     requests: dict[str, str] = field(default_factory=dict)  # request id -> node id
     priority: int = 0
     attempts: int = 0
+    handed_back: int = 0  # attempts a draining worker gave back: not failures
     job: str | None = None
     worker: str | None = None
     unbuilt_deps: int = 0
@@ -81,110 +96,15 @@ class Request:
     queued_in: set[str] = field(default_factory=set)  # archs whose ring holds this request
 
 
-@dataclass(eq=False, slots=True)
-class Worker:
-    name: str
-    arch: str
-    slots: int
-    jobs: set[str] = field(default_factory=set)
-
-    @property
-    def free(self) -> int:
-        return self.slots - len(self.jobs)
-
-
-# -- events ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RequestPlanned:
-    request_id: str
-    total: int
-    unbuilt: int
-
-
-@dataclass(frozen=True)
-class StepQueued:
-    key: str
-    requests: dict[str, str]
-
-
-@dataclass(frozen=True)
-class JobStarted:
-    job: str
-    key: str
-    worker: str
-    attempt: int
-    requests: dict[str, str]
-
-
-@dataclass(frozen=True)
-class StepJoined:
-    """A request now also waits for work that was already running for another one."""
-
-    key: str
-    worker: str
-    attempt: int
-    requests: dict[str, str]
-
-
-@dataclass(frozen=True)
-class StepBuilt:
-    key: str
-    worker: str
-    requests: dict[str, str]
-    progress: dict[str, tuple[int, int]]  # request id -> (built, needed)
-
-
-@dataclass(frozen=True)
-class StepRequeued:
-    key: str
-    worker: str
-    reason: str
-    requests: dict[str, str]
-
-
-@dataclass(frozen=True)
-class StepFailed:
-    key: str
-    worker: str
-    reason: str
-    requests: dict[str, str]
-
-
-@dataclass(frozen=True)
-class JobCancelled:
-    job: str
-    key: str
-    worker: str
-
-
-@dataclass(frozen=True)
-class RequestFinished:
-    request_id: str
-
-
-@dataclass(frozen=True)
-class RequestFailed:
-    request_id: str
-    reason: str
-    key: str | None = None
-
-
-@dataclass(frozen=True)
-class RequestCancelled:
-    request_id: str
-
-
-Event = (RequestPlanned | StepQueued | JobStarted | StepJoined | StepBuilt | StepRequeued
-         | StepFailed | JobCancelled | RequestFinished | RequestFailed | RequestCancelled)
-
-
-class Scheduler:
+class Scheduler(WorkerChanges):
     """Requests, shared work and worker slots; every method returns the events it caused."""
 
-    def __init__(self, retry_limit: int = 2):
+    def __init__(self, retry_limit: int = 2, job_id: Callable[[str], str] | None = None):
         self.retry_limit = retry_limit
+        self._jobs_made = 0
+        # Job ids must be unique for the network's whole life: the controller
+        # passes a generator backed by its database.
+        self.job_id = job_id or self._next_job_id
         self.work: dict[str, Work] = {}
         self.requests: dict[str, Request] = {}
         self.workers: dict[str, Worker] = {}
@@ -194,6 +114,10 @@ class Scheduler:
         # arch -> heap of (-free slots, name, tiebreak, worker); stale entries are skipped.
         self._free: dict[str, list[tuple[int, str, int, Worker]]] = {}
         self._tiebreak = itertools.count()
+
+    def _next_job_id(self, key: str) -> str:
+        self._jobs_made += 1
+        return f"{key[:16]}-{self._jobs_made}"
 
     # -- requests --------------------------------------------------------------------------
 
@@ -226,7 +150,7 @@ class Scheduler:
                 if work.state == State.BUILT:
                     for dep_key in work.dependents:
                         self.work[dep_key].unbuilt_deps += 1
-                work.state, work.attempts = State.WAITING, 0
+                work.state, work.attempts, work.handed_back = State.WAITING, 0, 0
             work.priority = max(work.priority, step.priority)
         for work in created:
             for dep in work.deps:
@@ -280,38 +204,6 @@ class Scheduler:
             return []
         return [*self._detach(request_id), RequestCancelled(request_id)]
 
-    # -- workers ---------------------------------------------------------------------------
-
-    def add_worker(self, name: str, arch: str, slots: int) -> list[Event]:
-        """A worker joined (or rejoined) with `slots` free slots."""
-        events = self.remove_worker(name, "worker reconnected") if name in self.workers else []
-        worker = self.workers[name] = Worker(name, arch, max(1, slots))
-        self._slot_freed(worker)
-        return events + self.dispatch()
-
-    def remove_worker(self, name: str, reason: str = "worker disconnected") -> list[Event]:
-        """A worker went away: its running steps go back to the queue, up to the retry limit."""
-        worker = self.workers.pop(name, None)
-        if worker is None:
-            return []
-        events: list[Event] = []
-        for job in sorted(worker.jobs):
-            key = self.jobs.pop(job, None)
-            if key is None:
-                continue  # cancelled while handling an earlier job of this worker
-            work = self.work[key]
-            work.job = work.worker = None
-            if not work.requests:
-                work.state = State.WAITING
-                continue
-            why = f"{reason} during the step ({name})"
-            if work.attempts > self.retry_limit:
-                events += self._fail(work, name, f"{why}; gave up after {work.attempts} attempts")
-            else:
-                self._make_ready(work)
-                events.append(StepRequeued(key, name, why, dict(work.requests)))
-        return events + self.dispatch()
-
     # -- jobs ------------------------------------------------------------------------------
 
     def dispatch(self) -> list[Event]:
@@ -320,15 +212,18 @@ class Scheduler:
         for arch, free in self._free.items():
             while free:
                 _, _, _, worker = free[0]
-                if self.workers.get(worker.name) is not worker or -free[0][0] != worker.free:
-                    heapq.heappop(free)  # a stale entry: the worker left or its count changed
+                if self.workers.get(worker.name) is not worker or -free[0][0] != worker.free \
+                        or worker.away or worker.draining:
+                    # A stale entry (the worker left or its count changed), or a worker
+                    # that takes nothing new: on its return it is a new Worker entry.
+                    heapq.heappop(free)
                     continue
                 work = self._next_ready(arch)
                 if work is None:
                     break
                 heapq.heappop(free)
                 work.attempts += 1
-                job = f"{work.key[:16]}-{work.attempts}"
+                job = self.job_id(work.key)
                 work.state, work.job, work.worker = State.RUNNING, job, worker.name
                 worker.jobs.add(job)
                 self._slot_freed(worker)

@@ -106,6 +106,11 @@ class NetworkProcess:
             db.close()
         return row[0] if row else None
 
+    def pid(self, name: str) -> int:
+        """The PID component `name` runs as now (`up` starts a component again that died)."""
+        self.pids = json.loads((self.state / "run" / "pids.json").read_text())
+        return self.pids[name]
+
     def __enter__(self) -> NetworkProcess:
         return self.start()
 
@@ -114,6 +119,10 @@ class NetworkProcess:
 
     def stop(self) -> None:
         """SIGTERM `up`, which stops its components; then check every PID is gone."""
+        try:
+            self.pid("trove")
+        except (OSError, ValueError, KeyError):
+            pass
         terminate(self.proc, timeout=30)
         for pid in self.pids.values():
             if pid_alive(pid):

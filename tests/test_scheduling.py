@@ -369,3 +369,60 @@ def test_nothing_is_left_behind_by_requests_no_worker_could_serve():
     assert sched.work == {} and sched.requests == {}
     assert all(not ring for ring in sched._rings.values())
     assert sum(len(h) for h in sched._free.values()) <= 64 + 4
+
+
+def test_a_worker_back_holding_its_job_keeps_it_and_one_without_it_runs_it_again(example):
+    _graph, steps = example
+    sched = Scheduler()
+    sched.add_worker("w1", "x86_64", 1)
+    first = of(sched.add_request("r1", steps, [SYSTEM], cached=set()), JobStarted)[0]
+    assert sched.worker_away("w1") == []
+    assert sched.jobs[first.job] == first.key  # away: its job still runs there
+    events = sched.add_worker("w1", "x86_64", 1, held=[first.job])
+    assert of(events, StepRequeued) == [] and sched.jobs[first.job] == first.key
+    assert first.job in sched.workers["w1"].jobs
+    # Back again, without it (a new process): the step runs again, attempt 2.
+    events = sched.add_worker("w1", "x86_64", 1, held=[])
+    assert [e.job for e in of(events, StepRequeued)] == [first.job]
+    again = [j for j in of(events, JobStarted) if j.key == first.key]
+    assert again and again[0].attempt == 2 and again[0].job != first.job
+
+
+def test_job_ids_come_from_the_given_generator():
+    made = iter(range(100, 200))
+    sched = Scheduler(job_id=lambda key: f"{key[:4]}-{next(made)}")
+    sched.add_worker("w1", "x86_64", 1)
+    step = StepInfo("chunk:a", "k" * 64, "x86_64", (), 1)
+    job = of(sched.add_request("r1", [step], ["chunk:a"], cached=set()), JobStarted)[0]
+    assert job.job == "kkkk-100"
+
+
+def test_a_draining_worker_gets_nothing_new_and_a_hand_back_is_not_a_failure(example):
+    _graph, steps = example
+    sched = Scheduler(retry_limit=0)
+    sched.add_worker("w1", "x86_64", 1)
+    first = of(sched.add_request("r1", steps, [SYSTEM], cached=set()), JobStarted)[0]
+    sched.drain_worker("w1")
+    events = sched.hand_back(first.job, "worker w1 stopped")
+    requeued = of(events, StepRequeued)
+    assert requeued[0].outcome == "handed-back" and requeued[0].job == first.job
+    assert of(events, JobStarted) == [] and of(events, StepFailed) == []
+    events = sched.add_worker("w2", "x86_64", 1)
+    again = [j for j in of(events, JobStarted) if j.key == first.key]
+    assert again and again[0].worker == "w2"
+    # Even with no retries allowed, the step was not given up on: losing w2 now fails it.
+    assert of(sched.remove_worker("w2"), RequestFailed)
+
+
+def test_restored_jobs_wait_for_their_worker(example):
+    _graph, steps = example
+    sched = Scheduler()
+    events = sched.add_request("r1", steps, [SYSTEM], cached=set())
+    key = of(events, StepQueued)[0].key
+    assert sched.restore_job("old-7", key, "w1", 1)
+    assert not sched.restore_job("old-8", "nope", "w1", 1)
+    events = sched.add_worker("w2", "x86_64", 1)
+    assert key not in {j.key for j in of(events, JobStarted)}
+    events = sched.add_worker("w1", "x86_64", 1, held=["old-7"])
+    assert sched.jobs["old-7"] == key and of(events, StepRequeued) == []
+    assert [e.key for e in of(sched.job_finished("old-7"), StepBuilt)] == [key]

@@ -8,11 +8,11 @@ reactor thread; blocking work goes to a thread through `in_thread`.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 from distbuild import tokens
-from distbuild.controller import events, jobs, requests
+from distbuild.controller import events, follow, jobs, requests
+from distbuild.controller.joblogs import JobLogs
 from distbuild.controller.requests import Plan, pin_name
 from distbuild.controller.settings import ControllerSettings
 from distbuild.controller.state import ControllerState
@@ -23,7 +23,8 @@ from distbuild.scheduling import RequestCancelled, Scheduler
 from distbuild.timestamps import service_logger
 
 # Each message type a peer may send, with the function that handles it.
-MESSAGE_HANDLERS = {**requests.HANDLERS, **jobs.HANDLERS}
+MESSAGE_HANDLERS = {**requests.HANDLERS, **follow.HANDLERS, **jobs.HANDLERS}
+
 
 class Controller:
     """Owns the scheduler, the state database and what the handlers share."""
@@ -40,7 +41,8 @@ class Controller:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.state = ControllerState(settings.state_dir / "controller.db")
         self.secret = tokens.read_secret(settings.token_secret_file)
-        self.scheduler = Scheduler(settings.retry_limit)
+        self.scheduler = Scheduler(settings.retry_limit, job_id=self.state.next_job)
+        self.logs = JobLogs(settings.state_dir / "logs")
         self.cache = CacheClient(settings.artifact_cache_url)
         self.mirrors = MirrorCache(settings.state_dir / "mirrors")
         self.resolver = GitResolver(self.mirrors)
@@ -51,7 +53,6 @@ class Controller:
         self.plans: dict[str, Plan] = {}
         self.lognames: dict[str, dict[str, str]] = {}
         self.job_results: dict[str, m.Message] = {}  # cache key -> last JobFinished/JobFailed
-        self.job_output: dict[str, deque[str]] = {}  # running job -> its recent log lines
         self.cache_checks = jobs.CacheChecks(self)
 
     # -- links ---------------------------------------------------------------------------
@@ -63,8 +64,12 @@ class Controller:
             allowed = self.settings.allowed_workers
             if allowed and hello.name not in allowed:
                 return f"worker name '{hello.name}' is not in this controller's allowed_workers"
-            if hello.name in self.workers:
-                return f"a worker named '{hello.name}' is already connected"
+            earlier = self.workers.get(hello.name)
+            if earlier is not None:
+                # Most likely its old link died unnoticed here: the newest link wins.
+                self.log(f"{link.peer} connected again; closing its earlier link")
+                self.workers.pop(hello.name)
+                earlier.close("replaced by a newer link from the same worker")
             self.workers[hello.name] = link
         self.log(f"{link.peer} connected ({hello.software or 'unknown software'})")
         return None
@@ -73,10 +78,12 @@ class Controller:
         """A link went away: a worker's steps go back to the queue, an owner's requests end."""
         self.log(f"{link.peer} disconnected: {reason}")
         if link.role == "worker":
-            if self.workers.get(link.hello.name) is link:
-                del self.workers[link.hello.name]
-                self.apply(self.scheduler.remove_worker(link.hello.name,
-                                                        f"worker {link.hello.name} was lost"))
+            name = link.hello.name
+            if self.workers.get(name) is link:
+                del self.workers[name]
+                # It may only have lost its link: its steps go on there for a while.
+                self.apply(self.scheduler.worker_away(name))
+                self.reactor.callLater(self.settings.worker_grace, self.worker_gone, name)
             return
         for watchers in self.watchers.values():
             watchers.discard(link)
@@ -92,6 +99,22 @@ class Controller:
             raise DistbuildError(f"{message.type} is not a message a {link.role} may send",
                                  link.peer)
         handler(self, link, message)
+
+    def worker_gone(self, name: str) -> None:
+        """If worker `name` is still away, run its steps elsewhere."""
+        worker = self.scheduler.workers.get(name)
+        if worker is not None and worker.away and name not in self.workers:
+            self.lose_jobs(name, lambda: self.scheduler.remove_worker(
+                name, f"worker {name} was lost"), f"worker {name} was lost")
+
+    def lose_jobs(self, name: str, change, reason: str) -> None:
+        """Apply `change` (which may drop worker `name`'s jobs); record dropped ones as lost."""
+        worker = self.scheduler.workers.get(name)
+        before = set(worker.jobs) if worker is not None else set()
+        self.apply(change())
+        for job in before - set(self.scheduler.jobs):
+            self.state.attempt_ended(job, "lost", reason)
+            self.logs.close(job)
 
     # -- shared by the handlers ------------------------------------------------------------
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from typing import TYPE_CHECKING
 
 from distbuild import tokens
@@ -24,9 +23,6 @@ from distbuild.scheduling import (
 
 if TYPE_CHECKING:
     from distbuild.controller.core import Controller
-
-# Output of a running job kept for requests that join it later (bounded: logs can be huge).
-REPLAY_LINES = 10_000
 
 
 def request_planned(ctl: Controller, e: RequestPlanned) -> None:
@@ -54,24 +50,31 @@ def job_started(ctl: Controller, e: JobStarted) -> None:
                    trove_git_url=ctl.settings.trove_git_url,
                    artifact_cache_url=ctl.settings.artifact_cache_url,
                    token=tokens.issue(ctl.secret, e.key, TOKEN_TTL))
-    ctl.workers[e.worker].send(run)
-    ctl.job_output[e.job] = deque(maxlen=REPLAY_LINES)
-    ctl.state.attempt_started(e.job, e.key, e.worker)
+    # Recorded before it is sent: a controller killed in between still knows of the job.
+    ctl.state.attempt_started(e.job, e.key, e.worker, rid, e.attempt)
     ctl.state.node_state(e.key, "running")
+    ctl.workers[e.worker].send(run)
     ctl.log(f"{nid} started on {e.worker} (job {e.job})")
     for rid, nid in e.requests.items():
-        ctl.tell(rid, m.StepStarted(request_id=rid, step=nid, worker=e.worker,
+        ctl.tell(rid, m.StepStarted(request_id=rid, step=nid, worker=e.worker, job=e.job,
                                     log_name=ctl.lognames[rid][nid], attempt=e.attempt))
 
 
 def step_joined(ctl: Controller, e: StepJoined) -> None:
     work = ctl.scheduler.work.get(e.key)
-    earlier = list(ctl.job_output.get(work.job or "", ())) if work else []
+    job = (work.job if work else None) or ""
     for rid, nid in e.requests.items():
-        ctl.tell(rid, m.StepStarted(request_id=rid, step=nid, worker=e.worker,
-                                    log_name=ctl.lognames[rid][nid], attempt=e.attempt))
-        if earlier:
-            ctl.tell(rid, m.StepOutput(request_id=rid, step=nid, lines=earlier))
+        for link in ctl.watchers.get(rid, ()):
+            replay(ctl, link, rid, nid, job, e.worker, e.attempt)
+
+
+def replay(ctl: Controller, link, rid: str, nid: str, job: str, worker: str, attempt: int,
+           start: int = 0) -> None:
+    """Tell one initiator that `job` runs step `nid`, with its log from line `start`."""
+    link.send(m.StepStarted(request_id=rid, step=nid, worker=worker, job=job, attempt=attempt,
+                            log_name=ctl.lognames[rid][nid]))
+    for first, lines in ctl.logs.read(job, start):
+        link.send(m.StepOutput(request_id=rid, step=nid, lines=lines, first=first))
 
 
 def step_built(ctl: Controller, e: StepBuilt) -> None:
@@ -88,9 +91,9 @@ def step_built(ctl: Controller, e: StepBuilt) -> None:
 
 def step_requeued(ctl: Controller, e: StepRequeued) -> None:
     ctl.log(f"step {e.key[:12]} re-queued: {e.reason}")
-    for job in [j for j in ctl.job_output if j not in ctl.scheduler.jobs]:
-        ctl.job_output.pop(job)
-        ctl.state.attempt_ended(job, "lost", e.reason)
+    if e.job:
+        ctl.state.attempt_ended(e.job, e.outcome, e.reason)
+        ctl.logs.close(e.job)
     ctl.state.node_state(e.key, "ready")
     for rid, nid in e.requests.items():
         ctl.tell(rid, m.StepRetrying(request_id=rid, step=nid, worker=e.worker,
@@ -110,7 +113,7 @@ def job_cancelled(ctl: Controller, e: JobCancelled) -> None:
     link = ctl.workers.get(e.worker)
     if link is not None:
         link.send(m.JobCancel(job=e.job))
-    ctl.job_output.pop(e.job, None)
+    ctl.logs.close(e.job)
     ctl.job_results.pop(e.key, None)  # its result may have come in before the cancel
     ctl.state.attempt_ended(e.job, "cancelled")
 

@@ -1,7 +1,11 @@
-"""Worker messages: a worker's slots, and its jobs' output and results.
+"""Worker messages: a worker's slots, its jobs' output and results, drain and hand-back.
 
 A finished job frees its slot at once, but its step counts as built only once
 the artifact cache, which took the upload only with a valid token, confirms it.
+A worker that (re)connects lists the jobs it holds: each one this controller
+still has running on that worker is adopted (job-adopt, with the number of
+log lines already held so the worker resends only the rest); any other is
+cancelled there. Its jobs it does not list run again elsewhere.
 """
 
 from __future__ import annotations
@@ -17,15 +21,41 @@ if TYPE_CHECKING:
 
 
 def on_worker_ready(ctl: Controller, link, msg: m.WorkerReady) -> None:
-    ctl.log(f"{link.peer}: arch {msg.arch}, {msg.slots} slot(s)")
-    ctl.apply(ctl.scheduler.add_worker(link.hello.name, msg.arch, msg.slots))
+    name = link.hello.name
+    ctl.log(f"{link.peer}: arch {msg.arch}, {msg.slots} slot(s)"
+            + (f", holding {', '.join(msg.held)}" if msg.held else ""))
+    mine = ctl.scheduler.workers.get(name)
+    adopted = [job for job in msg.held if mine is not None and job in mine.jobs]
+    for job in msg.held:
+        if job in adopted:
+            lines = ctl.logs.count(job)
+            ctl.log(f"job {job}: kept on {name}, which still holds it ({lines} log lines here)")
+            link.send(m.JobAdopt(job=job, lines=lines))
+        else:
+            link.send(m.JobCancel(job=job))
+    ctl.lose_jobs(name, lambda: ctl.scheduler.add_worker(name, msg.arch, msg.slots, adopted),
+                  f"worker {name} came back without the step")
+
+
+def on_worker_draining(ctl: Controller, link, msg: m.WorkerDraining) -> None:
+    ctl.log(f"{link.peer} is draining: no new steps; it hands back what runs in "
+            f"{msg.seconds:g} s")
+    ctl.apply(ctl.scheduler.drain_worker(link.hello.name))
+
+
+def on_job_handed_back(ctl: Controller, link, msg: m.JobHandedBack) -> None:
+    ctl.log(f"job {msg.job}: handed back by {link.peer}: {msg.reason}")
+    ctl.apply(ctl.scheduler.hand_back(msg.job, msg.reason))
 
 
 def on_job_output(ctl: Controller, link, msg: m.JobOutput) -> None:
-    if msg.job in ctl.job_output:
-        ctl.job_output[msg.job].extend(msg.lines)
+    if msg.job not in ctl.scheduler.jobs:
+        return  # a job given up on: its output goes nowhere
+    first, lines = ctl.logs.add(msg.job, msg.first, msg.lines)
+    if not lines:
+        return
     for rid, nid in ctl.scheduler.job_requests(msg.job).items():
-        ctl.tell(rid, m.StepOutput(request_id=rid, step=nid, lines=msg.lines))
+        ctl.tell(rid, m.StepOutput(request_id=rid, step=nid, lines=lines, first=first))
 
 
 def on_job_finished(ctl: Controller, link, msg: m.JobFinished) -> None:
@@ -69,7 +99,7 @@ class CacheChecks:
         ctl = self.ctl
         for job, (key, msg) in batch.items():
             if answer.get(key):
-                ctl.job_output.pop(job, None)
+                ctl.logs.close(job)
                 ctl.state.attempt_ended(job, "built", worker_seconds=msg.seconds,
                                         command_seconds=msg.command_seconds)
                 ctl.apply(ctl.scheduler.job_finished(job))
@@ -100,13 +130,15 @@ def on_job_failed(ctl: Controller, link, msg: m.JobFailed) -> None:
 
 def job_failed(ctl: Controller, job: str, reason: str) -> None:
     """Record `job` as failed and let the scheduler retry it or fail its requests."""
-    ctl.job_output.pop(job, None)
+    ctl.logs.close(job)
     ctl.state.attempt_ended(job, "failed", reason)
     ctl.apply(ctl.scheduler.job_failed(job, reason))
 
 
 HANDLERS = {
     m.WorkerReady: on_worker_ready,
+    m.WorkerDraining: on_worker_draining,
+    m.JobHandedBack: on_job_handed_back,
     m.JobOutput: on_job_output,
     m.JobFinished: on_job_finished,
     m.JobFailed: on_job_failed,

@@ -6,13 +6,21 @@ query and a pin; its result goes to the scheduler on the reactor thread.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from distbuild import tokens
 from distbuild.controller.settings import TOKEN_TTL
-from distbuild.definitions import BuildGraph, Definitions, GitSource, build_graph, node_to_dict
+from distbuild.definitions import (
+    BuildGraph,
+    Definitions,
+    GitSource,
+    build_graph,
+    node_from_dict,
+    node_to_dict,
+)
 from distbuild.errors import DistbuildError
 from distbuild.lognames import log_names
 from distbuild.protocol import messages as m
@@ -27,9 +35,11 @@ class Plan:
     graph: BuildGraph
     targets: list[str]
     cached: set[str]
+    warnings: list[str] = field(default_factory=list)
     priority: str = "normal"
     warnings: list[str] = field(default_factory=list)
     _dicts: dict[str, dict] = field(default_factory=dict, repr=False)
+    saved: str = field(default="", repr=False)  # to_json(), made while planning
 
     def node_dict(self, nid: str) -> dict:
         """Node `nid` as protocol data, made once: every job of the request sends closures."""
@@ -37,6 +47,22 @@ class Plan:
         if data is None:
             data = self._dicts[nid] = node_to_dict(self.graph.nodes[nid])
         return data
+
+    def to_json(self) -> str:
+        """The plan as the state database keeps it, for a restarted controller."""
+        g = self.graph
+        return json.dumps({"system": g.system.id, "order": g.order, "targets": self.targets,
+                           "cached": sorted(self.cached), "warnings": self.warnings,
+                           "priority": self.priority,
+                           "nodes": [self.node_dict(n) for n in g.order]})
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        data = json.loads(text)
+        nodes = {d["id"]: node_from_dict(d) for d in data["nodes"]}
+        return cls(BuildGraph(nodes[data["system"]], nodes, data["order"]), data["targets"],
+                   set(data["cached"]), data.get("warnings", []),
+                   data.get("priority", "normal"))
 
 
 def on_build_request(ctl: Controller, link, msg: m.BuildRequest) -> None:
@@ -77,13 +103,14 @@ def plan(ctl: Controller, rid: str, msg: m.BuildRequest) -> Plan:
     ctl.cache.pin(pin_name(rid), keys, tokens.issue(ctl.secret, f"pin:{pin_name(rid)}"),
                   ttl=TOKEN_TTL)
     answer = ctl.cache.cached_sources(keys)
-    result = Plan(graph, targets, {k for k, present in answer.items() if present}, msg.priority,
-                  defs.warnings)
+    result = Plan(graph, targets, {k for k, present in answer.items() if present},
+                  warnings=defs.warnings, priority=msg.priority)
     # Made here, off the reactor thread, and all at once: made job by job, they
     # would keep the cyclic GC's full passes (which stop the reactor) coming
     # through the build.
     for nid in graph.order:
         result.node_dict(nid)
+    result.saved = result.to_json()  # for the state database; also large, also made here
     return result
 
 
@@ -92,13 +119,19 @@ def planned(ctl: Controller, rid: str, result: Plan) -> None:
         ctl.unpin(rid)  # cancelled while graphing, after its pin was made
         return
     graph = result.graph
-    ctl.plans[rid] = result
-    ctl.lognames[rid] = log_names(graph.order)
+    ctl.state.save_plan(rid, result.saved or result.to_json())
     ctl.state.planned(rid, [(n.id, n.cache_key, "built" if n.cache_key in result.cached
                              else "waiting") for n in graph.nodes.values()],
                       len(graph.nodes), 0)
-    ctl.apply(ctl.scheduler.add_request(rid, steps_from_graph(graph), result.targets,
-                                        result.cached, result.priority))
+    schedule(ctl, rid, result, result.cached)
+
+
+def schedule(ctl: Controller, rid: str, result: Plan, built: set[str]) -> None:
+    """Hand a planned request to the scheduler; `built` are the keys known to be built."""
+    ctl.plans[rid] = result
+    ctl.lognames[rid] = log_names(result.graph.order)
+    ctl.apply(ctl.scheduler.add_request(rid, steps_from_graph(result.graph), result.targets,
+                                        built, result.priority))
 
 
 def plan_failed(ctl: Controller, rid: str, failure) -> None:

@@ -66,8 +66,10 @@ def serve(settings: ControllerSettings, ready_file: Path | None = None) -> int:
 
     from distbuild.controller.core import Controller
     from distbuild.controller.links import link_factory
+    from distbuild.controller.restart import resume
 
     controller = Controller(settings, reactor)
+    resume(controller)
     reactor.suggestThreadPoolSize(8)
     ports = {}
     for role, port, keys in (
@@ -95,6 +97,7 @@ def serve(settings: ControllerSettings, ready_file: Path | None = None) -> int:
     gc.freeze()
     reactor.callWhenRunning(announce)
     reactor.addSystemEventTrigger("before", "shutdown", controller.state.close)
+    reactor.addSystemEventTrigger("before", "shutdown", controller.logs.close_all)
     _log(f"starting with {json.dumps({k: str(v) for k, v in asdict(settings).items()})}")
     reactor.run()
     return 0

@@ -25,6 +25,10 @@ class ControllerSettings:
     repo_aliases: list[str] = field(default_factory=list)
     retry_limit: int = 2
     dead_after: float = 8.0
+    # A worker whose link dropped keeps its steps this long: it may come back holding them.
+    worker_grace: float = 10.0
+    # After a restart, how long the steps that were running wait for their workers.
+    restart_grace: float = 30.0
     name: str = "controller"
     # Unknown fields in definitions fail a request instead of warning.
     strict_definitions: bool = False

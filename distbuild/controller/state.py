@@ -1,8 +1,10 @@
-"""Requests, their nodes and every build attempt, kept in SQLite.
+"""Requests, their plans, their nodes and every build attempt, kept in SQLite.
 
-Written from the start so that a controller restart can later pick requests
-up again, and so that status and list answer from one place. Each change is
-its own short transaction; the volume is a few rows per step.
+A restarted controller resumes from here: the requests still active, each
+with the plan it was building (its graph as JSON), and the attempts that
+were running. Attempt rows are only ever added, and an attempt's outcome is
+written once (`running` until then): the table is the network's history.
+Each change is its own short transaction; the volume is a few rows per step.
 """
 
 from __future__ import annotations
@@ -40,9 +42,12 @@ CREATE TABLE IF NOT EXISTS nodes (
 );
 CREATE INDEX IF NOT EXISTS nodes_by_key ON nodes(cache_key);
 CREATE TABLE IF NOT EXISTS attempts (
-    job TEXT PRIMARY KEY,
+    id INTEGER PRIMARY KEY,
+    job TEXT NOT NULL UNIQUE,
     cache_key TEXT NOT NULL,
     worker TEXT NOT NULL,
+    request_id TEXT NOT NULL DEFAULT '',
+    attempt INTEGER NOT NULL DEFAULT 1,
     started REAL NOT NULL,
     ended REAL,
     outcome TEXT NOT NULL DEFAULT 'running',
@@ -53,6 +58,8 @@ CREATE TABLE IF NOT EXISTS attempts (
 """
 
 ACTIVE = ("graphing", "building")
+# Columns added since the first release, for databases made by it.
+_ADDED = {"requests": {"plan": "TEXT"}}
 
 
 class ControllerState:
@@ -63,11 +70,32 @@ class ControllerState:
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        self._upgrade()
         self.db.executescript(SCHEMA)
-        # Requests that were running when a previous controller stopped cannot be
-        # resumed by this version; say so instead of leaving them "building" forever.
-        self.db.execute("UPDATE requests SET state='failed', reason='controller restarted', "
-                        "ended=? WHERE state IN (?, ?)", (time.time(), *ACTIVE))
+        for table, columns in _ADDED.items():
+            have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns.items():
+                if name not in have:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+        row = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM attempts").fetchone()
+        self._attempts_made = int(row[0])
+
+    def _upgrade(self) -> None:
+        """Keep the attempts of a first-release database (keyed by job) under the new schema."""
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(attempts)")}
+        if have and "id" not in have:
+            self.db.execute("ALTER TABLE attempts RENAME TO attempts_v1")
+            self.db.executescript(SCHEMA)
+            self.db.execute("INSERT INTO attempts (job, cache_key, worker, started, ended, "
+                            "outcome, reason, worker_seconds, command_seconds) SELECT job, "
+                            "cache_key, worker, started, ended, outcome, reason, "
+                            "worker_seconds, command_seconds FROM attempts_v1 ORDER BY started")
+            self.db.execute("DROP TABLE attempts_v1")
+
+    def next_job(self, cache_key: str) -> str:
+        """A job id never used before in this network: KEY[:16]-N, N counting every attempt."""
+        self._attempts_made += 1
+        return f"{cache_key[:16]}-{self._attempts_made}"
 
     def next_seq(self) -> int:
         row = self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM requests").fetchone()
@@ -104,21 +132,70 @@ class ControllerState:
     def ended(self, request_id: str, state: str, reason: str = "",
               artifacts: list[str] | None = None) -> None:
         """A request finished, failed or was cancelled."""
-        self.db.execute(
-            "UPDATE requests SET state=?, reason=?, artifacts=?, ended=? WHERE id=?",
-            (state, reason, json.dumps(artifacts or []), time.time(), request_id))
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute(
+                "UPDATE requests SET state=?, reason=?, artifacts=?, ended=? WHERE id=?",
+                (state, reason, json.dumps(artifacts or []), time.time(), request_id))
+            # Nothing of an ended request runs or waits any more.
+            self.db.execute("UPDATE nodes SET state='not built' WHERE request_id=? AND state "
+                            "IN ('waiting', 'ready', 'running')", (request_id,))
 
-    def attempt_started(self, job: str, cache_key: str, worker: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO attempts (job, cache_key, worker, started) "
-                        "VALUES (?, ?, ?, ?)", (job, cache_key, worker, time.time()))
+    def attempt_started(self, job: str, cache_key: str, worker: str, request_id: str = "",
+                        attempt: int = 1) -> None:
+        """A new attempt (a job id is never reused: a second insert is an error)."""
+        number = int(job.rsplit("-", 1)[1]) if job.rsplit("-", 1)[-1].isdigit() else None
+        self.db.execute("INSERT INTO attempts (id, job, cache_key, worker, request_id, attempt, "
+                        "started) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (number, job, cache_key, worker, request_id, attempt, time.time()))
 
     def attempt_ended(self, job: str, outcome: str, reason: str = "",
                       worker_seconds: float | None = None,
                       command_seconds: float | None = None) -> None:
-        """An attempt ended; a built one records the worker's own timings too."""
+        """A running attempt ended; a built one records the worker's own timings too.
+
+        An attempt that already has its outcome keeps it."""
         self.db.execute("UPDATE attempts SET ended=?, outcome=?, reason=?, worker_seconds=?, "
-                        "command_seconds=? WHERE job=?",
+                        "command_seconds=? WHERE job=? AND outcome='running'",
                         (time.time(), outcome, reason, worker_seconds, command_seconds, job))
+
+    def active_requests(self) -> list[dict[str, Any]]:
+        """Requests a restarted controller resumes, oldest first, with their saved plans."""
+        rows = self.db.execute("SELECT * FROM requests WHERE state IN (?, ?) ORDER BY seq",
+                               ACTIVE).fetchall()
+        return [_request_dict(r) | {"plan": r["plan"]} for r in rows]
+
+    def save_plan(self, request_id: str, plan: str) -> None:
+        """Keep a request's plan (JSON) so that a restarted controller can resume it."""
+        self.db.execute("UPDATE requests SET plan=? WHERE id=?", (plan, request_id))
+
+    def running_attempts(self) -> list[dict[str, Any]]:
+        """Every attempt still marked running, oldest first."""
+        rows = self.db.execute("SELECT * FROM attempts WHERE outcome='running' ORDER BY id")
+        return [dict(r) for r in rows]
+
+    def attempts_of(self, cache_key: str) -> list[dict[str, Any]]:
+        """Every attempt at one cache key, oldest first."""
+        rows = self.db.execute("SELECT * FROM attempts WHERE cache_key=? ORDER BY id",
+                               (cache_key,))
+        return [dict(r) for r in rows]
+
+    def node_key(self, request_id: str, node_id: str) -> str | None:
+        """The cache key of one node of a request, if it was planned."""
+        row = self.db.execute("SELECT cache_key FROM nodes WHERE request_id=? AND node_id=?",
+                              (request_id, node_id)).fetchone()
+        return row[0] if row else None
+
+    def node_ids(self, request_id: str) -> list[str]:
+        """Every node id of a planned request."""
+        return [r[0] for r in self.db.execute("SELECT node_id FROM nodes WHERE request_id=?",
+                                              (request_id,))]
+
+    def built_keys(self, request_id: str) -> set[str]:
+        """Cache keys recorded as built for a request."""
+        rows = self.db.execute("SELECT cache_key FROM nodes WHERE request_id=? AND "
+                               "state='built'", (request_id,))
+        return {r[0] for r in rows}
 
     def request(self, request_id: str) -> dict[str, Any] | None:
         """One request as status reports it, with counts of its nodes by state."""
@@ -130,9 +207,22 @@ class ControllerState:
                                  "GROUP BY state", (request_id,)).fetchall()
         out["nodes"] = {state: n for state, n in counts}
         running = self.db.execute(
-            "SELECT n.node_id, a.worker FROM nodes n JOIN attempts a ON a.cache_key = n.cache_key "
-            "WHERE n.request_id=? AND a.outcome='running'", (request_id,)).fetchall()
-        out["running"] = [{"step": r[0], "worker": r[1]} for r in running]
+            "SELECT n.node_id, a.worker, a.job FROM nodes n JOIN attempts a ON "
+            "a.cache_key = n.cache_key WHERE n.request_id=? AND a.outcome='running' "
+            "AND n.state='running' ORDER BY a.id", (request_id,)).fetchall()
+        out["running"] = [{"step": r[0], "worker": r[1], "job": r[2]} for r in running
+                          ] if out["state"] in ACTIVE else []
+        # Every attempt at one of its steps while it was active, numbered per step from 1.
+        rows = self.db.execute(
+            "SELECT n.node_id AS step, a.job, a.worker, a.outcome, a.reason, a.started, "
+            "a.ended FROM attempts a JOIN nodes n ON n.cache_key = a.cache_key "
+            "WHERE n.request_id = ? AND a.started >= ? AND a.started <= ? ORDER BY a.id",
+            (request_id, out["created"], out["ended"] or time.time() + 1)).fetchall()
+        numbers: dict[str, int] = {}
+        out["attempts"] = []
+        for r in rows:
+            numbers[r["step"]] = numbers.get(r["step"], 0) + 1
+            out["attempts"].append(dict(r) | {"attempt": numbers[r["step"]]})
         return out
 
     def requests(self, limit: int = 50) -> list[dict[str, Any]]:
@@ -147,6 +237,7 @@ class ControllerState:
 
 def _request_dict(row: sqlite3.Row) -> dict[str, Any]:
     out = dict(row)
+    out.pop("plan", None)
     out["components"] = json.loads(out["components"])
     out["artifacts"] = json.loads(out["artifacts"])
     return out

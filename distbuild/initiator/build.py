@@ -50,12 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write logs of steps that were already in the cache")
     parser.add_argument("--detach", action="store_true",
                         help="submit the request and return without following it")
-    parser.add_argument("--priority", choices=("high", "normal", "low"), default="normal",
-                        help="served before (high) or after (low) other requests "
-                             "(default: normal)")
     parser.add_argument("--strict", action="store_true", default=None,
                         help="unknown fields in the definitions fail the build instead of "
                              "warning (also: strict_definitions in the settings)")
+    parser.add_argument("--priority", choices=("high", "normal", "low"), default="normal",
+                        help="served before (high) or after (low) other requests "
+                             "(default: normal)")
 
 
 # The keys `ssh` itself tries, in its order.
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         link.send(m.BuildRequest(definitions_repo=url, definitions_commit=snap.commit,
                                  system=system, components=list(args.components),
                                  fetch_cached_logs=args.fetch_cached_logs, detach=args.detach,
-                                 priority=args.priority, strict=s.strict_definitions))
+                                 strict=s.strict_definitions, priority=args.priority))
     except BaseException:
         link.close()
         raise
@@ -150,11 +150,25 @@ class Follower:
         self.request_id = ""
         self.workers: dict[str, str] = {}
         self.log_names: dict[str, str] = {}
+        self.jobs: dict[str, str] = {}  # step -> the job whose log it shows
+        self.seen: dict[str, int] = {}  # job -> lines of its log written
 
     def run(self) -> int:
+        from distbuild.initiator.attach import reconnect
+
         try:
             while True:
-                message = self.link.receive()
+                try:
+                    message = self.link.receive()
+                except LinkError as e:
+                    if not self.request_id or self.args.detach:
+                        raise
+                    self.link.close()
+                    link = reconnect(self, e)
+                    if link is None:
+                        return 1
+                    self.link = link
+                    continue
                 status = self.handle(message)
                 if status is not None:
                     return status
@@ -182,7 +196,9 @@ class Follower:
         return 130
 
     def handle(self, msg: m.Message) -> int | None:
-        if isinstance(msg, m.RequestAccepted):
+        if isinstance(msg, m.RequestAccepted) and msg.request_id == self.request_id:
+            say(f"Following request {msg.request_id} again")
+        elif isinstance(msg, m.RequestAccepted):
             self.request_id = msg.request_id
             self.logs.request_id = msg.request_id
             say(f"Request ID: {msg.request_id}")
@@ -204,14 +220,17 @@ class Follower:
                 self._fetch_cached_logs(msg.cached)
         elif isinstance(msg, m.StepReady):
             say(f"Ready to build {msg.step}: waiting for a worker to become available")
+        elif isinstance(msg, m.StepStarted) and msg.job and self.jobs.get(msg.step) == msg.job:
+            pass  # the same attempt again, after reattaching: its log goes on
         elif isinstance(msg, m.StepStarted):
+            self.jobs[msg.step] = msg.job
             self.workers[msg.step] = msg.worker
             path = self.logs.open(msg.step, msg.log_name)
             again = f" (attempt {msg.attempt})" if msg.attempt > 1 else ""
             self.logs.status(msg.step, f"Started building {msg.step} on {msg.worker}{again}")
             say(f"Started building {msg.step} on {msg.worker}{again}; log: {path}")
         elif isinstance(msg, m.StepOutput):
-            self.logs.lines(msg.step, msg.lines)
+            self.logs.lines(msg.step, self._new_lines(msg))
         elif isinstance(msg, m.StepFinished):
             self.logs.status(msg.step, f"Finished building {msg.step} on {msg.worker}")
             self.logs.close(msg.step)
@@ -239,6 +258,15 @@ class Follower:
             say(f"Error from the controller: {msg.message}")
             return 1
         return None
+
+    def _new_lines(self, msg: m.StepOutput) -> list[str]:
+        """The lines of `msg` not yet written (numbered output can come again on reattach)."""
+        job = self.jobs.get(msg.step, "")
+        if msg.first is None or not job:
+            return msg.lines
+        have = self.seen.get(job, 0)
+        self.seen[job] = max(have, msg.first + len(msg.lines))
+        return msg.lines[max(0, have - msg.first):]
 
     def _step_failed(self, msg: m.StepFailed) -> None:
         self.logs.status(msg.step, f"Build of {msg.step} failed.")

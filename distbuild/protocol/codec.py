@@ -13,6 +13,7 @@ import typing
 from functools import cache
 from typing import Any
 
+from distbuild import jsonlimit
 from distbuild.errors import DistbuildError
 from distbuild.protocol.messages import MESSAGES, Message
 
@@ -24,13 +25,17 @@ class ProtocolError(DistbuildError):
 
 
 def encode(message: Message) -> bytes:
-    """One JSON line, `type` first."""
+    """One JSON line, `type` first; ProtocolError if it would be over the peer's limit."""
     # Fields hold JSON values only (decode builds them from JSON), so a shallow copy is
     # enough: asdict would deep-copy a job's whole closure for every job.
     body = {"type": message.type}
     for name in _names(type(message)):
         body[name] = getattr(message, name)
-    return json.dumps(body, separators=(",", ":")).encode("utf-8") + b"\n"
+    data = json.dumps(body, separators=(",", ":")).encode("utf-8") + b"\n"
+    if len(data) > MAX_LINE:
+        raise ProtocolError(f"{message.type} of {len(data)} bytes is over the "
+                            f"{MAX_LINE}-byte limit; not sent", "this end")
+    return data
 
 
 @cache
@@ -43,7 +48,9 @@ def decode(line: bytes | str, peer: str) -> Message:
     if len(line) > MAX_LINE:
         raise ProtocolError(f"message of {len(line)} bytes is over the limit", peer)
     try:
-        body = json.loads(line)
+        body = jsonlimit.loads(line)
+    except jsonlimit.TooDeep as e:
+        raise ProtocolError(f"sent a message with {e}", peer) from None
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError("sent a line that is not JSON", peer) from None
     if not isinstance(body, dict) or not isinstance(body.get("type"), str):

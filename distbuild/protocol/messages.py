@@ -1,8 +1,10 @@
-"""Every message of the distbuild protocol, one dataclass each.
+"""Every message of the distbuild protocol, one dataclass each, and MESSAGES (type -> class).
 
 Messages travel as JSON lines over an SSH channel (subsystem `distbuild`).
 Each class names its wire `type`, which link carries it and which way. The
-table in docs/protocol.md is checked against this module by the tests.
+handshake and initiator messages are here, the worker link's in `jobs`, and
+those that keep work across stops in `resume`; all are importable from here.
+The table in docs/protocol.md is checked against MESSAGES by the tests.
 """
 
 from __future__ import annotations
@@ -10,16 +12,28 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-PROTOCOL_VERSION = 1
+from distbuild.protocol import jobs, resume
+from distbuild.protocol.base import PROTOCOL_VERSION, Message
+from distbuild.protocol.jobs import (
+    JobCancel,
+    JobFailed,
+    JobFinished,
+    JobOutput,
+    JobRun,
+    WorkerReady,
+)
+from distbuild.protocol.resume import (
+    AttachRequest,
+    JobAdopt,
+    JobHandedBack,
+    LogLines,
+    LogRequest,
+    WorkerDraining,
+)
 
-
-@dataclass
-class Message:
-    """Base of all messages; `type` is the wire name."""
-
-    type: ClassVar[str] = ""
-    link: ClassVar[str] = ""  # "any", "worker" or "initiator"
-    sender: ClassVar[str] = ""  # "client", "controller" or "either"
+__all__ = ["PROTOCOL_VERSION", "AttachRequest", "JobAdopt", "JobCancel", "JobFailed",
+           "JobFinished", "JobHandedBack", "JobOutput", "JobRun", "LogLines", "LogRequest",
+           "Message", "WorkerDraining", "WorkerReady"]
 
 
 # -- handshake (both links) --------------------------------------------------------------------
@@ -94,83 +108,6 @@ class Pong(Message):
     seq: int
 
 
-# -- worker link -------------------------------------------------------------------------------
-
-
-@dataclass
-class WorkerReady(Message):
-    """A worker's capacity: its arch and how many steps it runs at once."""
-
-    type: ClassVar[str] = "worker-ready"
-    link: ClassVar[str] = "worker"
-    sender: ClassVar[str] = "client"
-    arch: str
-    slots: int
-
-
-@dataclass
-class JobRun(Message):
-    """Build one step. `step` and `closure` are graph nodes as plain data (docs/protocol.md)."""
-
-    type: ClassVar[str] = "job-run"
-    link: ClassVar[str] = "worker"
-    sender: ClassVar[str] = "controller"
-    job: str
-    step: dict[str, Any]
-    closure: list[dict[str, Any]]
-    trove_git_url: str
-    artifact_cache_url: str
-    token: str
-
-
-@dataclass
-class JobCancel(Message):
-    """Stop a running job and its whole process tree."""
-
-    type: ClassVar[str] = "job-cancel"
-    link: ClassVar[str] = "worker"
-    sender: ClassVar[str] = "controller"
-    job: str
-
-
-@dataclass
-class JobOutput(Message):
-    """Lines of a job's log, as they come."""
-
-    type: ClassVar[str] = "job-output"
-    link: ClassVar[str] = "worker"
-    sender: ClassVar[str] = "client"
-    job: str
-    lines: list[str]
-
-
-@dataclass
-class JobFinished(Message):
-    """The job built and uploaded its artifacts (name -> {sha256, size})."""
-
-    type: ClassVar[str] = "job-finished"
-    link: ClassVar[str] = "worker"
-    sender: ClassVar[str] = "client"
-    job: str
-    seconds: float  # the whole step on the worker
-    artifacts: dict[str, Any] = field(default_factory=dict)
-    command_seconds: float = 0.0  # the part spent running the step's own commands
-
-
-@dataclass
-class JobFailed(Message):
-    """The job failed: why, the failing command's exit code, and its last log lines."""
-
-    type: ClassVar[str] = "job-failed"
-    link: ClassVar[str] = "worker"
-    sender: ClassVar[str] = "client"
-    job: str
-    reason: str
-    exit_code: int | None = None
-    last_lines: list[str] = field(default_factory=list)
-    cancelled: bool = False
-
-
 # -- initiator link ----------------------------------------------------------------------------
 
 
@@ -187,8 +124,8 @@ class BuildRequest(Message):
     components: list[str] = field(default_factory=list)
     fetch_cached_logs: bool = False
     detach: bool = False
-    priority: str = "normal"  # "high", "normal" or "low": see docs/architecture.md
     strict: bool = False  # unknown fields in the definitions fail the request
+    priority: str = "normal"  # "high", "normal" or "low": see docs/architecture.md
 
 
 @dataclass
@@ -252,11 +189,12 @@ class StepStarted(Message):
     log_name: str
     worker: str
     attempt: int = 1
+    job: str = ""  # the attempt's id: attach-request counts lines seen per job
 
 
 @dataclass
 class StepOutput(Message):
-    """Lines of a step's log."""
+    """Lines of a step's log; `first` is the number of the first in this attempt's log."""
 
     type: ClassVar[str] = "step-output"
     link: ClassVar[str] = "initiator"
@@ -264,6 +202,7 @@ class StepOutput(Message):
     request_id: str
     step: str
     lines: list[str]
+    first: int | None = None
 
 
 @dataclass
@@ -410,6 +349,10 @@ class Error(Message):
     request_id: str = ""
 
 
+# This module's messages first, then those of `jobs` and `resume`, each in the order
+# they are defined.
+_ORDER = {__name__: 0, jobs.__name__: 1, resume.__name__: 2}
 MESSAGES: dict[str, type[Message]] = {
-    cls.type: cls for cls in Message.__subclasses__()  # type: ignore[misc]
+    cls.type: cls for cls in sorted(Message.__subclasses__(),  # type: ignore[misc]
+                                    key=lambda c: _ORDER[c.__module__])
 }

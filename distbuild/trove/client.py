@@ -16,20 +16,25 @@ import queue
 import socket
 import tempfile
 import threading
+import time
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from distbuild.errors import TroveError
 from distbuild.files import sha256_file
 from distbuild.trove import names
 
 BLOCK = 1 << 20
+# A trove that restarts is back within a few seconds: a failed transfer or
+# query is tried again after 0.5, 1, 2, 4 and 8 s, then given up on.
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 # Small enough that a buffer is still in the CPU's cache when it is hashed.
 _PIPELINE_BLOCK = 256 << 10
 _PIPELINE_DEPTH = 16
+T = TypeVar("T")
 
 
 class CacheClientError(TroveError):
@@ -66,7 +71,8 @@ class Downloaded:
 class CacheClient:
     """Blocking client of one artifact cache, e.g. CacheClient('http://127.0.0.1:8080/')."""
 
-    def __init__(self, base_url: str, timeout: float = 60.0):
+    def __init__(self, base_url: str, timeout: float = 60.0,
+                 retry_delays: tuple[float, ...] = RETRY_DELAYS):
         parsed = urllib.parse.urlsplit(base_url)
         if parsed.scheme != "http" or not parsed.hostname:
             raise CacheClientError("artifact cache URL must be http://HOST[:PORT][/PREFIX]",
@@ -76,6 +82,19 @@ class CacheClient:
         self.port = parsed.port or 80
         self.prefix = parsed.path.rstrip("/")
         self.timeout = timeout
+        self.retry_delays = retry_delays
+
+    def _retrying(self, fn: Callable[[], T]) -> T:
+        """`fn()`, again after each delay while it fails in a way that may pass."""
+        for delay in self.retry_delays:
+            try:
+                return fn()
+            except CacheClientError as e:
+                # A full disk (507) or a refusal (4xx) stays as it is; a restart does not.
+                if not e.retryable or e.status == 507:
+                    raise
+            time.sleep(delay)
+        return fn()
 
     # --- queries -------------------------------------------------------------
 
@@ -95,14 +114,19 @@ class CacheClient:
 
     def fetch_log(self, key: str) -> bytes | None:
         """The build log stored with source `key`, or None if there is none."""
-        conn, resp = self._request("GET", f"/2.0/sources/{names.check_key(key)}/log")
-        try:
-            if resp.status == 404:
-                return None
-            self._check(resp, key)
-            return resp.read()
-        finally:
-            conn.close()
+        def fetch() -> bytes | None:
+            conn, resp = self._request("GET", f"/2.0/sources/{names.check_key(key)}/log")
+            try:
+                if resp.status == 404:
+                    return None
+                self._check(resp, key)
+                return resp.read()
+            except (OSError, http.client.HTTPException) as e:
+                raise CacheClientError(f"download failed: {e}", key, retryable=True) from None
+            finally:
+                conn.close()
+
+        return self._retrying(fetch)
 
     # --- downloads -----------------------------------------------------------
 
@@ -111,16 +135,20 @@ class CacheClient:
         """Fetch one artifact to `dest`, checking its sha256 (given, or as the trove recorded)."""
         names.check_filename(filename)
         dest = Path(dest)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "wb", buffering=0) as out:
-                size, digest = self.stream(filename, out, expected_sha256)
-            os.replace(tmp, dest)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return Downloaded(dest, size, digest)
+
+        def fetch() -> Downloaded:
+            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+            try:
+                with os.fdopen(fd, "wb", buffering=0) as out:
+                    size, digest = self.stream(filename, out, expected_sha256)
+                os.replace(tmp, dest)
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
+            return Downloaded(dest, size, digest)
+
+        return self._retrying(fetch)
 
     def stream(self, filename: str, out: BinaryIO,
                expected_sha256: str | None = None) -> tuple[int, str]:
@@ -143,8 +171,9 @@ class CacheClient:
             raise CacheClientError(f"download truncated: {size} of {length} bytes",
                                    filename, retryable=True)
         if want and got != want:
+            # Every byte arrived: the stored copy is wrong, and will be wrong again.
             raise CacheClientError(f"sha256 mismatch: expected {want}, got {got}",
-                                   filename, retryable=True)
+                                   filename)
         return size, got
 
     # --- uploads -------------------------------------------------------------
@@ -172,6 +201,10 @@ class CacheClient:
         paths = [Path(p) for p in artifacts.values()] + ([Path(log)] if log else [])
         length = len(head) + sum(e["size"] for e in entries) + (
             manifest["log"]["size"] if log else 0)
+        return self._retrying(lambda: self._put_source(key, head, paths, length, token))
+
+    def _put_source(self, key: str, head: bytes, paths: list[Path], length: int,
+                    token: str) -> bool:
         conn = self._connection()
         try:
             conn.putrequest("PUT", self.prefix + f"/2.0/sources/{key}")
@@ -179,12 +212,21 @@ class CacheClient:
             conn.putheader("Content-Length", str(length))
             conn.putheader("Authorization", f"Bearer {token}")
             conn.endheaders()
-            conn.send(head)
-            for path in paths:
-                with open(path, "rb") as f:
-                    # sendfile: the kernel moves the bytes, no copy through Python.
-                    conn.sock.sendfile(f)
-            resp = conn.getresponse()
+            try:
+                conn.send(head)
+                for path in paths:
+                    with open(path, "rb") as f:
+                        # sendfile: the kernel moves the bytes, no copy through Python.
+                        conn.sock.sendfile(f)
+            except OSError as e:
+                # The trove may have refused the upload from its headers (a bad token,
+                # say) and closed: its answer says why better than the reset does.
+                resp = _early_answer(conn)
+                if resp is None:
+                    raise CacheClientError(f"upload failed: {e}", self.base_url,
+                                           retryable=True) from None
+            else:
+                resp = conn.getresponse()
             self._check(resp, key)
             return bool(json.loads(resp.read())["stored"])
         except (OSError, http.client.HTTPException) as e:
@@ -224,14 +266,21 @@ class CacheClient:
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         data = None if body is None else json.dumps(body).encode()
-        conn, resp = self._request(method, path, data, headers)
-        try:
-            if missing_ok and resp.status == 404:
-                return None
-            self._check(resp, path)
-            return json.loads(resp.read())
-        finally:
-            conn.close()
+
+        def ask():
+            conn, resp = self._request(method, path, data, headers)
+            try:
+                if missing_ok and resp.status == 404:
+                    return None
+                self._check(resp, path)
+                return json.loads(resp.read())
+            except (OSError, http.client.HTTPException) as e:
+                raise CacheClientError(f"artifact cache went away: {e}", self.base_url,
+                                       retryable=True) from None
+            finally:
+                conn.close()
+
+        return self._retrying(ask)
 
     def _check(self, resp: http.client.HTTPResponse, what: str) -> None:
         if 200 <= resp.status < 300:
@@ -285,6 +334,15 @@ def _pipelined_copy(resp: http.client.HTTPResponse, out: BinaryIO) -> tuple[int,
         filled.put(None)
         hasher.join()
     return size, h.hexdigest()
+
+
+def _early_answer(conn: http.client.HTTPConnection) -> http.client.HTTPResponse | None:
+    """The response a server sent before it stopped reading the request, if any."""
+    try:
+        resp = conn.getresponse()
+    except (OSError, http.client.HTTPException):
+        return None
+    return resp if resp.status >= 400 else None
 
 
 def _sha256(path: Path) -> str:

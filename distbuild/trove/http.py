@@ -2,274 +2,45 @@
 
 `/1.0/` is morph-cache-server's read API, kept exactly; `/2.0/` is what the
 network adds: bulk source queries, authenticated atomic uploads, build logs and
-pins. Uploads stream straight into the store as they arrive (`TroveRequest`),
-so a multi-GB artifact never sits in memory nor is copied through a second
-temporary file: past its first bytes, a large body is spliced from the socket
-into the files by a thread while Twisted stops reading (see splice.py).
-Downloads of 1 MiB or more are sent with sendfile(2) by a thread; smaller ones
-stream from disk through a producer.
+pins. Request bodies are received in `uploads`: an upload streams straight
+into the store, and a request that will be refused is refused from its
+headers, before any of its body is read. Downloads of 1 MiB or more are sent
+with sendfile(2) by a thread; smaller ones stream from disk through a producer.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import threading
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
-from twisted.internet import defer, tcp
+from twisted.internet import tcp
 from twisted.web import resource, server
 
-from distbuild import tokens
+from distbuild import jsonlimit, tokens
 from distbuild.errors import ResolveError, TroveError
 from distbuild.trove import names
 from distbuild.trove.refs import expand_alias, resolve_in
-from distbuild.trove.splice import FileSender, SocketEnded, SocketSource
+from distbuild.trove.splice import FileSender, SocketEnded
 from distbuild.trove.store import Store, Upload, UploadError
+from distbuild.trove.uploads import (
+    MAX_QUERY_BODY,
+    RefusedBody,
+    TroveRequest,
+    UploadSink,
+    check_upload_token,
+    peer_of,
+    token_from,
+)
 
-UPLOAD_PATH_RE = re.compile(rb"/2\.0/sources/([0-9a-f]{64})")
-MAX_QUERY_BODY = 8 << 20
-# Bodies with more than SPLICE_MIN bytes still to come are spliced; the last
-# SPLICE_TAIL bytes are left for Twisted to read, so it sees the body end.
-SPLICE_MIN = 1 << 20
-SPLICE_TAIL = 1 << 12
 # Files of at least this size are sent with sendfile(2) from a thread.
 SENDFILE_MIN = 1 << 20
 MAX_PIN_TTL = 7 * 24 * 3600
-TOKEN_HEADER = b"authorization"
-
-
-def token_from(request) -> str | None:
-    """The bearer token of a request, or None if it sent none."""
-    value = request.requestHeaders.getRawHeaders(TOKEN_HEADER, [None])[0]
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        value = value.decode("latin-1")
-    scheme, _, token = value.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-
-class _Refused:
-    """Request body sink for an upload refused before its body arrived: bytes are dropped."""
-
-    def __init__(self, error: UploadError):
-        self.error = error
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    def seek(self, *args) -> None:
-        pass
-
-    def tell(self) -> int:
-        return 0
-
-    def read(self, *args) -> bytes:
-        return b""
-
-    def close(self) -> None:
-        pass
-
-
-class _UploadSink(_Refused):
-    """Request body sink that hands an Upload's bytes to a writer thread.
-
-    The event loop only queues what the socket delivers; writing runs on the
-    thread and hashing on the Upload's own, so receiving and storing overlap.
-    When more than HIGH bytes wait, the socket stops being read until the
-    thread is down to LOW: memory stays bounded however fast the client sends.
-    A large body is taken off the event loop altogether (`take_socket`).
-    """
-
-    HIGH = 16 << 20
-    LOW = 4 << 20
-
-    def __init__(self, upload: Upload, request, reactor, log: Callable[[str], None]):
-        self.upload = upload
-        self.log = log
-        self.error = None
-        self.request = request
-        self.reactor = reactor
-        self.queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.lock = threading.Lock()
-        self.pending = 0
-        self.paused = False
-        self.body_done = False
-        self.taking: _Take | None = None
-        self.took = False
-        self.sealed: defer.Deferred | None = None
-        self.thread = threading.Thread(target=self._run, name=f"upload-{upload.key[:12]}",
-                                       daemon=True)
-        self.thread.start()
-
-    def write(self, data: bytes) -> None:
-        with self.lock:
-            self.pending += len(data)
-            over = self.pending > self.HIGH
-        self.queue.put(data)
-        transport = self.request.transport
-        if over and not self.paused and transport is not None:
-            self.paused = True
-            transport.pauseProducing()
-
-    def take_socket(self, decoder, count: int) -> None:
-        """Stop Twisted reading; the thread moves the body's next `count` bytes itself.
-
-        `decoder` is the channel's body decoder: it is told how many bytes the
-        thread took when the socket is handed back (`_give_back`)."""
-        channel = self.request.channel
-        transport = self.request.transport
-        self.took = True
-        try:
-            source = SocketSource(transport.fileno(), channel.timeOut)
-        except OSError:  # out of descriptors, say: Twisted keeps reading instead
-            return
-        transport.pauseProducing()
-        # The channel's idle timer cannot see the thread's reads; the thread keeps its own.
-        self.taking = _Take(source, count, decoder, channel.setTimeout(None))
-        self.queue.put(self.taking)
-
-    def tell(self) -> int:
-        return self.upload.received
-
-    def seal(self) -> defer.Deferred:
-        """Fires (on the event loop) once every byte is stored and synced, or fails."""
-        self.body_done = True
-        self.sealed = defer.Deferred()
-        self.queue.put(_SEAL)
-        return self.sealed
-
-    def close(self) -> None:
-        if self.taking is not None:
-            self.taking.source.stop()
-        if self.sealed is None:
-            self.queue.put(_ABORT)
-
-    def _run(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is _ABORT:
-                self.upload.abort()
-                return
-            if item is _SEAL:
-                try:
-                    self.upload.seal()
-                except Exception as e:  # handed to the event loop as the answer
-                    self.upload.abort()
-                    self.reactor.callFromThread(self.sealed.errback, e)
-                else:
-                    self.reactor.callFromThread(self.sealed.callback, None)
-                return
-            if isinstance(item, _Take):
-                self._take(item)
-                continue
-            self.upload.write(item)
-            with self.lock:
-                self.pending -= len(item)
-                drained = self.pending < self.LOW
-            if drained and self.paused:
-                self.reactor.callFromThread(self._resume)
-
-    def _take(self, take: _Take) -> None:
-        ended = None
-        try:
-            self.upload.take_from(take.source, take.count)
-        except SocketEnded as e:
-            ended = e
-        finally:
-            take.source.close()
-        self.reactor.callFromThread(self._give_back, take, ended)
-
-    def _give_back(self, take: _Take, ended: SocketEnded | None) -> None:
-        self.taking = None
-        channel = self.request.channel
-        if channel is None:  # the connection was lost meanwhile; close() has cleaned up
-            return
-        take.decoder.contentLength -= take.source.consumed
-        channel.setTimeout(take.idle)
-        if ended is not None and ended.timed_out:
-            self.log(f"dropped upload of {self.upload.key} from {_peer(self.request)}: "
-                     f"{ended.why}")
-            self.request.transport.abortConnection()
-            return
-        # Twisted reads the body's last bytes, or notices the connection's end.
-        self.request.transport.resumeProducing()
-
-    def _resume(self) -> None:
-        if self.paused:
-            self.paused = False
-            # Once the body is complete the channel manages reading itself.
-            if not self.body_done and self.taking is None and self.request.transport is not None:
-                self.request.transport.resumeProducing()
-
-
-@dataclass
-class _Take:
-    """The writer thread's order to move `count` body bytes from the socket itself.
-
-    `idle` is the channel's idle timeout, put back when the socket is."""
-
-    source: SocketSource
-    count: int
-    decoder: object
-    idle: float | None
-
-
-_SEAL = object()
-_ABORT = object()
-
-
-def check_upload_token(secret: bytes, key: str, token: str | None) -> None:
-    """Raise UploadError 401 for no token, 403 for a forged, expired or foreign one."""
-    if token is None:
-        raise UploadError("upload needs a token (Authorization: Bearer TOKEN)", key, 401)
-    try:
-        tokens.verify(secret, key, token)
-    except tokens.TokenError as e:
-        raise UploadError(e.what, key, 403) from None
-
-
-class TroveRequest(server.Request):
-    """A request whose upload body goes straight into the store as it arrives."""
-
-    def gotLength(self, length):
-        site = self.channel.site if self.channel else None
-        cache = getattr(site, "cache", None)
-        # The request line is parsed before the body starts but only kept on the
-        # channel; if a Twisted release renames it we fall back to a temp file.
-        command = getattr(self.channel, "_command", None)
-        path = getattr(self.channel, "_path", None)
-        match = UPLOAD_PATH_RE.fullmatch(path) if isinstance(path, bytes) else None
-        if cache is None or command != b"PUT" or match is None:
-            return super().gotLength(length)
-        key = match.group(1).decode()
-        try:
-            check_upload_token(cache.secret(), key, token_from(self))
-            self.content = _UploadSink(cache.store.begin(key), self, cache.reactor, cache.log)
-        except UploadError as e:
-            self.content = _Refused(e)
-        except TroveError as e:
-            self.content = _Refused(UploadError(e.what, e.where, 500))
-
-    def handleContentChunk(self, data):
-        super().handleContentChunk(data)
-        sink = self.content
-        if not isinstance(sink, _UploadSink) or sink.took or sink.upload.error is not None:
-            return
-        # Twisted's decoder for a body of known length counts the bytes still to
-        # come; chunked bodies, TLS or a renamed attribute keep Twisted's reads.
-        decoder = getattr(self.channel, "_transferDecoder", None)
-        remaining = getattr(decoder, "contentLength", None)
-        if (isinstance(remaining, int) and remaining > SPLICE_MIN
-                and isinstance(self.transport, tcp.Connection)):
-            sink.take_socket(decoder, remaining - SPLICE_TAIL)
 
 
 def _text(request, status: int, message: str) -> bytes:
@@ -292,7 +63,9 @@ def _read_json(request):
     if len(raw) > MAX_QUERY_BODY:
         raise UploadError("request body too large", status=413)
     try:
-        return json.loads(raw)
+        return jsonlimit.loads(raw)
+    except jsonlimit.TooDeep as e:
+        raise UploadError(f"request body is refused: {e}") from None
     except ValueError:
         raise UploadError("request body is not valid JSON") from None
 
@@ -329,7 +102,7 @@ class CacheResource(resource.Resource):
             return self._route(request, method, parts)
         except UploadError as e:
             if method in ("PUT", "DELETE"):
-                self.log(f"refused {method} /{'/'.join(parts)} from {_peer(request)}: {e}")
+                self.log(f"refused {method} /{'/'.join(parts)} from {peer_of(request)}: {e}")
             return _text(request, e.status, f"error: {e}")
         except TroveError as e:
             return _text(request, 400, f"error: {e}")
@@ -419,9 +192,9 @@ class CacheResource(resource.Resource):
     def _put_source(self, request, key: str):
         names.check_key(key)
         sink = request.content
-        if isinstance(sink, _Refused) and sink.error is not None:
+        if isinstance(sink, RefusedBody) and sink.error is not None:
             raise sink.error
-        if isinstance(sink, _UploadSink):
+        if isinstance(sink, UploadSink):
             sink.seal().addCallbacks(lambda _: self._stored(request, sink.upload),
                                      lambda f: self._failed(request, f))
             return server.NOT_DONE_YET
@@ -437,7 +210,7 @@ class CacheResource(resource.Resource):
     def _answer(self, request, upload: Upload) -> bytes:
         stored = upload.commit()
         self.log(f"{'stored' if stored else 'already cached'}: {upload.key} "
-                 f"({upload.manifest.total_size} bytes from {_peer(request)})")
+                 f"({upload.manifest.total_size} bytes from {peer_of(request)})")
         return _json(request, {"key": upload.key, "stored": stored,
                                "already_cached": not stored}, 201 if stored else 200)
 
@@ -454,7 +227,7 @@ class CacheResource(resource.Resource):
             body = _text(request, e.status, f"error: {e}")
         else:
             body = _text(request, 500, f"error: upload failed: {e}")
-        self.log(f"refused upload from {_peer(request)}: {e}")
+        self.log(f"refused upload from {peer_of(request)}: {e}")
         _respond(request, body)
 
     def _get_meta(self, request, key: str):
@@ -483,11 +256,6 @@ class CacheResource(resource.Resource):
             raise UploadError(f'body must be {{"keys": [...], "ttl": 1..{MAX_PIN_TTL}}}', name)
         self.store.pins.set(name, [names.check_key(k) for k in keys], ttl)
         return _json(request, {"pin": name, "keys": len(keys), "ttl": ttl})
-
-
-def _peer(request) -> str:
-    address = request.getClientAddress()
-    return f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
 
 
 def _respond(request, body: bytes) -> None:
@@ -628,7 +396,7 @@ class _SentFile:
 
     def _drop(self, why: str) -> None:
         self.log(f"dropped download of {Path(self.file.name).name} to "
-                 f"{_peer(self.request)}: {why}")
+                 f"{peer_of(self.request)}: {why}")
         self.request.transport.abortConnection()
 
     def _lost(self, failure) -> None:

@@ -4,35 +4,38 @@ The worker keeps one link to the controller (reconnecting with back-off when
 it drops) and runs up to `slots` steps at once, each in its own thread with
 its own cancel token. Log lines go to the controller in small batches as they
 come; artifacts go to the trove's cache with the upload credential the
-controller issued for that step. When the link drops, running steps are
-cancelled: the controller has already queued them again elsewhere.
+controller issued for that step. When the link drops, running steps go on:
+on reconnecting the worker lists what it holds and the controller keeps
+(job-adopt) or cancels each. SIGTERM drains: no new steps, running ones get
+`drain_seconds`, then are handed back to run elsewhere (docs/worker.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import random
+import shutil
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from distbuild import config
 from distbuild.definitions import node_from_dict
 from distbuild.errors import DistbuildError
-from distbuild.link import Link, LinkError, connect
+from distbuild.link import Link, LinkError, connect, worth_retrying
 from distbuild.protocol import messages as m
-from distbuild.runprocess import Cancelled, CancelToken
+from distbuild.runprocess import Cancelled
 from distbuild.timestamps import service_logger
 from distbuild.trove.client import CacheClient
 from distbuild.worker.cache import LocalArtifactCache
 from distbuild.worker.errors import CommandFailed
+from distbuild.worker.jobs import HeldJob, JobTable
 from distbuild.worker.remote import TroveArtifactSource, upload
 from distbuild.worker.sources import GitSources
 from distbuild.worker.step import StepRunner, WorkerSettings
-
-FLUSH_SECONDS = 0.2
-FLUSH_LINES = 200
 
 
 def host_arch() -> str:
@@ -58,10 +61,12 @@ class WorkerConfig:
     staging_over_host: bool = False
     bwrap: str = "bwrap"
     cache_limit_mb: int | None = None
+    # On SIGTERM, how long running steps may take to finish before they are handed back.
+    drain_seconds: float = 300.0
 
 
 class Worker:
-    """One worker process: the link loop and the running jobs."""
+    """One worker process: the link loop, the running jobs and a graceful stop."""
 
     def __init__(self, cfg: WorkerConfig, log=None):
         self.cfg = cfg
@@ -73,62 +78,150 @@ class Worker:
                                        cache_limit_mb=cfg.cache_limit_mb)
         self.settings.clean()
         self.sources = GitSources(cfg.work_dir / "mirrors")
-        self.jobs: dict[str, CancelToken] = {}
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
+        spools = cfg.work_dir / "jobs"
+        shutil.rmtree(spools, ignore_errors=True)  # a new process holds no jobs
+        self.table = JobTable(spools, self.log)
+        self.stopping = threading.Event()  # set by the first SIGTERM: drain
+        self.stop_now = threading.Event()  # set by the second: hand back at once
+        self.drain_deadline = 0.0
+        self._announced: Link | None = None
+        self._handlers = {m.JobRun: self._on_run, m.JobCancel: self._on_cancel,
+                          m.JobAdopt: self._on_adopt, m.Refused: self._on_refused}
+
+    def drain(self) -> None:
+        """Take no new steps; hand back what still runs after `drain_seconds` (twice: now)."""
+        if self.stopping.is_set():
+            self.stop_now.set()
+            return
+        self.drain_deadline = time.monotonic() + self.cfg.drain_seconds
+        self.stopping.set()
 
     def serve(self) -> None:
-        """Keep a link to the controller until stopped."""
+        """Keep a link to the controller until drained; steps run on while it is away."""
         delay = 1.0
-        while not self.stopping.is_set():
-            try:
-                link = connect(self.cfg.controller_address, self.cfg.controller_port,
-                               self.cfg.identity, self.cfg.known_hosts, "worker", self.cfg.name)
-            except LinkError as e:
-                if not e.retryable:
-                    raise
-                self.log(f"cannot reach the controller ({e}); retrying in {delay:.0f} s")
-                self.stopping.wait(delay)
-                delay = min(delay * 2, 10.0)
-                continue
-            delay = 1.0
-            arch = self.cfg.arch or host_arch()
-            self.log(f"connected to {link.peer} as {self.cfg.name} ({arch}, "
-                     f"{self.cfg.slots} slot(s))")
-            try:
-                link.send(m.WorkerReady(arch=arch, slots=self.cfg.slots))
-                self._listen(link)
-            except LinkError as e:
-                self.log(f"lost the controller: {e}")
-            finally:
-                self._cancel_all()
-                link.close()
+        try:
+            while not self._drained_offline():
+                try:
+                    link = connect(self.cfg.controller_address, self.cfg.controller_port,
+                                   self.cfg.identity, self.cfg.known_hosts, "worker",
+                                   self.cfg.name)
+                except LinkError as e:
+                    if not worth_retrying(e):
+                        raise
+                    wait = delay * random.uniform(0.5, 1.0)
+                    self.log(f"cannot reach the controller ({e.what}); retrying in {wait:.1f} s"
+                             + self._holding())
+                    self.stop_now.wait(wait)
+                    delay = min(delay * 2, 10.0)
+                    continue
+                delay = 1.0
+                if self._session(link):
+                    return
+        finally:
+            for held in self.table.running():
+                held.token.cancel()
+            self.table.stop()
 
-    def _listen(self, link: Link) -> None:
-        while not self.stopping.is_set():
-            message = link.receive(timeout=0.5)
-            if isinstance(message, m.JobRun):
-                token = CancelToken()
-                with self.lock:
-                    self.jobs[message.job] = token
-                threading.Thread(target=self._run_job, args=(link, message, token),
-                                 name=f"job-{message.job}", daemon=True).start()
-            elif isinstance(message, m.JobCancel):
-                with self.lock:
-                    token = self.jobs.get(message.job)
-                if token is not None:
-                    self.log(f"job {message.job}: cancelled by the controller")
-                    token.cancel()
-            elif isinstance(message, m.Refused):
-                raise DistbuildError(f"refused: {message.reason}", link.peer)
+    def _session(self, link: Link) -> bool:
+        """One link's life; True once drained."""
+        arch = self.cfg.arch or host_arch()
+        held = self.table.held()
+        self.log(f"connected to {link.peer} as {self.cfg.name} ({arch}, "
+                 f"{self.cfg.slots} slot(s))" + (f"; holding {', '.join(held)}" if held else ""))
+        try:
+            link.send(m.WorkerReady(arch=arch, slots=self.cfg.slots, held=held))
+            while True:
+                message = link.receive(timeout=0.5)
+                if message is not None:
+                    handler = self._handlers.get(type(message))
+                    if handler is not None:
+                        handler(link, message)
+                if self.stopping.is_set() and self._drain_tick(link):
+                    return True
+        except LinkError as e:
+            self.log(f"lost the controller: {e.what}" + self._holding())
+            return False
+        finally:
+            self.table.link_lost()
+            link.close()
 
-    def _cancel_all(self) -> None:
-        with self.lock:
-            for token in self.jobs.values():
-                token.cancel()
+    def _holding(self) -> str:
+        running = [h.job for h in self.table.running()]
+        return f"; steps {', '.join(running)} go on meanwhile" if running else ""
 
-    def _run_job(self, link: Link, run: m.JobRun, token: CancelToken) -> None:
-        out = _Batcher(link, run.job)
+    # -- messages from the controller ------------------------------------------------------
+
+    def _on_run(self, link: Link, run: m.JobRun) -> None:
+        if self.stopping.is_set():
+            link.send(m.JobHandedBack(job=run.job, reason=f"worker {self.cfg.name} is stopping"))
+            return
+        held = self.table.add(run.job, link)
+        held.thread = threading.Thread(target=self._run_job, args=(run, held),
+                                       name=f"job-{run.job}", daemon=True)
+        held.thread.start()
+
+    def _on_cancel(self, link: Link, msg: m.JobCancel) -> None:
+        held = self.table.get(msg.job)
+        if held is None:
+            return
+        if held.running:
+            self.log(f"job {msg.job}: cancelled by the controller")
+            held.token.cancel()
+        else:
+            self.table.forget(msg.job)  # ended; the controller needs no result
+
+    def _on_adopt(self, link: Link, msg: m.JobAdopt) -> None:
+        if self.table.adopt(msg.job, link, msg.lines):
+            self.log(f"job {msg.job}: kept by the controller (its log from line {msg.lines})")
+        else:
+            link.send(m.JobHandedBack(job=msg.job, reason="the worker no longer holds this job"))
+
+    def _on_refused(self, link: Link, msg: m.Refused) -> None:
+        raise DistbuildError(f"refused: {msg.reason}", link.peer)
+
+    # -- stopping --------------------------------------------------------------------------
+
+    def _drain_tick(self, link: Link) -> bool:
+        """While draining: say so once per link; hand back at the deadline; True when done."""
+        running = self.table.running()
+        if self._announced is not link:
+            self._announced = link
+            left = max(0.0, self.drain_deadline - time.monotonic())
+            self.log(f"draining: no new steps; {len(running)} running may take {left:.0f} s")
+            link.send(m.WorkerDraining(seconds=round(left, 1)))
+        if running and (self.stop_now.is_set() or time.monotonic() >= self.drain_deadline):
+            why = "stopped at once" if self.stop_now.is_set() else (
+                f"drain time of {self.cfg.drain_seconds:g} s ran out")
+            for held in running:
+                held.handed_back = True
+                held.token.cancel()
+                link.send(m.JobHandedBack(job=held.job,
+                                          reason=f"worker {self.cfg.name} stopped: {why}"))
+                self.log(f"job {held.job}: handed back ({why})")
+            for held in running:
+                if held.thread is not None:
+                    held.thread.join(timeout=5)
+            running = []
+        return not running and self.table.sent_everything()
+
+    def _drained_offline(self) -> bool:
+        """Stopping with no controller to tell: done once nothing runs (or time ran out)."""
+        if not self.stopping.is_set():
+            return False
+        running = self.table.running()
+        if running and (self.stop_now.is_set() or time.monotonic() >= self.drain_deadline):
+            for held in running:
+                held.handed_back = True
+                held.token.cancel()
+            self.log("stopping with steps unreported: the controller will run them again")
+            return True
+        return not running and not self.table.unreported()
+
+    # -- one job ---------------------------------------------------------------------------
+
+    def _run_job(self, run: m.JobRun, held: HeldJob) -> None:
+        token = held.token
+        result: m.Message | None = None
         try:
             node = node_from_dict(run.step)
             nodes = {d["id"]: node_from_dict(d) for d in run.closure}
@@ -138,75 +231,34 @@ class Worker:
                                        TroveArtifactSource(client))
             runner = StepRunner(self.settings, self.sources, cache)
             self.log(f"job {run.job}: building {node.id}")
-            result = runner.run(node, nodes, on_line=out.line, cancel=token)
-            out.flush()
+            built = runner.run(node, nodes, on_line=lambda text: self.table.line(held, text),
+                               cancel=token)
             token.check("upload")
-            upload(result, client, run.token)
-            link.send(m.JobFinished(job=run.job, seconds=round(result.seconds, 4),
-                                    command_seconds=round(result.command_seconds, 4),
-                                    artifacts={a.filename: {"sha256": a.sha256, "size": a.size}
-                                               for a in result.artifacts}))
-            self.log(f"job {run.job}: built {node.id} in {result.seconds:.1f} s")
+            upload(built, client, run.token)
+            result = m.JobFinished(job=run.job, seconds=round(built.seconds, 4),
+                                   command_seconds=round(built.command_seconds, 4),
+                                   artifacts={a.filename: {"sha256": a.sha256, "size": a.size}
+                                              for a in built.artifacts})
+            self.log(f"job {run.job}: built {node.id} in {built.seconds:.1f} s")
         except Cancelled:
-            out.flush()
-            link.send(m.JobFailed(job=run.job, reason="cancelled", cancelled=True))
+            result = m.JobFailed(job=run.job, reason="cancelled", cancelled=True)
         except CommandFailed as e:
-            out.flush()
-            link.send(m.JobFailed(job=run.job, reason=e.what.splitlines()[0],
-                                  exit_code=e.status, last_lines=list(e.last_lines)))
+            result = m.JobFailed(job=run.job, reason=e.what.splitlines()[0],
+                                 exit_code=e.status, last_lines=_short(e.last_lines))
         except DistbuildError as e:
-            out.flush()
             self.log(f"job {run.job}: failed: {e}")
-            link.send(m.JobFailed(job=run.job, reason=str(e).splitlines()[0]))
-        except LinkError:
-            pass  # the link loop notices and reconnects
+            result = m.JobFailed(job=run.job, reason=_short([str(e).splitlines()[0]])[0])
         except Exception as e:  # a bug: report it rather than leave the step hanging
             self.log(f"job {run.job}: internal error: {e!r}")
-            try:
-                link.send(m.JobFailed(job=run.job, reason=f"internal worker error: {e!r}"))
-            except LinkError:
-                pass
+            result = m.JobFailed(job=run.job, reason=f"internal worker error: {e!r}")
         finally:
-            out.stop()
-            with self.lock:
-                self.jobs.pop(run.job, None)
+            # A handed-back job is the controller's to run again: it owes nothing.
+            self.table.finish(held, None if held.handed_back else result)
 
 
-class _Batcher:
-    """Collects a job's log lines and sends them every FLUSH_SECONDS or FLUSH_LINES."""
-
-    def __init__(self, link: Link, job: str):
-        self.link = link
-        self.job = job
-        self.lines: list[str] = []
-        self.lock = threading.Lock()
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
-
-    def line(self, text: str) -> None:
-        with self.lock:
-            self.lines.append(text)
-            full = len(self.lines) >= FLUSH_LINES
-        if full:
-            self.flush()
-
-    def flush(self) -> None:
-        with self.lock:
-            lines, self.lines = self.lines, []
-        if lines:
-            try:
-                self.link.send(m.JobOutput(job=self.job, lines=lines))
-            except LinkError:
-                pass
-
-    def _loop(self) -> None:
-        while not self.done.wait(FLUSH_SECONDS):
-            self.flush()
-
-    def stop(self) -> None:
-        self.done.set()
-        self.flush()
+def _short(lines, width: int = 2000) -> list[str]:
+    """Failure report lines, each cut to `width` characters."""
+    return [line if len(line) <= width else line[:width] + " [cut]" for line in lines]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -230,9 +282,10 @@ def run(args: argparse.Namespace) -> int:
     worker = Worker(cfg)
 
     def stop(signum, frame):
-        worker.log("stopping")
-        worker.stopping.set()
-        worker._cancel_all()
+        worker.log("stopping at once" if worker.stopping.is_set() else
+                   f"stopping: draining for up to {cfg.drain_seconds:g} s "
+                   "(signal again to stop at once)")
+        worker.drain()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
