@@ -135,8 +135,8 @@ class BuildRequest(Message):
     components: list[str] = field(default_factory=list)
     fetch_cached_logs: bool = False
     detach: bool = False
-    priority: str = "normal"  # "high", "normal" or "low": see docs/architecture.md
     strict: bool = False  # unknown fields in the definitions fail the request
+    priority: str = "normal"  # "high", "normal" or "low": see docs/architecture.md
 
 
 @dataclass
