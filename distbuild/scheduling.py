@@ -23,7 +23,6 @@ forgotten, so memory follows the requests in flight.
 
 from __future__ import annotations
 
-import fnmatch
 import heapq
 import itertools
 from collections import deque
@@ -46,12 +45,29 @@ from distbuild.scheduling_events import (
     StepQueued,
     StepRequeued,
 )
+from distbuild.scheduling_queues import PRIORITIES, Pool, ReadyQueues, required_labels
 from distbuild.scheduling_workers import Worker, WorkerChanges
 
 __all__ = [
-    "PRIORITIES", "Event", "JobCancelled", "JobStarted", "RequestCancelled", "RequestFailed",
-    "RequestFinished", "RequestPlanned", "Scheduler", "State", "StepBuilt", "StepFailed",
-    "StepInfo", "StepJoined", "StepQueued", "StepRequeued", "steps_from_graph",
+    "PRIORITIES",
+    "Event",
+    "JobCancelled",
+    "JobStarted",
+    "Pool",
+    "RequestCancelled",
+    "RequestFailed",
+    "RequestFinished",
+    "RequestPlanned",
+    "Scheduler",
+    "State",
+    "StepBuilt",
+    "StepFailed",
+    "StepInfo",
+    "StepJoined",
+    "StepQueued",
+    "StepRequeued",
+    "required_labels",
+    "steps_from_graph",
 ]
 
 if TYPE_CHECKING:
@@ -70,10 +86,6 @@ class StepInfo:
     labels: frozenset[str] = frozenset()  # a worker must have all of these to run it
 
 
-# Request priority classes, served strictly in this order.
-PRIORITIES = ("high", "normal", "low")
-
-Pool = tuple[str, frozenset[str]]  # (arch, labels required): ready work one worker can take
 
 
 @dataclass(eq=False, slots=True)
@@ -111,7 +123,7 @@ class Request:
     queued_in: set[Pool] = field(default_factory=set)  # pools whose ring holds this request
 
 
-class Scheduler(WorkerChanges):
+class Scheduler(ReadyQueues, WorkerChanges):
     """Requests, shared work and worker slots; every method returns the events it caused."""
 
     def __init__(self, retry_limit: int = 2, job_id: Callable[[str], str] | None = None):
@@ -325,65 +337,6 @@ class Scheduler(WorkerChanges):
             worker.jobs.discard(job)
             self._slot_freed(worker)
 
-    def _next_ready(self, worker: Worker) -> Work | None:
-        """Pop the step `worker`'s next free slot should run, or None."""
-        pools = self._eligible.get(worker.group)
-        if pools is None:
-            pools = self._eligible[worker.group] = [
-                (worker.arch, labels) for labels in self._pools.get(worker.arch, ())
-                if labels <= worker.labels]
-        for priority in PRIORITIES:
-            for pool in pools:
-                work = self._next_in(pool, priority)
-                if work is not None:
-                    return work
-        return None
-
-    def _next_in(self, pool: Pool, priority: str) -> Work | None:
-        """Pop the next step of `pool` in class `priority`, requests taking turns."""
-        ring = self._rings.get((pool, priority))
-        while ring:
-            request = self.requests.get(ring.popleft())
-            if request is None:
-                continue  # ended; its heaps went with it
-            heap = request.ready.get(pool, [])
-            work = None
-            while heap and work is None:
-                work = self.work.get(heapq.heappop(heap)[1])
-                if work is None or work.state != State.READY or \
-                        request.id not in work.requests:
-                    work = None  # taken meanwhile, through another request, or dropped
-            if heap:
-                ring.append(request.id)  # back of the line: the others take their turn
-            else:
-                request.queued_in.discard(pool)
-            if work is not None:
-                return work
-        return None
-
-    def _queue(self, request: Request, work: Work) -> None:
-        pool = work.pool
-        heapq.heappush(request.ready.setdefault(pool, []), (-work.priority, work.key))
-        if pool not in request.queued_in:
-            # It had nothing ready, so it missed its turns: it goes first. A chain of
-            # steps then starts each step on the next free slot, and finishes in its
-            # critical path however much else is queued.
-            request.queued_in.add(pool)
-            ring = self._rings.get((pool, request.priority))
-            if ring is None:
-                ring = self._rings[(pool, request.priority)] = deque()
-                known = self._pools.setdefault(work.arch, [])
-                if work.labels not in known:
-                    known.append(work.labels)
-                    known.sort(key=lambda labels: (-len(labels), sorted(labels)))
-                    self._eligible.clear()
-            ring.appendleft(request.id)
-
-    def _make_ready(self, work: Work) -> None:
-        work.state = State.READY
-        for rid in work.requests:
-            self._queue(self.requests[rid], work)
-
     def _promote(self, work: Work) -> list[Event]:
         if work.state == State.WAITING and work.requests and work.unbuilt_deps == 0:
             self._make_ready(work)
@@ -460,12 +413,3 @@ def steps_from_graph(graph: BuildGraph,
     return [StepInfo(n.id, n.cache_key, n.arch, n.depends, remaining[n.id],
                      required_labels(n.id, patterns))
             for n in (graph.nodes[i] for i in graph.order)]
-
-
-def required_labels(node_id: str, patterns: Iterable[tuple[str, frozenset[str]]]) -> frozenset[str]:
-    """Every label of every pattern that matches `node_id` (case-sensitive fnmatch)."""
-    out: frozenset[str] = frozenset()
-    for pattern, labels in patterns:
-        if fnmatch.fnmatchcase(node_id, pattern):
-            out |= labels
-    return out
