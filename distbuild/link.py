@@ -17,15 +17,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import paramiko
-
 from distbuild import __version__
 from distbuild.errors import DistbuildError
 from distbuild.protocol import PROTOCOL_VERSION, Message, ProtocolError, decode, encode
 from distbuild.protocol.messages import Hello, Ping, Pong, Refused, Welcome
 from distbuild.ssh import PublicKey, check_host_key, quiet_paramiko
 
-quiet_paramiko()
+paramiko = quiet_paramiko()
 
 SUBSYSTEM = "distbuild"
 HEARTBEAT_SECONDS = 3.0

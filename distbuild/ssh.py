@@ -184,7 +184,12 @@ def quiet_paramiko():
     becomes one line naming the peer; the log records would only add a traceback.
     """
     import logging
+    import sys
 
+    # paramiko imports `invoke` (a third of its import time) only to run
+    # ssh_config's `Match exec`; distbuild never reads an ssh_config, and every
+    # initiator command pays the import before its first byte.
+    sys.modules.setdefault("invoke", None)
     import paramiko
 
     logger = logging.getLogger("paramiko")

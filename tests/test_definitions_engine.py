@@ -149,6 +149,19 @@ def test_git_commit_source_reads_without_checkout(tmp_path):
     assert json.loads(proc.stdout)["nodes"][-1]["cache_key"] == first.system.cache_key
 
 
+def test_git_source_reads_files_only(tmp_path):
+    write_tree(tmp_path, BASE_FILES)
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-qm", "one")
+    source = GitSource(tmp_path, "HEAD")
+    for path in ("strata/base/a.morph", "./strata//base/a.morph", "systems/s.morph"):
+        assert source.read(path) == (tmp_path / path.replace("//", "/")).read_bytes()
+    for path in ("strata/base", "strata/nope/a.morph", "strata/base/nope.morph",
+                 "systems/s.morph/x", "nope", "../strata/base/a.morph"):
+        assert source.read(path) is None, path
+
+
 def test_paths_cannot_escape_the_tree(tmp_path):
     write_tree(tmp_path / "defs", BASE_FILES)
     (tmp_path / "secret.morph").write_text("name: x\nkind: chunk\n")

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -158,6 +159,8 @@ def test_missing_system_file_is_refused_before_pushing(network, tmp_path):
 
 def test_key_the_trove_does_not_know(network, tmp_path):
     checkout = network.checkout(tmp_path / "defs")
+    # A state the trove does not hold yet: one it holds is not pushed again.
+    (checkout / "unpushed.txt").write_text(f"{tmp_path}\n")
     stranger = tmp_path / "stranger"
     pub = ssh.generate_keypair(stranger)
     # The controller knows the key; the trove does not.
@@ -287,3 +290,19 @@ def test_status_json_prints_only_json(network, tmp_path):
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["id"] == rid
     assert "Connecting to" in status.stderr
+
+
+def test_a_state_the_trove_holds_is_not_pushed_again(network, tmp_path):
+    checkout = network.checkout(tmp_path / "defs")
+    (checkout / "pushed-once.txt").write_text(f"{tmp_path}\n")
+    first = run_distbuild("--config", str(network.config), MINIMAL, cwd=checkout)
+    assert first.returncode == 0, first.stdout + first.stderr
+    # The trove's SSH port now leads nowhere: a second push would fail.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    settings = dict(network.settings, trove_ssh_url=f"ssh://git@127.0.0.1:{port}")
+    (tmp_path / "nossh.yaml").write_text(yaml.safe_dump(settings))
+    again = run_distbuild("--config", str(tmp_path / "nossh.yaml"), MINIMAL, cwd=checkout)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "Build finished" in again.stdout

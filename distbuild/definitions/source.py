@@ -67,18 +67,33 @@ class GitSource:
                                    str(repo_path)) from None
         self._tree = self.commit.tree
         self._name = f"{repo_path}@{self.commit.hexsha[:12]}"
+        # directory -> {name: object}. GitPython's `tree / path` parses every tree on
+        # the way again for each file, so a stratum of N chunks in one directory cost
+        # N parses of that directory (N^2 entries).
+        self._dirs: dict[str, dict | None] = {}
 
     def read(self, path: str) -> bytes | None:
         rel = _normal(path)
         if rel is None:
             return None
-        try:
-            obj = self._tree / rel
-        except KeyError:
-            return None
-        if obj.type != "blob":
+        folder, _, name = rel.rpartition("/")
+        obj = (self._entries(folder) or {}).get(name)
+        if obj is None or obj.type != "blob":
             return None
         return obj.data_stream.read()
+
+    def _entries(self, folder: str) -> dict | None:
+        """The entries of directory `folder` by name, or None if it is not a directory."""
+        if folder in self._dirs:
+            return self._dirs[folder]
+        if folder:
+            parent, _, name = folder.rpartition("/")
+            tree = (self._entries(parent) or {}).get(name)
+        else:
+            tree = self._tree
+        entries = {o.name: o for o in tree} if tree is not None and tree.type == "tree" else None
+        self._dirs[folder] = entries
+        return entries
 
     def describe(self) -> str:
         return self._name

@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         announced_key = link.welcome.trove_ssh_host_key if link.welcome else ""
         with link.kept_alive():
             snapshot.push(snap, repo, s.trove_ssh_url, s.identity, s.known_hosts,
-                          announced_key)
+                          announced_key, s.trove_git_url)
         if snap.has_changes:
             say(f"Uncommitted changes are included as commit {snap.commit[:12]} "
                 f"on top of {snap.head[:12]}")

@@ -117,12 +117,16 @@ def require_file(snapshot: Snapshot, path: str) -> None:
 
 
 def push(snapshot: Snapshot, repo: str, trove_ssh_url: str, identity: Path,
-         known_hosts: Path, announced_key: str = "") -> str:
+         known_hosts: Path, announced_key: str = "", trove_git_url: str = "") -> str:
     """Push the snapshot to repository `repo` on the trove; returns the ref it is under.
 
     `announced_key` is the trove's host key as the controller announced it: it is
     trusted when known_hosts names no key for the trove (and checked otherwise).
+    With `trove_git_url`, a snapshot the trove already holds is not pushed again.
     """
+    ref = f"{SNAPSHOT_REFS}/{snapshot.commit}"
+    if trove_git_url and _on_trove(snapshot, f"{trove_git_url.rstrip('/')}/{repo}", ref):
+        return ref
     parsed = urllib.parse.urlsplit(trove_ssh_url)
     if parsed.scheme != "ssh" or not parsed.hostname:
         raise ConfigError("trove_ssh_url must look like ssh://git@HOST:PORT", trove_ssh_url)
@@ -136,6 +140,20 @@ def push(snapshot: Snapshot, repo: str, trove_ssh_url: str, identity: Path,
         ssh.check_host_key(known_hosts, host, port, offered)
         return _push(snapshot, f"ssh://{parsed.username or 'git'}@{host}:{port}/{repo}",
                      identity, known_hosts)
+
+
+def _on_trove(snapshot: Snapshot, url: str, ref: str) -> bool:
+    """Whether the trove's read-only git port already has `ref` at the snapshot's commit.
+
+    A repeated build of the same state then costs one git-protocol round trip
+    instead of two SSH handshakes (the host-key probe and git's own) and a push.
+    Any failure here just means "push as usual".
+    """
+    try:
+        out = _git(["ls-remote", url, ref], snapshot.top)
+    except SnapshotError:
+        return False
+    return any(line.split("\t") == [snapshot.commit, ref] for line in out.splitlines())
 
 
 def _push(snapshot: Snapshot, target: str, identity: Path, known_hosts: Path) -> str:
