@@ -338,11 +338,8 @@ class Scheduler:
 
     def dispatch(self) -> list[Event]:
         """Give ready work to free slots: longest remaining path first, then oldest request."""
-        ready = [w for w in self.work.values() if w.state == State.READY and w.requests]
-        ready.sort(key=lambda w: (-w.priority,
-                                  min(self.requests[r].seq for r in w.requests), w.key))
         events: list[Event] = []
-        for work in ready:
+        for work in self._ready_order():
             free = [wk for wk in self.workers.values()
                     if wk.arch == work.arch and len(wk.jobs) < wk.slots
                     and not wk.away and not wk.draining]
@@ -357,6 +354,16 @@ class Scheduler:
             events.append(JobStarted(job, work.key, worker.name, work.attempts,
                                      dict(work.requests)))
         return events
+
+    def queue(self) -> list[Work]:
+        """Ready work in the order `dispatch` would hand it out (for farm views)."""
+        return self._ready_order()
+
+    def _ready_order(self) -> list[Work]:
+        ready = [w for w in self.work.values() if w.state == State.READY and w.requests]
+        ready.sort(key=lambda w: (-w.priority,
+                                  min(self.requests[r].seq for r in w.requests), w.key))
+        return ready
 
     def job_requests(self, job: str) -> dict[str, str]:
         """Which requests (request id -> node id) follow this job's output."""

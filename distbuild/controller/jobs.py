@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 def on_worker_ready(ctl: Controller, link, msg: m.WorkerReady) -> None:
     name = link.hello.name
+    link.labels = list(msg.labels)
     ctl.log(f"{link.peer}: arch {msg.arch}, {msg.slots} slot(s)"
             + (f", holding {', '.join(msg.held)}" if msg.held else ""))
     mine = ctl.scheduler.workers.get(name)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from distbuild import tokens
+from distbuild.controller import farm
 from distbuild.controller.settings import TOKEN_TTL
 from distbuild.definitions import (
     BuildGraph,
@@ -127,7 +128,7 @@ def on_cancel_request(ctl: Controller, link, msg: m.CancelRequest) -> None:
 
 
 def on_status_request(ctl: Controller, link, msg: m.StatusRequest) -> None:
-    status = ctl.state.request(msg.request_id)
+    status = farm.status_with_steps(ctl, msg.request_id)
     if status is None:
         link.send(m.Error(message=f"no request {msg.request_id}", request_id=msg.request_id))
     else:
@@ -135,7 +136,8 @@ def on_status_request(ctl: Controller, link, msg: m.StatusRequest) -> None:
 
 
 def on_list_requests(ctl: Controller, link, msg: m.ListRequests) -> None:
-    link.send(m.RequestList(requests=ctl.state.requests()))
+    link.send(m.RequestList(requests=farm.request_rows(ctl, max(1, min(msg.limit, 1000)),
+                                                       msg.state)))
 
 
 HANDLERS = {

@@ -35,6 +35,11 @@ class ControllerSettings:
     trove_ssh_url: str = ""
     trove_ssh_host_key: str = ""
     definitions_repo: str = ""
+    # The web dashboard and /metrics (docs/dashboard.md). Any address but loopback needs
+    # credentials: a file holding a token or USER:PASSWORD.
+    dashboard_address: str = "127.0.0.1"
+    dashboard_port: int = 7880
+    dashboard_credentials: Path | None = None
 
 
 # How long the tokens and cache pins the controller issues stay valid.

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from distbuild.protocol import resume
+from distbuild.protocol import farm, resume
 from distbuild.protocol.base import PROTOCOL_VERSION, Message
+from distbuild.protocol.farm import QueueReply, QueueRequest, WorkerList, WorkersRequest
 from distbuild.protocol.resume import (
     AttachRequest,
     JobAdopt,
@@ -22,7 +23,8 @@ from distbuild.protocol.resume import (
 )
 
 __all__ = ["PROTOCOL_VERSION", "AttachRequest", "JobAdopt", "JobHandedBack", "LogLines",
-           "LogRequest", "Message", "WorkerDraining"]
+           "LogRequest", "Message", "QueueReply", "QueueRequest", "WorkerDraining",
+           "WorkerList", "WorkersRequest"]
 
 
 # -- handshake (both links) --------------------------------------------------------------------
@@ -112,6 +114,7 @@ class WorkerReady(Message):
     # Jobs this worker still holds from an earlier link (running, or ended but unreported);
     # the controller answers each with job-adopt or job-cancel.
     held: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)  # shown in farm views only
 
 
 @dataclass
@@ -162,6 +165,7 @@ class JobFinished(Message):
     seconds: float  # the whole step on the worker
     artifacts: dict[str, Any] = field(default_factory=dict)
     command_seconds: float = 0.0  # the part spent running the step's own commands
+    fetched_bytes: int = 0  # downloaded from the artifact cache to stage the step
 
 
 @dataclass
@@ -377,11 +381,13 @@ class StatusRequest(Message):
 
 @dataclass
 class ListRequests(Message):
-    """Ask for the list of requests."""
+    """Ask for the list of requests, newest first; `state` "" means any."""
 
     type: ClassVar[str] = "list-requests"
     link: ClassVar[str] = "initiator"
     sender: ClassVar[str] = "client"
+    state: str = ""
+    limit: int = 50
 
 
 @dataclass
@@ -415,8 +421,10 @@ class Error(Message):
     request_id: str = ""
 
 
-# This module's messages first, then those of `resume`, each in the order they are defined.
+# This module's messages first, then those of `resume`, then `farm`, each in the order
+# they are defined.
+_MODULES = [__name__, resume.__name__, farm.__name__]
 MESSAGES: dict[str, type[Message]] = {
     cls.type: cls for cls in sorted(Message.__subclasses__(),  # type: ignore[misc]
-                                    key=lambda c: c.__module__ == resume.__name__)
+                                    key=lambda c: _MODULES.index(c.__module__))
 }

@@ -19,7 +19,7 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from distbuild import config
@@ -57,6 +57,8 @@ class WorkerConfig:
     controller_port: int = 3434
     slots: int = 1
     arch: str = ""
+    # Shown by `distbuild workers` and the dashboard (e.g. "fast-disk"); not used to schedule.
+    labels: list[str] = field(default_factory=list)
     jobs: int | None = None
     staging_over_host: bool = False
     bwrap: str = "bwrap"
@@ -129,7 +131,8 @@ class Worker:
         self.log(f"connected to {link.peer} as {self.cfg.name} ({arch}, "
                  f"{self.cfg.slots} slot(s))" + (f"; holding {', '.join(held)}" if held else ""))
         try:
-            link.send(m.WorkerReady(arch=arch, slots=self.cfg.slots, held=held))
+            link.send(m.WorkerReady(arch=arch, slots=self.cfg.slots, held=held,
+                                    labels=self.cfg.labels))
             while True:
                 message = link.receive(timeout=0.5)
                 if message is not None:
@@ -237,6 +240,7 @@ class Worker:
             upload(built, client, run.token)
             result = m.JobFinished(job=run.job, seconds=round(built.seconds, 4),
                                    command_seconds=round(built.command_seconds, 4),
+                                   fetched_bytes=cache.downloaded_bytes,
                                    artifacts={a.filename: {"sha256": a.sha256, "size": a.size}
                                               for a in built.artifacts})
             self.log(f"job {run.job}: built {node.id} in {built.seconds:.1f} s")
