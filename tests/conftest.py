@@ -45,7 +45,11 @@ def need_shared(path: Path = BASEROCK) -> Path:
     or fails when $DISTBUILD_REQUIRE_ALL is 1 (CI must run every test)."""
     if path.exists():
         return path
-    reason = f"../shared/{path.relative_to(SHARED)} is not beside the project"
+    missing(f"../shared/{path.relative_to(SHARED)} is not beside the project")
+
+
+def missing(reason: str) -> None:
+    """Skip the test for `reason` (one line), or fail it when $DISTBUILD_REQUIRE_ALL is 1."""
     if os.environ.get(REQUIRE_ALL) == "1":
         pytest.fail(f"{reason} ({REQUIRE_ALL}=1 requires it)", pytrace=False)
     pytest.skip(reason)

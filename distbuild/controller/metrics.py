@@ -104,8 +104,8 @@ class ControllerMetrics(Observer):
             "distbuild_cache_misses", "Steps of planned requests the artifact cache lacked",
             registry=r)
         self.sent_bytes = PromCounter(
-            "distbuild_cache_sent_bytes", "Artifact bytes workers uploaded to the cache "
-            "(as they report them)", registry=r)
+            "distbuild_cache_sent_bytes", "Bytes workers uploaded to the cache: artifacts, "
+            "metadata and logs of built steps (as they report them)", registry=r)
         self.fetched_bytes = PromCounter(
             "distbuild_cache_fetched_bytes", "Artifact bytes workers downloaded from the cache "
             "to stage steps (as they report them)", registry=r)
@@ -173,6 +173,5 @@ class ControllerMetrics(Observer):
         result = self.ctl.job_results.get(e.key)
         if isinstance(result, m.JobFinished):
             self.step_seconds.labels(kind).observe(result.seconds)
-            self.sent_bytes.inc(sum(int(a.get("size", 0)) for a in result.artifacts.values()
-                                    if isinstance(a, dict)))
+            self.sent_bytes.inc(max(0, result.sent_bytes))
             self.fetched_bytes.inc(max(0, result.fetched_bytes))

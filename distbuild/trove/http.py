@@ -19,12 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet import tcp
 from twisted.web import resource, server
 
 from distbuild import jsonlimit, tokens
 from distbuild.errors import ResolveError, TroveError
 from distbuild.trove import names
+from distbuild.trove.metrics import TroveMetrics
 from distbuild.trove.refs import expand_alias, resolve_in
 from distbuild.trove.splice import FileSender, SocketEnded
 from distbuild.trove.store import Store, Upload, UploadError
@@ -87,6 +89,7 @@ class CacheResource(resource.Resource):
         self.reactor = reactor
         self.store = store
         self.secret_path = secret_path
+        self.metrics = TroveMetrics(store)
 
     def secret(self) -> bytes:
         """The token secret, read per use so a rotated secret file takes effect at once."""
@@ -101,6 +104,7 @@ class CacheResource(resource.Resource):
         try:
             return self._route(request, method, parts)
         except UploadError as e:
+            self.metrics.refused(e.status)
             if method in ("PUT", "DELETE"):
                 self.log(f"refused {method} /{'/'.join(parts)} from {peer_of(request)}: {e}")
             return _text(request, e.status, f"error: {e}")
@@ -126,6 +130,9 @@ class CacheResource(resource.Resource):
                 return self._get_log(request, parts[2])
         elif parts[:2] == ["2.0", "pins"] and len(parts) == 3 and method in ("PUT", "DELETE"):
             return self._pin(request, method, parts[2])
+        elif parts == ["metrics"] and method == "GET":
+            request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+            return self.metrics.text()
         elif parts == ["2.0", "status"] and method == "GET":
             return _json(request, {"sources": len(self.store.keys()),
                                    "bytes": self.store.total_size(),
@@ -161,10 +168,15 @@ class CacheResource(resource.Resource):
         self.store.touch(names.key_of(filename))
         if entry is not None:
             request.setHeader(b"x-distbuild-sha256", entry.sha256.encode())
-        return self._serve_file(request, path)
+        return self._serve_file(request, path, kind="artifact")
 
     def _serve_file(self, request, path: Path,
-                    content_type: bytes = b"application/octet-stream"):
+                    content_type: bytes = b"application/octet-stream", kind: str = "artifact"):
+        if request.method == b"GET":
+            try:
+                self.metrics.downloaded(kind, path.stat().st_size)
+            except FileNotFoundError:
+                pass  # collected meanwhile: _serve_file answers 404
         return _serve_file(request, path, content_type, self.reactor, self.idle_timeout,
                            self.log)
 
@@ -209,6 +221,7 @@ class CacheResource(resource.Resource):
 
     def _answer(self, request, upload: Upload) -> bytes:
         stored = upload.commit()
+        self.metrics.uploaded(stored, upload.manifest.total_size)
         self.log(f"{'stored' if stored else 'already cached'}: {upload.key} "
                  f"({upload.manifest.total_size} bytes from {peer_of(request)})")
         return _json(request, {"key": upload.key, "stored": stored,
@@ -224,6 +237,7 @@ class CacheResource(resource.Resource):
     def _failed(self, request, failure) -> None:
         e = failure.value
         if isinstance(e, UploadError):
+            self.metrics.refused(e.status)
             body = _text(request, e.status, f"error: {e}")
         else:
             body = _text(request, 500, f"error: upload failed: {e}")
@@ -240,7 +254,7 @@ class CacheResource(resource.Resource):
         path = self.store.log_path(names.check_key(key))
         if path is None:
             return _text(request, 404, f"error: no build log in cache for {key}")
-        return self._serve_file(request, path, b"text/plain; charset=utf-8")
+        return self._serve_file(request, path, b"text/plain; charset=utf-8", kind="log")
 
     def _pin(self, request, method: str, name: str):
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", name) or ".." in name:

@@ -33,7 +33,7 @@ from distbuild.trove.client import CacheClient
 from distbuild.worker.cache import LocalArtifactCache
 from distbuild.worker.errors import CommandFailed
 from distbuild.worker.jobs import HeldJob, JobTable
-from distbuild.worker.remote import TroveArtifactSource, upload
+from distbuild.worker.remote import TroveArtifactSource, upload, upload_size
 from distbuild.worker.sources import GitSources
 from distbuild.worker.step import StepRunner, WorkerSettings
 
@@ -241,6 +241,7 @@ class Worker:
             result = m.JobFinished(job=run.job, seconds=round(built.seconds, 4),
                                    command_seconds=round(built.command_seconds, 4),
                                    fetched_bytes=cache.downloaded_bytes,
+                                   sent_bytes=upload_size(built),
                                    artifacts={a.filename: {"sha256": a.sha256, "size": a.size}
                                               for a in built.artifacts})
             self.log(f"job {run.job}: built {node.id} in {built.seconds:.1f} s")
