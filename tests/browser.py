@@ -7,7 +7,6 @@ without them a test skips with one line, or fails under DISTBUILD_REQUIRE_ALL=1.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 from tests.conftest import PROJECT, missing
@@ -35,17 +34,6 @@ def chromium():
                 "--window-size=1400,1000", "--no-first-run", "--disable-extensions"):
         options.add_argument(arg)
     return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
-    """Poll `predicate` until it returns something true; fail naming `what` on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(interval)
 
 
 def screenshot(driver, name: str = SCREENSHOT) -> Path | None:

@@ -137,3 +137,21 @@ def processes_with(marker: str) -> list[int]:
         if marker in cmdline and "pytest" not in cmdline:
             found.append(int(entry.name))
     return found
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    """Replace the first `old` in file `path` (which must hold it) with `new`."""
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1))
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
+    """Poll `predicate` until it returns something true (returned); fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(interval)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import chromium, screenshot, wait_until
-from tests.network_process import NetworkProcess
+from tests.browser import chromium, screenshot
+from tests.network_process import NetworkProcess, edit, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -37,12 +37,6 @@ def browser():
     driver = chromium()
     yield driver
     driver.quit()
-
-
-def edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text, f"{old!r} not in {path}"
-    path.write_text(text.replace(old, new, 1))
 
 
 def slow(checkout: Path, morph: str, commands: str) -> None:
@@ -115,7 +109,7 @@ def test_farm_commands_show_workers_queue_and_steps(net, tmp_path):
     slow(first, "strata/example-core/base-files.morph", "sleep 6.01")
     slow(first, "strata/example-core/libgreet.morph", "sleep 6.02")
     proc_a, rid_a = start_build(net, first)
-    busy = wait_until(lambda: (lambda ws: ws if all(w["busy"] == 1 for w in ws) else None)(
+    busy = wait_for(lambda: (lambda ws: ws if all(w["busy"] == 1 for w in ws) else None)(
         cli_json(net, "workers")), 60, "both workers to run A's steps")
     running = sorted(s["step"] for w in busy for s in w["steps"])
     assert running == [BASE_FILES, "chunk:example-core/libgreet"], busy
@@ -123,7 +117,7 @@ def test_farm_commands_show_workers_queue_and_steps(net, tmp_path):
     slow(second, "strata/example-core/base-files.morph", "sleep 1.03")
     proc_b, rid_b = start_build(net, second)
 
-    queue = wait_until(lambda: (lambda q: q if any(r["request"] == rid_b for r in q["ready"])
+    queue = wait_for(lambda: (lambda q: q if any(r["request"] == rid_b for r in q["ready"])
                                 else None)(cli_json(net, "queue")), 60, "B's steps to queue")
     mine = [r for r in queue["ready"] if r["request"] == rid_b]
     assert BASE_FILES in [r["step"] for r in mine], queue
@@ -176,9 +170,9 @@ def test_farm_commands_show_workers_queue_and_steps(net, tmp_path):
 
 def test_farm_page_lists_both_workers(net, browser):
     browser.get(dashboard(net))
-    rows = wait_until(lambda: [r.text for r in browser.find_elements(
+    rows = wait_for(lambda: [r.text for r in browser.find_elements(
         "css selector", "#workers tbody tr")] or None, 20, "the workers table")
-    wait_until(lambda: len(browser.find_elements("css selector", "#workers tbody tr")) == 2,
+    wait_for(lambda: len(browser.find_elements("css selector", "#workers tbody tr")) == 2,
                20, "two workers")
     rows = [r.text for r in browser.find_elements("css selector", "#workers tbody tr")]
     assert rows[0].startswith("worker-1 connected x86_64") and "0/1" in rows[0], rows
@@ -217,7 +211,7 @@ def test_request_and_step_pages_follow_a_build_live(net, browser, tmp_path):
             seen.append(now)
         return now == state
 
-    wait_until(lambda: record("running"), 90, f"hello to run (seen {seen})")
+    wait_for(lambda: record("running"), 90, f"hello to run (seen {seen})")
     assert seen[0] == "waiting", seen
     screenshot(browser)
     assert "running" in browser.find_element("css selector", "#steps tbody").text
@@ -234,10 +228,10 @@ def test_request_and_step_pages_follow_a_build_live(net, browser, tmp_path):
     browser.get(f"{dashboard(net)}step?request={rid}&step={HELLO}")
     browser.execute_script("window.notReloaded = true;")
     log = browser.find_element("id", "log")
-    wait_until(lambda: printed(log.text, 2), 30, "tick-2 in the log")
+    wait_for(lambda: printed(log.text, 2), 30, "tick-2 in the log")
     assert not printed(log.text, 6)  # still running: what follows must arrive live
-    wait_until(lambda: printed(log.text, 6), 30, "tick-6 in the log")
-    wait_until(lambda: browser.find_element("id", "state").text == "built", 60,
+    wait_for(lambda: printed(log.text, 6), 30, "tick-6 in the log")
+    wait_for(lambda: browser.find_element("id", "state").text == "built", 60,
                "the step page to say built")
     assert browser.execute_script("return window.notReloaded === true;")
     assert len(re.findall(r"Z tick-3$", log.text, re.M)) == 1, log.text
@@ -246,7 +240,7 @@ def test_request_and_step_pages_follow_a_build_live(net, browser, tmp_path):
 
     out = finish(proc)
     assert "Build finished" in out, out
-    wait_until(lambda: browser.find_element("id", "state").text == "finished", 30,
+    wait_for(lambda: browser.find_element("id", "state").text == "finished", 30,
                "the request page to say finished")
     assert browser.execute_script("return window.notReloaded === true;")
     record("built")
@@ -261,7 +255,7 @@ def test_request_and_step_pages_follow_a_build_live(net, browser, tmp_path):
     built = [s for s in status["steps"] if s["state"] == "built"]
     cached = [s for s in status["steps"] if s["state"] == "cached"]
     assert len(built) + len(cached) == 8 and len(built) >= 3  # base-files, hello and after
-    after = wait_until(lambda: (lambda m: m if delta(m, controller_before,
+    after = wait_for(lambda: (lambda m: m if delta(m, controller_before,
                                                      'distbuild_requests_total{outcome="finished"}')
                                 == 1 else None)(scrape(dashboard(net) + "metrics")),
                        10, "the finished request to be counted")
@@ -310,15 +304,15 @@ def test_failed_step_page_shows_its_log(net, browser, tmp_path):
     assert "failed" in out.lower(), out
     browser.get(f"{dashboard(net)}step?request={rid}&step=chunk:example-apps/motd")
     log = browser.find_element("id", "log")
-    wait_until(lambda: "motd-is-broken-0705" in log.text, 20, "the failed step's log")
-    wait_until(lambda: browser.find_element("id", "state").text == "failed", 20,
+    wait_for(lambda: "motd-is-broken-0705" in log.text, 20, "the failed step's log")
+    wait_for(lambda: browser.find_element("id", "state").text == "failed", 20,
                "the step page to say failed")
     browser.get(f"{dashboard(net)}request?id={rid}")
-    failure = wait_until(lambda: (lambda f: f if f.is_displayed() else None)(
+    failure = wait_for(lambda: (lambda f: f if f.is_displayed() else None)(
         browser.find_element("id", "failure")), 20, "the failure box")
     assert "chunk:example-apps/motd" in failure.text
     assert "motd-is-broken-0705" in browser.find_element("id", "failure-log").text
-    wait_until(lambda: browser.execute_script(
+    wait_for(lambda: browser.execute_script(
         "const g = document.querySelector(\"g.step[data-step='chunk:example-apps/motd']\");"
         "return g && g.dataset.state === 'failed';"), 20, "motd drawn as failed")
     after = scrape(dashboard(net) + "metrics")
