@@ -32,6 +32,12 @@ except AttributeError:  # pragma: no cover - PyYAML built without libyaml
     _Loader = yaml.SafeLoader
 
 
+def user_cache_dir() -> Path:
+    """distbuild's directory under the user's cache ($XDG_CACHE_HOME or ~/.cache)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(cache) / "distbuild"
+
+
 def config_path(explicit: str | None) -> Path | None:
     """The configuration file named by --config, else by $DISTBUILD_CONFIG, else none."""
     chosen = explicit or os.environ.get(CONFIG_ENV)
@@ -194,6 +200,8 @@ class ClientSettings:
     repo_aliases: list[str] = field(default_factory=list)
     # Where the controller's web dashboard is (printed by `distbuild up`).
     dashboard_url: str | None = None
+    # Unknown fields in definitions are errors, not warnings (`--strict`).
+    strict_definitions: bool = False
 
 
 def client_settings(explicit_path: str | None, **overrides: Any) -> ClientSettings:

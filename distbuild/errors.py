@@ -33,5 +33,9 @@ class ResolveError(DistbuildError):
     """A repository or ref could not be resolved to a commit."""
 
 
+class MissingRepository(ResolveError):
+    """The repository does not exist where its URL points (as opposed to a network failure)."""
+
+
 class TroveError(DistbuildError):
     """The trove, its git repositories or its artifact cache refused or failed."""

@@ -111,6 +111,12 @@ class NetworkProcess:
         self.pids = json.loads((self.state / "run" / "pids.json").read_text())
         return self.pids[name]
 
+    def __enter__(self) -> NetworkProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def stop(self) -> None:
         """SIGTERM `up`, which stops its components; then check every PID is gone."""
         try:

@@ -103,3 +103,20 @@ def test_graph_runs_from_inside_the_definitions_checkout(baserock):
     proc = run_distbuild("graph", "--offline", "systems/minimal-system-x86_64-generic.morph",
                          cwd=Path(baserock), check=True)
     assert "critical path" in proc.stdout and "Build order:" in proc.stdout
+
+
+def test_nova_lists_oslo_messaging_twice_and_gets_one_edge(baserock):
+    # strata/openstack-services.morph names oslo-messaging twice in nova's build-depends.
+    proc = run_distbuild("graph", "--offline", "--json", "--definitions", str(baserock),
+                         "systems/openstack-system-x86_64.morph", check=True)
+    nodes = {n["id"]: n for n in json.loads(proc.stdout)["nodes"]}
+    depends = nodes["chunk:openstack-services/nova"]["depends"]
+    assert depends.count("chunk:openstack-services/oslo-messaging") == 1
+    assert len(depends) == len(set(depends))
+
+
+def test_real_definitions_carry_no_unknown_fields(defs):
+    # So loading them strictly changes nothing; a typo added later would show here.
+    for system in SYSTEMS:
+        build_graph(defs, system)
+    assert defs.warnings == []

@@ -34,7 +34,7 @@ def request_planned(ctl: Controller, e: RequestPlanned) -> None:
     ctl.tell(e.request_id, m.GraphingFinished(
         request_id=e.request_id, total=e.total, unbuilt=e.unbuilt,
         system_cache_key=plan.graph.system.cache_key, cached=cached,
-        log_names=ctl.lognames[e.request_id]))
+        log_names=ctl.lognames[e.request_id], warnings=plan.warnings))
 
 
 def step_queued(ctl: Controller, e: StepQueued) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from distbuild import tokens
@@ -36,12 +36,13 @@ class Plan:
     graph: BuildGraph
     targets: list[str]
     cached: set[str]
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         """The plan as the state database keeps it, for a restarted controller."""
         g = self.graph
         return json.dumps({"system": g.system.id, "order": g.order, "targets": self.targets,
-                           "cached": sorted(self.cached),
+                           "cached": sorted(self.cached), "warnings": self.warnings,
                            "nodes": [node_to_dict(g.nodes[n]) for n in g.order]})
 
     @classmethod
@@ -49,7 +50,7 @@ class Plan:
         data = json.loads(text)
         nodes = {d["id"]: node_from_dict(d) for d in data["nodes"]}
         return cls(BuildGraph(nodes[data["system"]], nodes, data["order"]), data["targets"],
-                   set(data["cached"]))
+                   set(data["cached"]), data.get("warnings", []))
 
 
 def on_build_request(ctl: Controller, link, msg: m.BuildRequest) -> None:
@@ -77,7 +78,8 @@ def plan(ctl: Controller, rid: str, msg: m.BuildRequest) -> Plan:
         raise DistbuildError(f"definitions must come from this network's trove "
                              f"({trove}), not {repo}", "build-request")
     path = ctl.mirrors.ensure(repo, msg.definitions_commit)
-    defs = Definitions(GitSource(path, msg.definitions_commit))
+    defs = Definitions(GitSource(path, msg.definitions_commit),
+                       strict=msg.strict or ctl.settings.strict_definitions)
     graph = build_graph(defs, msg.system, ctl.resolver, ctl.aliases)
     targets = components(graph, msg.components) if msg.components else [graph.system.id]
     keys = sorted({n.cache_key for n in graph.nodes.values()})
@@ -85,7 +87,8 @@ def plan(ctl: Controller, rid: str, msg: m.BuildRequest) -> Plan:
     ctl.cache.pin(pin_name(rid), keys, tokens.issue(ctl.secret, f"pin:{pin_name(rid)}"),
                   ttl=TOKEN_TTL)
     answer = ctl.cache.cached_sources(keys)
-    return Plan(graph, targets, {k for k, present in answer.items() if present})
+    return Plan(graph, targets, {k for k, present in answer.items() if present},
+                defs.warnings)
 
 
 def planned(ctl: Controller, rid: str, result: Plan) -> None:

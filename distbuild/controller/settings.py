@@ -30,6 +30,8 @@ class ControllerSettings:
     # After a restart, how long the steps that were running wait for their workers.
     restart_grace: float = 30.0
     name: str = "controller"
+    # Unknown fields in definitions fail a request instead of warning.
+    strict_definitions: bool = False
     # Announced to initiators in the welcome, with the two URLs above, so that
     # they need no settings file; the host key is the trove's .pub line.
     trove_ssh_url: str = ""

@@ -32,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "DIR instead of the files on disk")
     parser.add_argument("--offline", action="store_true",
                         help="do no git resolution: each ref stands in for its tree SHA")
+    parser.add_argument("--strict", action="store_true", default=None,
+                        help="unknown fields are errors, not warnings "
+                             "(also: strict_definitions in the settings)")
+    parser.add_argument("--mirror-dir", metavar="DIR", type=Path,
+                        help="where to keep git mirrors for resolving refs, as the controller "
+                             "does (default: ~/.cache/distbuild/mirrors)")
     parser.add_argument("--json", action="store_true", help="print the graph as one JSON object")
     parser.add_argument("--config", metavar="FILE",
                         help="settings file (default: $DISTBUILD_CONFIG) for trove_git_url "
@@ -39,13 +45,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = config.client_settings(args.config)
+    settings = config.client_settings(args.config, strict_definitions=args.strict)
     aliases = Aliases.from_config(settings.trove_git_url, settings.repo_aliases)
     source = (GitSource(args.definitions, args.ref) if args.ref
               else DirectorySource(args.definitions))
-    defs = Definitions(source)
+    defs = Definitions(source, strict=settings.strict_definitions)
     system = _relative(args.system, Path(args.definitions))
-    graph = build_graph(defs, system, _resolver(args.offline), aliases)
+    try:
+        graph = build_graph(defs, system, _resolver(args.offline, args.mirror_dir), aliases)
+    finally:
+        for warning in defs.warnings:
+            print(warning, file=sys.stderr)
     if args.json:
         json.dump(graph.to_json(), sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -65,15 +75,16 @@ def _relative(system: str, root: Path) -> str:
     return system
 
 
-def _resolver(offline: bool) -> Resolver:
+def _resolver(offline: bool, mirror_dir: Path | None) -> Resolver:
+    """Refs resolved as the controller resolves them, so the keys are a build's keys."""
     if offline:
         return OfflineResolver()
     try:
-        from distbuild.trove.refs import GitResolver
+        from distbuild.trove.refs import local_resolver
     except ImportError:
         raise DistbuildError("resolving refs needs the trove module, which is not installed; "
                              "use --offline") from None
-    return GitResolver()
+    return local_resolver(mirror_dir)
 
 
 def describe(graph: BuildGraph, where: str) -> str:

@@ -21,7 +21,7 @@ from distbuild.definitions.cachekey import cache_key
 from distbuild.definitions.load import Definitions, Document
 from distbuild.definitions.model import PHASES, Chunk, ChunkSpec, SplitRule, Stratum, System
 from distbuild.definitions.resolve import OfflineResolver, Resolved, Resolver
-from distbuild.errors import DefinitionsError
+from distbuild.errors import DefinitionsError, MissingRepository
 
 DEFAULT_PREFIX = "/usr"
 DEFAULT_BUILD_MODE = "staging"
@@ -232,7 +232,9 @@ class _GraphBuilder:
 
     def _add_stratum(self, stratum: Stratum, arch: str) -> None:
         doc = self.defs.document(stratum.path, "stratum")
-        dep_strata = tuple(f"stratum:{self.defs.stratum(p).name}" for p in stratum.build_depends)
+        # A name listed twice is one dependency, as morph had it: one edge, one key input.
+        dep_strata = _unique(f"stratum:{self.defs.stratum(p).name}"
+                             for p in stratum.build_depends)
         siblings = {spec.name for spec in stratum.chunks}
         for spec in stratum.chunks:
             for j, dep in enumerate(spec.build_depends):
@@ -243,7 +245,8 @@ class _GraphBuilder:
         _check_chunk_cycles(doc, stratum)
         for spec in stratum.chunks:
             node = self._chunk_node(doc, stratum, spec, arch)
-            node.depends = (*(chunk_id(stratum.name, d) for d in spec.build_depends), *dep_strata)
+            node.depends = _unique([*(chunk_id(stratum.name, d) for d in spec.build_depends),
+                                    *dep_strata])
             self.nodes[node.id] = node
         defaults = self.defs.defaults
         self.nodes[f"stratum:{stratum.name}"] = Node(
@@ -263,7 +266,10 @@ class _GraphBuilder:
         repo = self.aliases.resolve(spec.repo)
         pinned = self.resolved.get((repo, spec.ref))
         if pinned is None:
-            pinned = self.resolver.resolve(repo, spec.ref)
+            try:
+                pinned = self.resolver.resolve(repo, spec.ref)
+            except MissingRepository:
+                raise doc.error((*at, "repo"), self._missing(spec, repo)) from None
             self.resolved[(repo, spec.ref)] = pinned
         return Node(
             id=chunk_id(stratum.name, spec.name), kind="chunk", name=spec.name, arch=arch,
@@ -280,6 +286,14 @@ class _GraphBuilder:
                                      self.defs.defaults.chunk_split_rules),
         )
 
+    def _missing(self, spec: ChunkSpec, url: str) -> str:
+        """What to say of a chunk whose repository does not exist: where, and what to do."""
+        trove = self.aliases.trove_git_url.rstrip("/") + "/"
+        if url.startswith(trove):
+            return (f"chunk '{spec.name}': repository '{spec.repo}' is not on the trove "
+                    f"({url}); add it with `distbuild trove import {url[len(trove):]} SOURCE`")
+        return f"chunk '{spec.name}': repository '{spec.repo}' does not exist ({url})"
+
     def _add_system(self, system: System, strata: list[Stratum]) -> None:
         by_path = {s.path: s for s in strata}
         names = [by_path[ref.morph].name for ref in system.strata]
@@ -290,6 +304,11 @@ class _GraphBuilder:
             strata_artifacts=selected,
             configuration_extensions=system.configuration_extensions,
         )
+
+
+def _unique(items: Iterable[str]) -> tuple[str, ...]:
+    """`items` without repeats, first occurrence kept."""
+    return tuple(dict.fromkeys(items))
 
 
 def _commands(chunk: Chunk | None, defaults: dict[str, tuple[str, ...]]

@@ -1,14 +1,18 @@
 """Loading and validating a definitions tree into model objects.
 
 Every problem becomes a DefinitionsError naming the file, the line where it
-can, and the field, in one sentence. Parsed files are cached, so loading many
-systems from one tree reads each file once.
+can, and the field, in one sentence. The one exception is an unknown field:
+real trees carry typos that morph ignored for years, so it becomes a warning
+(an error when `strict`) and is left out of the model, hence out of cache
+keys. Parsed files are cached, so loading many systems from one tree reads
+each file once, and warns once.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable
 from typing import Any
 
 from distbuild.definitions.builtin import VERSION6_DEFAULTS
@@ -51,6 +55,7 @@ BUILD_SYSTEM_FIELDS = {"configure-commands", "build-commands", "install-commands
 DEVICE_FIELDS = {"type", "filename", "gid", "uid", "major", "minor", "permissions"}
 
 KeyPath = tuple[Any, ...]
+Warn = Callable[[str], None]
 
 
 def field_name(keypath: KeyPath) -> str:
@@ -64,10 +69,11 @@ def field_name(keypath: KeyPath) -> str:
 class Document:
     """One parsed file, able to report an error at any of its fields."""
 
-    def __init__(self, path: str, text: bytes, data: Any):
+    def __init__(self, path: str, text: bytes, data: Any, warn: Warn | None = None):
         self.path = path
         self.text = text
         self.data = data
+        self.warn = warn
 
     def error(self, keypath: KeyPath, message: str) -> DefinitionsError:
         line = line_of(self.text, keypath) if keypath else None
@@ -78,11 +84,15 @@ class Document:
     # Typed field readers: each returns the value or raises naming the field.
 
     def check_fields(self, mapping: dict, allowed: set[str], keypath: KeyPath = ()) -> None:
+        """Warn about (or, with no warning sink, refuse) every key not in `allowed`."""
         for key in mapping:
             if key not in allowed:
                 close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise self.error((*keypath, key), f"unknown field '{key}'{hint}")
+                problem = self.error((*keypath, key), f"unknown field{hint}")
+                if self.warn is None:
+                    raise problem
+                self.warn(str(problem))
 
     def mapping(self, value: Any, keypath: KeyPath) -> dict:
         if not isinstance(value, dict):
@@ -148,8 +158,11 @@ def _kind(value: Any) -> str:
 class Definitions:
     """A definitions tree: VERSION, DEFAULTS and the morphologies, loaded on demand."""
 
-    def __init__(self, source: TreeSource):
+    def __init__(self, source: TreeSource, *, strict: bool = False):
+        """`strict` makes unknown fields errors; otherwise they collect in `warnings`."""
         self.source = source
+        self.strict = strict
+        self.warnings: list[str] = []
         self._docs: dict[str, Document] = {}
         self._models: dict[str, Any] = {}
         self.version = self._read_version()
@@ -184,7 +197,7 @@ class Definitions:
         if text is None:
             raise DefinitionsError(f"definitions version {self.version} needs a DEFAULTS file",
                                    "DEFAULTS")
-        doc = Document("DEFAULTS", text, parse(text, "DEFAULTS"))
+        doc = Document("DEFAULTS", text, parse(text, "DEFAULTS"), self._warner())
         data = doc.mapping(doc.data if doc.data is not None else {}, ())
         doc.check_fields(data, {"build-systems", "split-rules"})
         systems: dict[str, BuildSystem] = {}
@@ -206,6 +219,13 @@ class Definitions:
             stratum_split_rules=stratum_rules or VERSION6_DEFAULTS.stratum_split_rules,
         )
 
+    def _warner(self) -> Warn | None:
+        return None if self.strict else self._warn
+
+    def _warn(self, line: str) -> None:
+        if line not in self.warnings:
+            self.warnings.append(line)
+
     # -- morphologies ---------------------------------------------------------------------
 
     def document(self, path: str, kind: str, referrer: tuple[Document, KeyPath] | None = None
@@ -220,7 +240,7 @@ class Definitions:
                     raise referrer[0].error(referrer[1], message)
                 raise DefinitionsError(f"no such file in {self.source.describe()}", path)
             data = parse(text, path)
-            doc = Document(path, text, data)
+            doc = Document(path, text, data, self._warner())
             if not isinstance(data, dict):
                 raise doc.error((), f"a morphology must be a mapping, not {_kind(data)}")
             self._docs[path] = doc

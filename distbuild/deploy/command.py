@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import sys
 from pathlib import Path
 
 from distbuild import config
@@ -51,14 +52,18 @@ def run(args: argparse.Namespace) -> int:
     if not settings.artifact_cache_url:
         raise DeployError("no artifact cache: give --artifact-cache-url or set "
                           "artifact_cache_url in the settings file ($DISTBUILD_CONFIG)")
-    defs = Definitions(DirectorySource(args.definitions))
-    cluster = defs.cluster(args.cluster)
-    deployments = expand(cluster, parse_arguments(args.args), os.environ)
-    aliases = Aliases.from_config(settings.trove_git_url, settings.repo_aliases)
-    systems = DefinitionsSystems(defs, _resolver(args.offline, args.mirror_dir), aliases)
-    deployer = Deployer(Path(args.definitions).resolve(), systems,
-                        settings.artifact_cache_url, progress=_show)
-    deployer.deploy(deployments)
+    defs = Definitions(DirectorySource(args.definitions), strict=settings.strict_definitions)
+    try:
+        cluster = defs.cluster(args.cluster)
+        deployments = expand(cluster, parse_arguments(args.args), os.environ)
+        aliases = Aliases.from_config(settings.trove_git_url, settings.repo_aliases)
+        systems = DefinitionsSystems(defs, _resolver(args.offline, args.mirror_dir), aliases)
+        deployer = Deployer(Path(args.definitions).resolve(), systems,
+                            settings.artifact_cache_url, progress=_show)
+        deployer.deploy(deployments)
+    finally:
+        for warning in defs.warnings:
+            print(warning, file=sys.stderr)
     return 0
 
 
@@ -72,10 +77,6 @@ def _resolver(offline: bool, mirror_dir: Path | None) -> Resolver:
     """Refs resolved as the controller resolved them for the build, so cache keys match."""
     if offline:
         return OfflineResolver()
-    from distbuild.trove.mirror import MirrorCache
-    from distbuild.trove.refs import GitResolver
+    from distbuild.trove.refs import local_resolver
 
-    if mirror_dir is None:
-        cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-        mirror_dir = Path(cache) / "distbuild" / "mirrors"
-    return GitResolver(MirrorCache(mirror_dir))
+    return local_resolver(mirror_dir)

@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write logs of steps that were already in the cache")
     parser.add_argument("--detach", action="store_true",
                         help="submit the request and return without following it")
+    parser.add_argument("--strict", action="store_true", default=None,
+                        help="unknown fields in the definitions fail the build instead of "
+                             "warning (also: strict_definitions in the settings)")
 
 
 # The keys `ssh` itself tries, in its order.
@@ -59,7 +62,8 @@ SSH_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa")
 def settings(args: argparse.Namespace) -> config.ClientSettings:
     """Client settings from --config and options, else from the files `ssh` uses."""
     s = config.client_settings(
-        args.config, controller_initiator_address=args.controller_initiator_address,
+        args.config, strict_definitions=getattr(args, "strict", None),
+        controller_initiator_address=args.controller_initiator_address,
         controller_initiator_port=args.controller_initiator_port,
         identity=args.identity, known_hosts=args.known_hosts)
     if not s.controller_initiator_address:
@@ -123,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
             + (f" ({', '.join(args.components)})" if args.components else ""))
         link.send(m.BuildRequest(definitions_repo=url, definitions_commit=snap.commit,
                                  system=system, components=list(args.components),
-                                 fetch_cached_logs=args.fetch_cached_logs, detach=args.detach))
+                                 fetch_cached_logs=args.fetch_cached_logs, detach=args.detach,
+                                 strict=s.strict_definitions))
     except BaseException:
         link.close()
         raise
@@ -203,6 +208,8 @@ class Follower:
             say("Computing build graph")
         elif isinstance(msg, m.GraphingFinished):
             self.log_names = msg.log_names
+            for warning in msg.warnings:
+                print(warning, file=sys.stderr, flush=True)
             say(f"Finished computing build graph: {msg.total} steps, system cache key "
                 f"{msg.system_cache_key[:12]}")
             say(f"Need to build {msg.unbuilt}/{msg.total} artifacts")

@@ -199,6 +199,7 @@ class BuildRequest(Message):
     components: list[str] = field(default_factory=list)
     fetch_cached_logs: bool = False
     detach: bool = False
+    strict: bool = False  # unknown fields in the definitions fail the request
 
 
 @dataclass
@@ -234,6 +235,8 @@ class GraphingFinished(Message):
     system_cache_key: str
     cached: dict[str, str] = field(default_factory=dict)  # node id -> cache key, already built
     log_names: dict[str, str] = field(default_factory=dict)  # node id -> build-step log file
+    # One line per unknown field met in the definitions: FILE:LINE: FIELD: unknown field...
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -19,10 +19,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from distbuild.errors import ResolveError
+from distbuild.errors import MissingRepository, ResolveError
 from distbuild.files import locked
 
 SHA_RE = re.compile(r"[0-9a-f]{40}")
+# What git says when the server answers but has no such repository (git daemon with
+# --informative-errors, a path, smart HTTP), rather than when it cannot be reached.
+_MISSING = re.compile(r"no such repository|does not appear to be a git repository|"
+                      r"repository '[^']*' not found")
 FETCH_REFSPECS = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
 
 
@@ -113,6 +117,8 @@ class MirrorCache:
         proc = _git("fetch", "-q", "--prune", "--no-tags", url, *refspecs, cwd=path,
                     check=False)
         if proc.returncode != 0:
+            if _MISSING.search(proc.stderr):
+                raise MissingRepository("no such repository", url)
             raise ResolveError(f"cannot fetch repository: {_last_line(proc.stderr)}", url,
                                retryable=True)
 

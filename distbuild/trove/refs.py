@@ -16,13 +16,14 @@ import gitdb.exc
 
 # The definitions engine's type: the resolver protocol it calls returns it.
 from distbuild.definitions.resolve import Resolved
-from distbuild.errors import ResolveError
+from distbuild.errors import MissingRepository, ResolveError
 from distbuild.trove.mirror import SHA_RE, MirrorCache
 
 # Baserock's trove aliases: `upstream:X` is delta/X, `baserock:X` is baserock/X.
 DEFAULT_ALIASES = {"upstream": "delta/", "baserock": "baserock/"}
 
-__all__ = ["DEFAULT_ALIASES", "GitResolver", "Resolved", "expand_alias", "resolve_in"]
+__all__ = ["DEFAULT_ALIASES", "GitResolver", "Resolved", "expand_alias", "local_resolver",
+           "resolve_in"]
 
 
 def expand_alias(repo: str, trove_git_url: str,
@@ -75,8 +76,16 @@ class GitResolver:
             try:
                 path = self.mirrors.ensure(repo_url, ref)
             except ResolveError as e:
-                raise ResolveError(f"cannot resolve ref '{ref}': {e.what}", repo_url) from None
+                raise type(e)(f"cannot resolve ref '{ref}': {e.what}", repo_url,
+                              retryable=e.retryable) from None
         return resolve_in(path, ref, repo_url)
+
+
+def local_resolver(mirror_dir: Path | None = None) -> GitResolver:
+    """A resolver for client commands, as the controller's: mirrors under the user's cache."""
+    from distbuild.config import user_cache_dir
+
+    return GitResolver(MirrorCache(mirror_dir or user_cache_dir() / "mirrors"))
 
 
 def resolve_in(path: Path, ref: str, shown_as: str | None = None) -> Resolved:
@@ -85,7 +94,8 @@ def resolve_in(path: Path, ref: str, shown_as: str | None = None) -> Resolved:
     try:
         repo = git.Repo(path)
     except (git.NoSuchPathError, git.InvalidGitRepositoryError):
-        raise ResolveError(f"cannot resolve ref '{ref}': repository not found", where) from None
+        raise MissingRepository(f"cannot resolve ref '{ref}': repository not found",
+                                where) from None
     try:
         with repo:
             commit = repo.commit(_qualified(repo, ref))

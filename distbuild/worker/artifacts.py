@@ -4,8 +4,14 @@ Chunk artifact (`KEY.chunk.NAME`): a gzip-compressed POSIX (pax) tarball of
 the files one split rule took from the chunk's install directory. Member
 names are relative to the root (`usr/bin/hello`, no leading `./` or `/`),
 parent directories come before their contents, entries are sorted, owner
-and group are 0 with no names, and modes, symlinks and hard links are kept.
-An artifact whose rule matched nothing is an empty tarball.
+and group are 0 with no names, and symlinks and hard links are kept. The
+bytes depend only on the files' names, contents and kinds: every member's
+time is ARTIFACT_MTIME, group and other write bits of plain files and
+directories are cleared (so a worker's umask does not show; device nodes,
+setuid, setgid and sticky entries and modes such as 0600 are kept), and
+neither the gzip header nor pax headers carry a time or a file name. The same
+step built on two workers gives byte-identical artifacts. An artifact whose
+rule matched nothing is an empty tarball.
 
 Stratum artifact (`KEY.stratum.NAME`): JSON, see `stratum_document`.
 
@@ -30,6 +36,8 @@ from typing import Any
 from distbuild.files import sha256_file
 from distbuild.worker.errors import CorruptArtifact, StepError
 
+# Every member's mtime: fixed, so artifacts do not depend on when a worker built them.
+ARTIFACT_MTIME = 0
 STRATUM_FORMAT = "distbuild-stratum/1"
 SYSTEM_META_FORMAT = "distbuild-system/1"
 
@@ -109,15 +117,25 @@ def pack(root: Path, paths: Iterable[str], dest: Path, filename: str) -> PackedA
                                                 compresslevel=6, mtime=0) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in sorted(names):
-            info = tar.gettarinfo(str(root / name), arcname=name)
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
+            info = normalised(tar.gettarinfo(str(root / name), arcname=name))
             if info.isreg():
                 with (root / name).open("rb") as f:
                     tar.addfile(info, f)
             else:
                 tar.addfile(info)
     return describe(dest, filename)
+
+
+def normalised(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """`info` with nothing of the worker that packed it: owner, time, umask."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mtime = ARTIFACT_MTIME
+    # Only plain files and directories: a device node's or a setuid, setgid or
+    # sticky entry's mode is declared, not an accident of the umask.
+    if (info.isreg() or info.isdir()) and not info.mode & 0o7000:
+        info.mode &= ~0o022
+    return info
 
 
 def describe(path: Path, filename: str) -> PackedArtifact:

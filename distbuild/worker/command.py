@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from pathlib import Path
 
@@ -32,8 +31,7 @@ from distbuild.worker.step import StepRunner, WorkerSettings
 
 def default_work_dir() -> Path:
     """Where build-step keeps mirrors, artifacts and outputs between runs."""
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "distbuild" / "build-step"
+    return config.user_cache_dir() / "build-step"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

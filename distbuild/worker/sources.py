@@ -6,6 +6,13 @@ second build of the same commit touches no network. The build directory
 is a clone of the mirror (object files hard-linked, no alternates), so git
 works inside the sandbox, which cannot see the mirror.
 
+Every checked-out file gets the same time, the commit's committer time, as a
+release tarball's files have times from the release: git would give each the
+moment it was written, in index order, so `aclocal.m4` would be older than
+`configure.ac` and make would try to rerun autotools that a project imported
+from its tarball does not need. The same time also makes a build's inputs
+the same on every worker.
+
 The trove's MirrorCache does the same for ref resolution; a step needs more
 of it: every git process here runs through runprocess, so cancelling a step
 kills a long fetch at once, and git's output goes to the step's log.
@@ -50,6 +57,7 @@ class GitSources:
                   f"cannot clone mirror of {url}")
         self._git(["-C", str(dest), "checkout", "-q", "--detach", commit], on_line, cancel,
                   f"cannot check out {commit} of {url}")
+        set_times(dest, self._commit_time(dest, commit))
         for path, info in (submodules or {}).items():
             sub_commit = self._gitlink(dest, commit, path, url)
             sub_dest = dest / path
@@ -91,6 +99,16 @@ class GitSources:
         return status == 0
 
     @staticmethod
+    def _commit_time(dest: Path, commit: str) -> int:
+        lines: list[str] = []
+        runprocess.run(["git", "-C", str(dest), "show", "-s", "--format=%ct", commit],
+                       on_line=lines.append, env=_env())
+        try:
+            return int(lines[-1])
+        except (IndexError, ValueError):
+            raise SourceError(f"cannot read the commit time of {commit}") from None
+
+    @staticmethod
     def _gitlink(dest: Path, commit: str, path: str, url: str) -> str:
         lines: list[str] = []
         runprocess.run(["git", "-C", str(dest), "ls-tree", commit, "--", path],
@@ -114,6 +132,16 @@ class GitSources:
         if status != 0:
             detail = output[-1] if output else f"exit status {status}"
             raise SourceError(f"{failure}: {detail}")
+
+
+def set_times(root: Path, when: int) -> None:
+    """Give every file and directory under `root` (but not .git) atime and mtime `when`."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath == str(root) and ".git" in dirnames:
+            dirnames.remove(".git")
+        for name in (*filenames, *dirnames):
+            os.utime(os.path.join(dirpath, name), (when, when), follow_symlinks=False)
+    os.utime(root, (when, when))
 
 
 def _env() -> dict[str, str]:

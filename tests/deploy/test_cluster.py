@@ -172,7 +172,6 @@ def test_duplicate_deployment_id():
     "name: x\nkind: cluster\nsystems: {}\n",
     "name: x\nkind: cluster\nsystems:\n- deploy: {}\n",
     "name: x\nkind: cluster\nsystems:\n- morph: x\n  deploy: [a]\n",
-    "name: x\nkind: cluster\nsystems:\n- morph: x\n  color: red\n",
     "name: x\nkind: cluster\nsystems: [\n",
 ])
 def test_malformed_cluster_names_the_file(tmp_path, text):
@@ -181,6 +180,17 @@ def test_malformed_cluster_names_the_file(tmp_path, text):
     with pytest.raises(DistbuildError) as e:
         load_cluster(path)
     assert "bad.morph" in str(e.value)
+
+
+def test_unknown_field_in_a_cluster_warns(tmp_path):
+    (tmp_path / "VERSION").write_text("version: 6\n")
+    (tmp_path / "c.morph").write_text("name: x\nkind: cluster\nsystems:\n- morph: x\n"
+                                      "  color: red\n")
+    defs = Definitions(DirectorySource(tmp_path))
+    assert defs.cluster("c.morph").systems[0].morph == "x"
+    assert defs.warnings == ["c.morph:5: systems[0].color: unknown field"]
+    with pytest.raises(DistbuildError, match=r"c\.morph:5: systems\[0\]\.color: unknown field"):
+        Definitions(DirectorySource(tmp_path), strict=True).cluster("c.morph")
 
 
 def test_every_baserock_cluster_expands(baserock):
