@@ -12,9 +12,9 @@ keep up through server-sent events (livestreams.py):
 
 Only GET and HEAD are served. On any address but loopback the controller
 refuses to start the dashboard without `dashboard_credentials`: a file
-holding one line, either a token (sent as `Authorization: Bearer TOKEN`, or
-as the password of HTTP basic with any user name) or USER:PASSWORD for HTTP
-basic. When the file is set it is required on loopback too.
+holding one line, either a token without a colon (sent as `Authorization:
+Bearer TOKEN`, or as the password of HTTP basic with any user name) or
+USER:PASSWORD for HTTP basic. When the file is set it is required on loopback too.
 """
 
 from __future__ import annotations
@@ -64,7 +64,9 @@ class Credentials:
         if len(lines) != 1:
             raise ConfigError("the dashboard credentials file must hold one line: a token "
                               "or USER:PASSWORD", str(path))
-        self.user, _, self.secret = lines[0].rpartition(":")
+        # HTTP basic user names cannot hold a colon; passwords can.
+        user, colon, secret = lines[0].partition(":")
+        self.user, self.secret = (user, secret) if colon else ("", user)
         if not self.secret:
             raise ConfigError("the dashboard credentials have an empty token or password",
                               str(path))

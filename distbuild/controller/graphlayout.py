@@ -2,7 +2,9 @@
 
 Chunks are grouped in one cluster per stratum, with the stratum's own node
 at the cluster's foot; edges implied by longer paths are dropped (transitive
-reduction), so that a 255-step system stays readable. Each node's SVG group
+reduction), so that a 255-step system stays readable. Top to bottom: the
+255 steps of build-system-x86_64 come out about 2700 x 2400 pt, where left
+to right they were 5800 x 1200 (a long chain of strata). Each node's SVG group
 has id `step-N`, N its position in `order`, and class `step`; the browser
 colours it by state. No Twisted here: the dashboard runs this in a thread.
 """
@@ -52,7 +54,7 @@ def to_dot(nodes: list[dict[str, Any]]) -> str:
     index = {n["id"]: i for i, n in enumerate(nodes)}
     edges = reduce_edges({n["id"]: n.get("depends", ()) for n in nodes})
     lines = ["digraph build {",
-             '  graph [rankdir=LR, ranksep=0.35, nodesep=0.08, fontname="sans-serif", '
+             '  graph [rankdir=TB, ranksep=0.3, nodesep=0.1, fontname="sans-serif", '
              'fontsize=11, newrank=true];',
              '  node [shape=box, style="rounded,filled", fillcolor="#ffffff", '
              'fontname="sans-serif", fontsize=9, height=0.22, margin="0.06,0.02"];',

@@ -114,6 +114,17 @@ function loadGraph(rid) {
       return;
     }
     box.innerHTML = body.svg;  // SVG from the controller's own dot run
+    const svg = box.querySelector("svg");
+    const fit = document.getElementById("fit");
+    // Full size is readable (and scrolls); "fit" shrinks a big graph to the page, for a view
+    // of the whole build. A graph smaller than the page is never enlarged.
+    let fitted = false;
+    fit.onclick = () => {
+      fitted = !fitted;
+      svg.style.maxWidth = fitted ? "100%" : "none";
+      svg.style.height = fitted ? "auto" : "";
+      fit.textContent = fitted ? "full size" : "fit to width";
+    };
     graph.index = {};
     body.ids.forEach((id, i) => { graph.index[id] = i; });
     box.querySelectorAll("g.step").forEach((g) => {
