@@ -147,3 +147,18 @@ def test_dashboard_with_credentials_admits_only_them(tmp_path):
         assert refused.value.code == 405  # read-only
     finally:
         controller.stop()
+
+
+def test_a_log_follower_reads_on_from_where_it_stopped(tmp_path):
+    from distbuild.controller.joblogs import JobLogs
+
+    logs = JobLogs(tmp_path)
+    logs.add("job-1", 0, ["first", "second"])
+    offset, lines = logs.read_after("job-1", 0)
+    assert lines == ["first", "second"]
+    assert logs.read_after("job-1", offset) == (offset, [])
+    logs.add("job-1", 2, ["third"])
+    assert logs.read_after("job-1", offset) == (offset + 6, ["third"])
+    # A small limit still returns whole lines only.
+    assert logs.read_after("job-1", 0, limit=8) == (6, ["first"])
+    assert logs.read_after("job-2", 0) == (0, [])

@@ -21,6 +21,7 @@ from twisted.web.server import NOT_DONE_YET
 from distbuild.controller import farm
 from distbuild.controller.follow import find_step
 from distbuild.controller.observers import Observer
+from distbuild.protocol import messages as m
 from distbuild.scheduling import State
 
 if TYPE_CHECKING:
@@ -73,7 +74,8 @@ class _LogStream:
     def __init__(self, request, rid: str, step: str, key: str):
         self.request, self.rid, self.step, self.key = request, rid, step, key
         self.job: str | None = None
-        self.sent = 0
+        self.sent = 0  # lines of `job` sent
+        self.offset = 0  # bytes of its log file read
         self.finished = False  # `done` sent for the current attempt
 
 
@@ -102,7 +104,9 @@ class LiveStreams(Observer):
         self.dirty = True
 
     def message(self, link: Any, message: Any) -> None:
-        self.dirty = True
+        # Log lines change no view; log streams poll their files on every tick anyway.
+        if not isinstance(message, m.JobOutput):
+            self.dirty = True
 
     def link_closed(self, link: Any) -> None:
         self.dirty = True
@@ -180,7 +184,7 @@ class LiveStreams(Observer):
         live = work.job if work is not None and work.state == State.RUNNING else None
         if live is not None and live != stream.job:
             # A (new) attempt runs: follow its log from the start.
-            stream.job, stream.sent, stream.finished = live, 0, False
+            stream.job, stream.sent, stream.offset, stream.finished = live, 0, 0, False
             send(stream.request, "attempt", {"job": live, "worker": work.worker or "",
                                              "attempt": work.attempts, "state": "running"})
         if stream.job is None and not stream.finished:
@@ -196,9 +200,14 @@ class LiveStreams(Observer):
                 send(stream.request, "done", {"job": stream.job, "outcome": outcome})
 
     def _send_lines(self, stream: _LogStream, job: str) -> None:
-        for first, lines in self.ctl.logs.read(job, stream.sent):
-            send(stream.request, "lines", {"first": first, "lines": lines})
-            stream.sent = first + len(lines)
+        # Cheap when nothing is new (the count is kept in memory); else read on from
+        # where the last read stopped, not from the top of what may be a huge log.
+        while self.ctl.logs.count(job) > stream.sent:
+            stream.offset, lines = self.ctl.logs.read_after(job, stream.offset)
+            if not lines:
+                return
+            send(stream.request, "lines", {"first": stream.sent, "lines": lines})
+            stream.sent += len(lines)
 
     def _stored_log(self, stream: _LogStream) -> None:
         """A step not running now: its latest attempt's log, else the cached one."""
@@ -210,8 +219,10 @@ class LiveStreams(Observer):
             send(stream.request, "attempt", {"job": latest["job"], "worker": latest["worker"],
                                              "attempt": len(attempts),
                                              "state": latest["outcome"]})
+            stream.job = latest["job"]
             self._send_lines(stream, latest["job"])
-            stream.job = latest["job"] if latest["outcome"] == "running" else None
+            if latest["outcome"] != "running":
+                stream.job = None
             stream.finished = latest["outcome"] != "running"
             if stream.finished:
                 send(stream.request, "done", {"job": latest["job"],
