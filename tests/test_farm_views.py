@@ -162,3 +162,33 @@ def test_a_log_follower_reads_on_from_where_it_stopped(tmp_path):
     # A small limit still returns whole lines only.
     assert logs.read_after("job-1", 0, limit=8) == (6, ["first"])
     assert logs.read_after("job-2", 0) == (0, [])
+
+
+def test_reruns_are_counted_by_why_the_attempt_before_ended(tmp_path, steps):
+    from prometheus_client import generate_latest
+
+    from distbuild.controller.metrics import ControllerMetrics
+    from distbuild.scheduling import StepRequeued
+
+    ctl = _controller(tmp_path)
+    metrics = ControllerMetrics(ctl)
+    ctl.scheduler.add_worker("w1", "x86_64", 2)
+    events = ctl.scheduler.add_request("r1", steps, [SYSTEM], cached=set())
+    for e in events:
+        metrics.event(e)
+    jobs = [e.job for e in events if isinstance(e, JobStarted)]
+    assert len(jobs) == 2
+    ctl.scheduler.drain_worker("w1")
+    requeued = ctl.scheduler.hand_back(jobs[0], "worker w1 is stopping")
+    requeued += ctl.scheduler.remove_worker("w1", "worker w1 was lost")
+    assert [e.outcome for e in requeued if isinstance(e, StepRequeued)] == [
+        "handed-back", "lost"]
+    for e in requeued:
+        metrics.event(e)
+    text = generate_latest(metrics.registry).decode()
+    assert 'distbuild_attempts_rerun_total{reason="drained"} 1.0' in text
+    assert 'distbuild_attempts_rerun_total{reason="worker_lost"} 1.0' in text
+    assert "distbuild_dispatch_latency_seconds_count 2.0" in text
+    assert "distbuild_queue_length 2.0" in text  # both back in the queue, no worker
+    assert 'distbuild_steps{state="ready"} 2.0' in text
+    assert "distbuild_cache_misses_total 0.0" in text  # no plan: only planned requests count

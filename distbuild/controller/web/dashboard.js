@@ -187,7 +187,7 @@ function followLog(rid, step) {
     state.textContent = text;
     state.className = "badge " + text;
   };
-  follow("/events/log?request=" + encodeURIComponent(rid) + "&step=" +
+  const source = follow("/events/log?request=" + encodeURIComponent(rid) + "&step=" +
          encodeURIComponent(step), {
     attempt: (a) => {
       if (a.job !== job) { log.textContent = ""; shown = 0; job = a.job; }
@@ -203,7 +203,11 @@ function followLog(rid, step) {
       log.scrollTop = log.scrollHeight;
     },
     done: (d) => setState(d.outcome),
-    missing: (m) => { setState("unknown"); log.textContent = m.message; },
+    missing: (m) => {  // no such request or step: asking again would not help
+      source.close();
+      setState("unknown");
+      log.textContent = m.message;
+    },
   });
 }
 
