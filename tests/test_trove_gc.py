@@ -72,6 +72,8 @@ def test_lru_collection_down_to_the_limit_keeps_pinned_sources(tmp_path):
         assert float(metrics["distbuild_trove_stored_sources"]) == 2
         assert float(metrics["distbuild_trove_stored_artifacts"]) == 2
         assert float(metrics["distbuild_trove_stored_bytes"]) == 2000
+        with urllib.request.urlopen(trove.cache_url, timeout=10) as r:
+            assert "/metrics" in r.read().decode()  # the root names the endpoints
     finally:
         trove.stop()
 

@@ -124,6 +124,9 @@ class CacheResource(resource.Resource):
                 return self._get_log(request, parts[2])
         elif parts[:2] == ["2.0", "pins"] and len(parts) == 3 and method in ("PUT", "DELETE"):
             return self._pin(request, method, parts[2])
+        elif parts == [""] and method == "GET":
+            return _text(request, 200, "distbuild artifact cache: /1.0/artifacts, /1.0/sha1s, "
+                         "/2.0/sources, /2.0/pins, /2.0/status, /metrics (see docs/trove.md)")
         elif parts == ["metrics"] and method == "GET":
             request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
             return self.metrics.text()
