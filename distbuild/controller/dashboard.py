@@ -176,8 +176,8 @@ class Dashboard:
         self.tree = tree
 
     def site(self, credentials: Credentials | None) -> server.Site:
-        site = _QuietSite(_Guard(self.tree, credentials))
-        return site
+        """A twisted.web site serving the dashboard, behind `credentials` if any."""
+        return _QuietSite(_Guard(self.tree, credentials))
 
     def _request(self, request) -> bytes:
         view = request_view(self.ctl, _arg(request, "id"))

@@ -95,6 +95,7 @@ class LiveStreams(Observer):
         self._loop.start(TICK, now=False)
 
     def stop(self) -> None:
+        """Stop the tick (streams stay open until their browsers go)."""
         if self._loop.running:
             self._loop.stop()
 
@@ -124,12 +125,15 @@ class LiveStreams(Observer):
         return NOT_DONE_YET
 
     def farm(self, request) -> object:
+        """Follow the farm page's data (`farm` events)."""
         return self._follow(request, self.farms, "")
 
     def request(self, request, rid: str) -> object:
+        """Follow one build request's page data (`request` events)."""
         return self._follow(request, self.requests, (rid, ""))
 
     def log(self, request, rid: str, step: str) -> object:
+        """Follow one step's log: `attempt`, `lines` and `done` events (or `missing`)."""
         nid, key = find_step(self.ctl, rid, step)
         open_stream(request)
         if key is None:

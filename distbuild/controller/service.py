@@ -88,10 +88,13 @@ def serve(settings: ControllerSettings, ready_file: Path | None = None) -> int:
                               f"{settings.listen_address}:{port}") from None
         ports[f"{role}_port"] = listening.getHost().port
 
+    address = settings.dashboard_address
+    host = f"[{address}]" if ":" in address else address
+
     def announce() -> None:
         info = {**ports, "pid": os.getpid(), "listen_address": settings.listen_address,
                 "dashboard_port": dashboard_port,
-                "dashboard_url": f"http://{settings.dashboard_address}:{dashboard_port}/"}
+                "dashboard_url": f"http://{host}:{dashboard_port}/"}
         _log(f"ready: {json.dumps(info)}")
         if ready_file is not None:
             tmp = ready_file.with_name(ready_file.name + ".tmp")
