@@ -8,6 +8,7 @@ whose arch matches, longest remaining path first, then oldest request first.
 
 from __future__ import annotations
 
+import copy
 import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -338,8 +339,11 @@ class Scheduler:
 
     def dispatch(self) -> list[Event]:
         """Give ready work to free slots: longest remaining path first, then oldest request."""
+        ready = [w for w in self.work.values() if w.state == State.READY and w.requests]
+        ready.sort(key=lambda w: (-w.priority,
+                                  min(self.requests[r].seq for r in w.requests), w.key))
         events: list[Event] = []
-        for work in self._ready_order():
+        for work in ready:
             free = [wk for wk in self.workers.values()
                     if wk.arch == work.arch and len(wk.jobs) < wk.slots
                     and not wk.away and not wk.draining]
@@ -355,20 +359,37 @@ class Scheduler:
                                      dict(work.requests)))
         return events
 
-    def queue(self) -> list[Work]:
-        """Ready work in the order `dispatch` would hand it out (for farm views)."""
-        return self._ready_order()
-
-    def _ready_order(self) -> list[Work]:
-        ready = [w for w in self.work.values() if w.state == State.READY and w.requests]
-        ready.sort(key=lambda w: (-w.priority,
-                                  min(self.requests[r].seq for r in w.requests), w.key))
-        return ready
-
     def job_requests(self, job: str) -> dict[str, str]:
         """Which requests (request id -> node id) follow this job's output."""
         key = self.jobs.get(job)
         return dict(self.work[key].requests) if key else {}
+
+    def queue(self) -> list[Work]:
+        """Ready work in the order `dispatch` will hand it out, arch by arch (farm views).
+
+        Asked of a copy: it gets a worker per arch with a slot for every ready step,
+        and the order its dispatch starts them in is the answer. Nothing here changes.
+        """
+        ready: dict[str, int] = {}
+        for work in self.work.values():
+            if work.state == State.READY and work.requests:
+                ready[work.arch] = ready.get(work.arch, 0) + 1
+        if not ready:
+            return []
+        job_id = self.__dict__.get("job_id")
+        if job_id is not None:
+            self.job_id = _queue_job_id  # the real one may count ids in a database
+        try:
+            clone = copy.deepcopy(self)
+        finally:
+            if job_id is not None:
+                self.job_id = job_id
+        order: list[Work] = []
+        for arch, count in sorted(ready.items()):
+            for event in clone.add_worker(f"\0queue {arch}", arch, count):
+                if isinstance(event, JobStarted):
+                    order.append(self.work[event.key])
+        return order
 
     def release_slot(self, job: str) -> list[Event]:
         """The worker is done with `job` (its result is being checked): give the slot away.
@@ -468,6 +489,10 @@ class Scheduler:
             elif work.state == State.READY:
                 work.state = State.WAITING
         return events
+
+
+def _queue_job_id(key: str) -> str:
+    return key
 
 
 def steps_from_graph(graph: BuildGraph) -> list[StepInfo]:

@@ -38,6 +38,9 @@ def test_queue_is_the_order_dispatch_takes(steps):
                       ["chunk:example-core/base-files"], cached=set())
     queued = [w.key for w in sched.queue()]
     assert len(queued) == 2  # libgreet and base-files (shared by both requests)
+    # Asking changed nothing: no worker, no job, the same answer again.
+    assert sched.workers == {} and sched.jobs == {}
+    assert [w.key for w in sched.queue()] == queued
     events = sched.add_worker("w", "x86_64", 5)
     assert [e.key for e in events if isinstance(e, JobStarted)] == queued
     assert sched.queue() == []

@@ -144,9 +144,13 @@ def status_with_steps(ctl: Controller, request_id: str) -> dict[str, Any] | None
     return request_row(status) | {"steps": step_rows(ctl, status)}
 
 
-def snapshot(ctl: Controller, recent: int = 20) -> dict[str, Any]:
-    """The farm page's data: workers, queue, running steps and the newest requests."""
-    ready, waiting = queue_rows(ctl)
+def snapshot(ctl: Controller, recent: int = 20,
+             queue: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None
+             ) -> dict[str, Any]:
+    """The farm page's data: workers, queue, running steps and the newest requests.
+
+    `queue` may pass queue_rows() computed earlier, when nothing was scheduled since."""
+    ready, waiting = queue or queue_rows(ctl)
     workers = worker_rows(ctl)
     running = [step | {"worker": w["name"]} for w in workers for step in w["steps"]]
     return {"workers": workers, "queue": ready, "waiting": len(waiting),

@@ -90,6 +90,7 @@ class LiveStreams(Observer):
         self.dirty = True
         self._since_keepalive = 0.0
         self._ticks = 0
+        self._queue: tuple[list, list] | None = None
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = clock
         self._loop.start(TICK, now=False)
@@ -160,17 +161,20 @@ class LiveStreams(Observer):
             self._since_keepalive = 0.0
         # Durations and heartbeats move on even when nothing happens: redraw each second.
         if self.dirty or self._ticks % round(1 / TICK) == 0:
-            self.dirty = False
-            self._push_views()
+            changed, self.dirty = self.dirty, False
+            self._push_views(changed)
         for stream in list(self.logs):
             self._feed_log(stream)
         if keepalive:
             for request in [*self.farms, *self.requests, *(s.request for s in self.logs)]:
                 request.write(b": keepalive\n\n")
 
-    def _push_views(self) -> None:
+    def _push_views(self, changed: bool) -> None:
         if self.farms:
-            text = json.dumps(farm.snapshot(self.ctl))
+            # The queue (a copy of the scheduler asked) only moves when something happens.
+            if changed or self._queue is None:
+                self._queue = farm.queue_rows(self.ctl)
+            text = json.dumps(farm.snapshot(self.ctl, queue=self._queue))
             for request, last in list(self.farms.items()):
                 if text != last:
                     request.write(f"event: farm\ndata: {text}\n\n".encode())
