@@ -77,16 +77,19 @@ class Link:
                     continue
                 return message
             now = time.monotonic()
-            if now - self._last_heard > self.dead_after:
-                self.close()
-                raise LinkError(f"no word from the controller for {self.dead_after:.0f} s; "
-                                "the link is dead", self.peer, retryable=True)
             if deadline is not None and now >= deadline:
                 return None
             wait = min(1.0, self.dead_after) if deadline is None else max(
                 0.0, min(1.0, deadline - now))
             ready, _, _ = select.select([self.channel], [], [], wait)
             if not ready:
+                # Silence is judged only with nothing left unread: lines that waited
+                # while nobody read (during a long push) are signs of life too.
+                if time.monotonic() - self._last_heard > self.dead_after:
+                    self.close()
+                    raise LinkError(f"no word from the controller for "
+                                    f"{self.dead_after:.0f} s; the link is dead", self.peer,
+                                    retryable=True)
                 # Our own ping keeps a quiet but healthy link provably alive.
                 if now - self._last_heard > HEARTBEAT_SECONDS:
                     self._ping_seq += 1
@@ -151,9 +154,11 @@ def connect(host: str, port: int, identity: Path, known_hosts: Path, role: str, 
             transport.start_client(timeout=timeout)
         except (paramiko.SSHException, OSError, EOFError) as e:
             if "banner" in str(e):
+                # Retryable: a controller that is starting or stopping may drop a
+                # connection before its banner too.
                 raise LinkError("no SSH server answers on this port, so it is not the "
                                 "controller's initiator or worker port (an HTTP or git "
-                                "port?)", peer) from None
+                                "port?)", peer, retryable=True) from None
             raise LinkError(f"SSH handshake failed: {e}", peer, retryable=True) from None
         offered = transport.get_remote_server_key()
         check_host_key(known_hosts, host, port, PublicKey(offered.get_name(), offered.asbytes()))
@@ -170,7 +175,8 @@ def connect(host: str, port: int, identity: Path, known_hosts: Path, role: str, 
             channel.invoke_subsystem(SUBSYSTEM)
         except (paramiko.SSHException, OSError, EOFError):
             raise LinkError("the SSH server on this port does not serve distbuild links, so "
-                            "it is not the controller (the trove's SSH port?)", peer) from None
+                            "it is not the controller (the trove's SSH port?)", peer,
+                            retryable=True) from None
         link = Link(transport, channel, peer, dead_after)
         link.send(Hello(protocol=PROTOCOL_VERSION, role=role, name=name,
                         software=f"distbuild {__version__}"))

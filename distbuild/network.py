@@ -112,10 +112,8 @@ class Network:
 
     def _start(self, name: str, argv: list[str], ready: Path | None = None,
                timeout: float = 30) -> dict:
-        if ready is not None and ready.exists():
-            ready.unlink()
         component = self.supervisor.add(
-            Component(name, argv, self.state_dir / "logs" / f"{name}.log"))
+            Component(name, argv, self.state_dir / "logs" / f"{name}.log", ready))
         if ready is None:
             return {}
         deadline = time.monotonic() + timeout

@@ -2,17 +2,50 @@
 
 Work is identified by cache key: the same key needed by two requests is one
 piece of work, built once. Each call returns the events that follow from it;
-the controller turns them into messages. Ready work goes to free worker slots
-whose arch matches, longest remaining path first, then oldest request first.
+the controller turns them into messages.
+
+Fair share: a free slot goes to the highest priority class that has ready
+work of the slot's arch; within a class, requests take turns (round-robin;
+one that had nothing ready goes to the front), and within a request the
+step with the longest remaining path goes first.
+Every call costs what it changes, not what is queued: each work counts its
+unbuilt dependencies, each request keeps a heap of its ready steps per arch,
+each (arch, class) a ring of requests with ready steps, and each arch a heap
+of workers by free slots. Work that no live request's graph holds is
+forgotten, so memory follows the requests in flight.
 """
 
 from __future__ import annotations
 
 import copy
 import enum
+import heapq
+import itertools
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from distbuild.scheduling_events import (
+    Event,
+    JobCancelled,
+    JobStarted,
+    RequestCancelled,
+    RequestFailed,
+    RequestFinished,
+    RequestPlanned,
+    StepBuilt,
+    StepFailed,
+    StepJoined,
+    StepQueued,
+    StepRequeued,
+)
+
+__all__ = [
+    "PRIORITIES", "Event", "JobCancelled", "JobStarted", "RequestCancelled", "RequestFailed",
+    "RequestFinished", "RequestPlanned", "Scheduler", "State", "StepBuilt", "StepFailed",
+    "StepInfo", "StepJoined", "StepQueued", "StepRequeued", "steps_from_graph",
+]
 
 if TYPE_CHECKING:
     from distbuild.definitions import BuildGraph
@@ -37,11 +70,15 @@ class StepInfo:
     priority: int  # nodes on the longest chain from here to the end of the graph
 
 
-@dataclass
+# Request priority classes, served strictly in this order.
+PRIORITIES = ("high", "normal", "low")
+
+
+@dataclass(eq=False, slots=True)
 class Work:
     key: str
     arch: str
-    deps: set[str]
+    deps: tuple[str, ...]  # keys
     state: State = State.WAITING
     dependents: set[str] = field(default_factory=set)
     requests: dict[str, str] = field(default_factory=dict)  # request id -> node id
@@ -50,18 +87,24 @@ class Work:
     handed_back: int = 0  # attempts a draining worker gave back: not failures
     job: str | None = None
     worker: str | None = None
+    unbuilt_deps: int = 0
+    holders: int = 0  # live requests whose graph has this key
 
 
-@dataclass
+@dataclass(eq=False, slots=True)
 class Request:
     id: str
     seq: int
     needed: set[str]  # keys this request must see built
     total: int
+    keys: list[str]  # every key of its graph, built or not: what it holds in memory
+    priority: str = "normal"
     built: set[str] = field(default_factory=set)
+    ready: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # arch -> heap
+    queued_in: set[str] = field(default_factory=set)  # archs whose ring holds this request
 
 
-@dataclass
+@dataclass(eq=False, slots=True)
 class Worker:
     name: str
     arch: str
@@ -73,94 +116,9 @@ class Worker:
     away: bool = False
     draining: bool = False
 
-
-# -- events ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RequestPlanned:
-    request_id: str
-    total: int
-    unbuilt: int
-
-
-@dataclass(frozen=True)
-class StepQueued:
-    key: str
-    requests: dict[str, str]
-
-
-@dataclass(frozen=True)
-class JobStarted:
-    job: str
-    key: str
-    worker: str
-    attempt: int
-    requests: dict[str, str]
-
-
-@dataclass(frozen=True)
-class StepJoined:
-    """A request now also waits for work that was already running for another one."""
-
-    key: str
-    worker: str
-    attempt: int
-    requests: dict[str, str]
-
-
-@dataclass(frozen=True)
-class StepBuilt:
-    key: str
-    worker: str
-    requests: dict[str, str]
-    progress: dict[str, tuple[int, int]]  # request id -> (built, needed)
-
-
-@dataclass(frozen=True)
-class StepRequeued:
-    key: str
-    worker: str
-    reason: str
-    requests: dict[str, str]
-    job: str = ""
-    outcome: str = "lost"  # what became of the attempt: lost, or handed-back
-
-
-@dataclass(frozen=True)
-class StepFailed:
-    key: str
-    worker: str
-    reason: str
-    requests: dict[str, str]
-
-
-@dataclass(frozen=True)
-class JobCancelled:
-    job: str
-    key: str
-    worker: str
-
-
-@dataclass(frozen=True)
-class RequestFinished:
-    request_id: str
-
-
-@dataclass(frozen=True)
-class RequestFailed:
-    request_id: str
-    reason: str
-    key: str | None = None
-
-
-@dataclass(frozen=True)
-class RequestCancelled:
-    request_id: str
-
-
-Event = (RequestPlanned | StepQueued | JobStarted | StepJoined | StepBuilt | StepRequeued
-         | StepFailed | JobCancelled | RequestFinished | RequestFailed | RequestCancelled)
+    @property
+    def free(self) -> int:
+        return self.slots - len(self.jobs)
 
 
 class Scheduler:
@@ -168,15 +126,19 @@ class Scheduler:
 
     def __init__(self, retry_limit: int = 2, job_id: Callable[[str], str] | None = None):
         self.retry_limit = retry_limit
+        self._jobs_made = 0
+        # Job ids must be unique for the network's whole life: the controller
+        # passes a generator backed by its database.
+        self.job_id = job_id or self._next_job_id
         self.work: dict[str, Work] = {}
         self.requests: dict[str, Request] = {}
         self.workers: dict[str, Worker] = {}
         self.jobs: dict[str, str] = {}  # job id -> key
         self._seq = 0
-        self._jobs_made = 0
-        # Job ids must be unique for the network's whole life: the controller
-        # passes a generator backed by its database.
-        self.job_id = job_id or self._next_job_id
+        self._rings: dict[tuple[str, str], deque[str]] = {}  # (arch, class) -> request ids
+        # arch -> heap of (-free slots, name, tiebreak, worker); stale entries are skipped.
+        self._free: dict[str, list[tuple[int, str, int, Worker]]] = {}
+        self._tiebreak = itertools.count()
 
     def _next_job_id(self, key: str) -> str:
         self._jobs_made += 1
@@ -185,29 +147,46 @@ class Scheduler:
     # -- requests --------------------------------------------------------------------------
 
     def add_request(self, request_id: str, steps: Iterable[StepInfo], targets: Iterable[str],
-                    cached: set[str]) -> list[Event]:
+                    cached: set[str], priority: str = "normal") -> list[Event]:
         """Plan a request: `targets` are node ids to produce, `cached` the keys already built."""
+        if priority not in PRIORITIES:
+            raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}, not {priority!r}")
         steps = list(steps)
         by_id = {s.node_id: s for s in steps}
         events: list[Event] = []
+        keys: dict[str, None] = {}
+        created: list[Work] = []
         for step in steps:
             work = self.work.get(step.cache_key)
             if work is None:
                 work = self.work[step.cache_key] = Work(
-                    step.cache_key, step.arch, {by_id[d].cache_key for d in step.depends})
+                    step.cache_key, step.arch, tuple({by_id[d].cache_key: None
+                                                      for d in step.depends}))
+                created.append(work)
+            if work.key not in keys:
+                # Held from here on, so that a request finishing below cannot drop it.
+                keys[work.key] = None
+                work.holders += 1
             if step.cache_key in cached:
                 if work.state in (State.WAITING, State.READY, State.FAILED):
                     events += self._mark_built(work)[1]
             elif work.state in (State.BUILT, State.FAILED):
                 # The cache no longer has it (or it failed for an earlier request): try again.
-                work.state, work.attempts = State.WAITING, 0
+                if work.state == State.BUILT:
+                    for dep_key in work.dependents:
+                        self.work[dep_key].unbuilt_deps += 1
+                work.state, work.attempts, work.handed_back = State.WAITING, 0, 0
             work.priority = max(work.priority, step.priority)
-        for step in steps:
-            for dep in self.work[step.cache_key].deps:
-                self.work[dep].dependents.add(step.cache_key)
+        for work in created:
+            for dep in work.deps:
+                dep_work = self.work[dep]
+                dep_work.dependents.add(work.key)
+                if dep_work.state != State.BUILT:
+                    work.unbuilt_deps += 1
         needed = self._needed(by_id, targets)
         self._seq += 1
-        request = Request(request_id, self._seq, needed, len(steps))
+        request = Request(request_id, self._seq, set(needed), len(steps), list(keys),
+                          priority)
         self.requests[request_id] = request
         events.append(RequestPlanned(request_id, len(steps), len(needed)))
         node_of = {s.cache_key: s.node_id for s in steps}
@@ -218,15 +197,19 @@ class Scheduler:
                 events.append(StepJoined(key, work.worker or "", work.attempts,
                                          {request_id: node_of[key]}))
         for key in needed:
-            events += self._promote(self.work[key])
+            work = self.work[key]
+            if work.state == State.READY:  # already queued for another request
+                self._queue(request, work)
+            else:
+                events += self._promote(work)
         if not needed:
-            del self.requests[request_id]
+            self._detach(request_id)
             events.append(RequestFinished(request_id))
         return events + self.dispatch()
 
-    def _needed(self, by_id: dict[str, StepInfo], targets: Iterable[str]) -> set[str]:
+    def _needed(self, by_id: dict[str, StepInfo], targets: Iterable[str]) -> list[str]:
         """Unbuilt targets and every unbuilt node in their closures (staging needs them all)."""
-        needed: set[str] = set()
+        needed: dict[str, None] = {}
         stack = [t for t in targets if self.work[by_id[t].cache_key].state != State.BUILT]
         seen: set[str] = set()
         while stack:
@@ -236,9 +219,9 @@ class Scheduler:
             seen.add(nid)
             key = by_id[nid].cache_key
             if self.work[key].state != State.BUILT:
-                needed.add(key)
+                needed[key] = None
             stack.extend(by_id[nid].depends)
-        return needed
+        return list(needed)
 
     def cancel_request(self, request_id: str) -> list[Event]:
         """Drop a request; work no other request needs is cancelled."""
@@ -260,7 +243,8 @@ class Scheduler:
         if old is not None:
             old.jobs -= keep
             events = self.remove_worker(name, "worker came back without it")
-        self.workers[name] = Worker(name, arch, max(1, slots), jobs=keep)
+        worker = self.workers[name] = Worker(name, arch, max(1, slots), jobs=keep)
+        self._slot_freed(worker)
         return events + self.dispatch()
 
     def worker_away(self, name: str) -> list[Event]:
@@ -287,6 +271,7 @@ class Scheduler:
             return False
         holder = self.workers.setdefault(worker, Worker(worker, work.arch, 0, away=True))
         holder.jobs.add(job)
+        # A READY work's heap entries go stale: only READY work is taken from them.
         work.state, work.job, work.worker = State.RUNNING, job, worker
         work.attempts = max(work.attempts, attempt)
         self.jobs[job] = key
@@ -294,21 +279,18 @@ class Scheduler:
 
     def hand_back(self, job: str, reason: str) -> list[Event]:
         """A worker gave `job` back unfinished: run it again, without counting a failure."""
-        key = self.jobs.get(job)
+        key = self.jobs.pop(job, None)
         if key is None:
             return []
         work = self.work[key]
-        holder = self.workers.get(work.worker or "")
-        if holder is not None:
-            holder.jobs.discard(job)
-        del self.jobs[job]
         worker = work.worker or ""
+        self._take_back(work.worker, job)
         work.job = work.worker = None
         work.handed_back += 1
         if not work.requests:
             work.state = State.WAITING
             return self.dispatch()
-        work.state = State.READY
+        self._make_ready(work)
         return [StepRequeued(key, worker, reason, dict(work.requests), job, "handed-back"),
                 *self.dispatch()]
 
@@ -331,32 +313,36 @@ class Scheduler:
             if work.attempts - work.handed_back > self.retry_limit:
                 events += self._fail(work, name, f"{why}; gave up after {work.attempts} attempts")
             else:
-                work.state = State.READY
+                self._make_ready(work)
                 events.append(StepRequeued(key, name, why, dict(work.requests), job))
         return events + self.dispatch()
 
     # -- jobs ------------------------------------------------------------------------------
 
     def dispatch(self) -> list[Event]:
-        """Give ready work to free slots: longest remaining path first, then oldest request."""
-        ready = [w for w in self.work.values() if w.state == State.READY and w.requests]
-        ready.sort(key=lambda w: (-w.priority,
-                                  min(self.requests[r].seq for r in w.requests), w.key))
+        """Give ready work to free slots: by class, requests in turn, longest path first."""
         events: list[Event] = []
-        for work in ready:
-            free = [wk for wk in self.workers.values()
-                    if wk.arch == work.arch and len(wk.jobs) < wk.slots
-                    and not wk.away and not wk.draining]
-            if not free:
-                continue
-            worker = max(free, key=lambda wk: (wk.slots - len(wk.jobs), wk.name))
-            work.attempts += 1
-            job = self.job_id(work.key)
-            work.state, work.job, work.worker = State.RUNNING, job, worker.name
-            worker.jobs.add(job)
-            self.jobs[job] = work.key
-            events.append(JobStarted(job, work.key, worker.name, work.attempts,
-                                     dict(work.requests)))
+        for arch, free in self._free.items():
+            while free:
+                _, _, _, worker = free[0]
+                if self.workers.get(worker.name) is not worker or -free[0][0] != worker.free \
+                        or worker.away or worker.draining:
+                    # A stale entry (the worker left or its count changed), or a worker
+                    # that takes nothing new: on its return it is a new Worker entry.
+                    heapq.heappop(free)
+                    continue
+                work = self._next_ready(arch)
+                if work is None:
+                    break
+                heapq.heappop(free)
+                work.attempts += 1
+                job = self.job_id(work.key)
+                work.state, work.job, work.worker = State.RUNNING, job, worker.name
+                worker.jobs.add(job)
+                self._slot_freed(worker)
+                self.jobs[job] = work.key
+                events.append(JobStarted(job, work.key, worker.name, work.attempts,
+                                         dict(work.requests)))
         return events
 
     def job_requests(self, job: str) -> dict[str, str]:
@@ -404,6 +390,7 @@ class Scheduler:
         if worker is None or job not in worker.jobs:
             return []
         worker.jobs.discard(job)
+        self._slot_freed(worker)
         return self.dispatch()
 
     def job_finished(self, job: str) -> list[Event]:
@@ -430,16 +417,70 @@ class Scheduler:
         if key is None:
             return None  # a job we already gave up on (cancelled, or its worker left)
         work = self.work[key]
-        if work.worker in self.workers:
-            self.workers[work.worker].jobs.discard(job)
+        self._take_back(work.worker, job)
         return work
 
     # -- internals -------------------------------------------------------------------------
 
+    def _slot_freed(self, worker: Worker) -> None:
+        """Record the worker's new free count (older heap entries for it become stale)."""
+        if worker.free > 0:
+            free = self._free.setdefault(worker.arch, [])
+            heapq.heappush(free, (-worker.free, worker.name, next(self._tiebreak), worker))
+            if len(free) > 64 + 4 * len(self.workers):
+                # Workers that come and go while nothing is ready leave stale entries
+                # that no dispatch pops: start again from the workers there are.
+                free[:] = [(-w.free, w.name, next(self._tiebreak), w)
+                           for w in self.workers.values() if w.arch == worker.arch and w.free]
+                heapq.heapify(free)
+
+    def _take_back(self, name: str | None, job: str) -> None:
+        worker = self.workers.get(name or "")
+        if worker is not None and job in worker.jobs:
+            worker.jobs.discard(job)
+            self._slot_freed(worker)
+
+    def _next_ready(self, arch: str) -> Work | None:
+        """Pop the step the next free slot of `arch` should run, or None."""
+        for priority in PRIORITIES:
+            ring = self._rings.get((arch, priority))
+            while ring:
+                request = self.requests.get(ring.popleft())
+                if request is None:
+                    continue  # ended; its heaps went with it
+                heap = request.ready.get(arch, [])
+                work = None
+                while heap and work is None:
+                    work = self.work.get(heapq.heappop(heap)[1])
+                    if work is None or work.state != State.READY or \
+                            request.id not in work.requests:
+                        work = None  # taken meanwhile, through another request, or dropped
+                if heap:
+                    ring.append(request.id)  # back of the line: the others take their turn
+                else:
+                    request.queued_in.discard(arch)
+                if work is not None:
+                    return work
+        return None
+
+    def _queue(self, request: Request, work: Work) -> None:
+        heapq.heappush(request.ready.setdefault(work.arch, []), (-work.priority, work.key))
+        if work.arch not in request.queued_in:
+            # It had nothing ready, so it missed its turns: it goes first. A chain of
+            # steps then starts each step on the next free slot, and finishes in its
+            # critical path however much else is queued.
+            request.queued_in.add(work.arch)
+            self._rings.setdefault((work.arch, request.priority), deque()).appendleft(
+                request.id)
+
+    def _make_ready(self, work: Work) -> None:
+        work.state = State.READY
+        for rid in work.requests:
+            self._queue(self.requests[rid], work)
+
     def _promote(self, work: Work) -> list[Event]:
-        if work.state == State.WAITING and work.requests and all(
-                self.work[d].state == State.BUILT for d in work.deps):
-            work.state = State.READY
+        if work.state == State.WAITING and work.requests and work.unbuilt_deps == 0:
+            self._make_ready(work)
             return [StepQueued(work.key, dict(work.requests))]
         return []
 
@@ -452,11 +493,13 @@ class Scheduler:
             request = self.requests[rid]
             request.built.add(work.key)
             progress[rid] = (len(request.built), len(request.needed))
-            if request.built >= request.needed:
+            if len(request.built) >= len(request.needed):
                 finished.append(rid)
         events: list[Event] = []
         for dep_key in sorted(work.dependents):
-            events += self._promote(self.work[dep_key])
+            dependent = self.work[dep_key]
+            dependent.unbuilt_deps -= 1
+            events += self._promote(dependent)
         for rid in finished:
             events += self._detach(rid)
             events.append(RequestFinished(rid))
@@ -473,6 +516,8 @@ class Scheduler:
     def _detach(self, request_id: str) -> list[Event]:
         """Forget a request; running work that nobody needs any more is cancelled."""
         request = self.requests.pop(request_id)
+        for arch in request.queued_in:  # a ring no slot of its arch visits would keep it
+            self._rings[(arch, request.priority)].remove(request_id)
         events: list[Event] = []
         for key in request.needed:
             work = self.work[key]
@@ -483,11 +528,20 @@ class Scheduler:
                 self.jobs.pop(work.job, None)
                 if work.worker in self.workers:  # a lost worker has nothing to cancel
                     events.append(JobCancelled(work.job, key, work.worker))
-                    self.workers[work.worker].jobs.discard(work.job)
+                    self._take_back(work.worker, work.job)
                 work.job = work.worker = None
                 work.state = State.WAITING
             elif work.state == State.READY:
                 work.state = State.WAITING
+        for key in request.keys:
+            work = self.work[key]
+            work.holders -= 1
+            if work.holders == 0:
+                # No live request's graph has it: a later one finds it through the cache.
+                del self.work[key]
+                for dep in work.deps:
+                    if dep in self.work:
+                        self.work[dep].dependents.discard(key)
         return events
 
 

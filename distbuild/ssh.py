@@ -9,6 +9,7 @@ that shows the fingerprint and the exact known_hosts line to add.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import os
@@ -256,6 +257,36 @@ class AuthorizedKeysFile:
             except keys.BadKeyError:
                 continue
         return out
+
+
+# Signature algorithms conch verifies for a client's key. conch's server names its
+# host key types in server-sig-algs instead, so a client with an RSA key (paramiko,
+# OpenSSH) would find no algorithm it may sign with and give up.
+CLIENT_SIGNATURE_ALGORITHMS = (b"ssh-ed25519", b"ecdsa-sha2-nistp256", b"ecdsa-sha2-nistp384",
+                               b"ecdsa-sha2-nistp521", b"rsa-sha2-512", b"rsa-sha2-256")
+
+
+@functools.cache
+def server_transport():
+    """The conch server transport every distbuild SSH server uses.
+
+    It announces the client signature algorithms it accepts, and turns Nagle's
+    algorithm off: messages are small and come in bursts, and each would
+    otherwise wait about 40 ms for the peer's delayed ACK.
+    """
+    from twisted.conch.ssh import transport
+
+    class ServerTransport(transport.SSHServerTransport):
+        def connectionMade(self) -> None:
+            self.transport.setTcpNoDelay(True)
+            super().connectionMade()
+
+        def sendExtInfo(self, extensions) -> None:
+            super().sendExtInfo([
+                (name, b",".join(CLIENT_SIGNATURE_ALGORITHMS)
+                 if name == b"server-sig-algs" else value) for name, value in extensions])
+
+    return ServerTransport
 
 
 def make_portal(realm, authorized_keys: Path):

@@ -76,11 +76,15 @@ class Component:
     name: str
     argv: list[str]
     log: Path
+    # The file it writes once it listens; removed at each start, so it is never stale.
+    ready: Path | None = None
     proc: subprocess.Popen | None = None
     deaths: list[float] = field(default_factory=list)
     next_start: float = 0.0
 
     def start(self, env: dict[str, str]) -> None:
+        if self.ready is not None:
+            self.ready.unlink(missing_ok=True)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tests.conftest import PROJECT, missing
+from tests.conftest import PROJECT, skip_or_fail
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -22,12 +22,12 @@ def chromium():
     """A new headless Chromium session (the caller quits it)."""
     for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
         if not path.exists():
-            missing(f"{path} is absent (apt-get install {package})")
+            skip_or_fail(f"{path} is absent (apt-get install {package})")
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
     except ImportError:
-        missing("selenium is not installed (pip install -e '.[test]')")
+        skip_or_fail("selenium is not installed (pip install -e '.[test]')")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",

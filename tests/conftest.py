@@ -40,19 +40,19 @@ def run_distbuild(*args: str, cwd: Path | None = None, env: dict | None = None,
 REQUIRE_ALL = "DISTBUILD_REQUIRE_ALL"
 
 
-def need_shared(path: Path = BASEROCK) -> Path:
-    """`path` under ../shared; the test skips with one reason line when it is absent,
-    or fails when $DISTBUILD_REQUIRE_ALL is 1 (CI must run every test)."""
-    if path.exists():
-        return path
-    missing(f"../shared/{path.relative_to(SHARED)} is not beside the project")
-
-
-def missing(reason: str) -> None:
-    """Skip the test for `reason` (one line), or fail it when $DISTBUILD_REQUIRE_ALL is 1."""
+def skip_or_fail(reason: str) -> None:
+    """Skip the test for something from outside the clone that is missing, with one
+    reason line; or fail when $DISTBUILD_REQUIRE_ALL is 1 (CI must run every test)."""
     if os.environ.get(REQUIRE_ALL) == "1":
         pytest.fail(f"{reason} ({REQUIRE_ALL}=1 requires it)", pytrace=False)
     pytest.skip(reason)
+
+
+def need_shared(path: Path = BASEROCK) -> Path:
+    """`path` under ../shared, or skip_or_fail when it is absent."""
+    if not path.exists():
+        skip_or_fail(f"../shared/{path.relative_to(SHARED)} is not beside the project")
+    return path
 
 
 @pytest.fixture

@@ -152,12 +152,12 @@ def edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    """Poll `predicate` until it returns something true (returned); fail naming `what`."""
+def wait_for(predicate, timeout: float, what: str):
+    """The first true value of `predicate()`, polled every 50 ms; fails after `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(interval)
+        time.sleep(0.05)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from distbuild import config
+from distbuild.controller import requests
 from distbuild.controller.core import Controller
-from distbuild.controller.requests import plan
 from distbuild.controller.settings import ControllerSettings
 from distbuild.errors import DefinitionsError
 from distbuild.protocol import messages as m
@@ -70,12 +70,12 @@ WARNING = ("strata/base.morph:8: chunks[0].unpretrify-ref: unknown field; "
 def test_strict_controller_refuses_unknown_fields(tmp_path, request_for, cache):
     trove, request = request_for
     with pytest.raises(DefinitionsError) as info:
-        plan(_controller(tmp_path, trove, cache, strict=True), "r1", request)
+        requests.plan(_controller(tmp_path, trove, cache, strict=True), "r1", request)
     assert str(info.value) == WARNING
 
 
 def test_lenient_controller_plans_and_keeps_the_warning(tmp_path, request_for, cache):
     trove, request = request_for
-    planned = plan(_controller(tmp_path, trove, cache, strict=False), "r1", request)
-    assert planned.warnings == [WARNING]
-    assert len(planned.graph.nodes) == 6
+    plan = requests.plan(_controller(tmp_path, trove, cache, strict=False), "r1", request)
+    assert plan.warnings == [WARNING]
+    assert len(plan.graph.nodes) == 6

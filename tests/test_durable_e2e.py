@@ -117,6 +117,20 @@ def test_worker_sigterm_drains_and_twice_hands_back(net, tmp_path):
     no_tracebacks(net)
 
 
+def test_the_drain_time_running_out_hands_the_step_back(net, tmp_path):
+    restart_workers(net, drain_seconds=2)
+    _, proc = slow_hello(net, tmp_path, "7.07")
+    attempt = running_attempt(net, "chunk:example-apps/hello")
+    started = time.monotonic()
+    os.kill(net.pid(attempt["worker"]), signal.SIGTERM)
+    wait_for(lambda: next((a for a in net.attempts() if a["job"] == attempt["job"]
+                           and a["outcome"] == "handed-back"), None), 15, "the hand-back")
+    assert time.monotonic() - started < 6
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out
+    assert "drain time of 2 s ran out" in net.component_log(attempt["worker"])
+
+
 def test_a_fifty_megabyte_line_is_cut_and_the_build_goes_on(net, tmp_path):
     checkout = net.checkout(tmp_path / "defs")
     edit(checkout / "strata/example-apps/hello.morph", "build-commands:\n",
@@ -178,6 +192,57 @@ def test_attach_follows_a_detached_request_and_log_prints_any_step(net, tmp_path
     assert "failed" in status.stdout and "running" not in status.stdout
     unknown = net.client("log", rid, "no-such-step")
     assert unknown.returncode == 1 and "no step 'no-such-step'" in unknown.stderr
+
+
+def restart_workers(net, **worker_settings) -> None:
+    """Start both (idle) workers again with these settings changed."""
+    import yaml
+
+    joined = net.component_log("controller").count(" slot(s)")
+    for name in ("worker-1", "worker-2"):
+        path = net.state / f"{name}.yaml"
+        settings = yaml.safe_load(path.read_text())
+        settings["worker"].update(worker_settings)
+        path.write_text(yaml.safe_dump(settings))
+        old = net.pid(name)
+        os.kill(old, signal.SIGTERM)  # idle: it leaves at once, and `up` starts it again
+        wait_for(lambda old=old, name=name: net.pid(name) != old, 15, f"{name} to restart")
+    wait_for(lambda: net.component_log("controller").count(" slot(s)") >= joined + 2, 30,
+             "the workers to join again")
+
+
+def test_a_worker_whose_link_breaks_keeps_its_step(net, tmp_path):
+    import yaml
+
+    from distbuild import keygen, ssh
+    from tests.tcp_proxy import DroppingProxy
+
+    port = yaml.safe_load((net.state / "worker-1.yaml").read_text())["worker"]["controller_port"]
+    proxy = DroppingProxy(port)
+    keys = keygen.KeySet.in_dir(net.state / "keys")
+    with open(keys.known_hosts, "a") as f:
+        f.write(ssh.known_hosts_line("127.0.0.1", proxy.port,
+                                     ssh.public_key_of(keys.controller_host_key)) + "\n")
+    restart_workers(net, controller_port=proxy.port)
+    try:
+        checkout, proc = slow_hello(net, tmp_path, "8.18")
+        attempt = running_attempt(net, "chunk:example-apps/hello")
+        time.sleep(1)
+        assert proxy.drop() == 2
+        out, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 0, out
+        assert "will run again" not in out
+        tries = [a for a in net.attempts() if a["cache_key"] == attempt["cache_key"]]
+        assert [(a["job"], a["outcome"]) for a in tries] == [(attempt["job"], "built")]
+        log = (checkout / "build-step-hello.log").read_text()
+        assert len(re.findall(r"Z before-8\.18$", log, re.M)) == 1
+        assert len(re.findall(r"Z after-8\.18$", log, re.M)) == 1
+        assert f"job {attempt['job']}: kept on {attempt['worker']}" in \
+            net.component_log("controller")
+    finally:
+        restart_workers(net, controller_port=port)
+        proxy.close()
+    no_tracebacks(net)
 
 
 def test_history_shows_every_attempt_once_with_its_outcome(net):

@@ -14,7 +14,7 @@ import pytest
 from distbuild.controller.dashboard import WEB
 from distbuild.controller.graphlayout import reduce_edges, render_svg, to_dot
 from tests.browser import chromium, screenshot
-from tests.conftest import missing, need_shared, run_distbuild
+from tests.conftest import need_shared, run_distbuild, skip_or_fail
 
 SYSTEM = "systems/build-system-x86_64.morph"
 
@@ -23,7 +23,7 @@ SYSTEM = "systems/build-system-x86_64.morph"
 def nodes():
     defs = need_shared()
     if shutil.which("dot") is None:
-        missing("graphviz's dot is absent (apt-get install graphviz)")
+        skip_or_fail("graphviz's dot is absent (apt-get install graphviz)")
     out = run_distbuild("graph", "--definitions", str(defs), "--offline", "--json", SYSTEM,
                         check=True).stdout
     return json.loads(out)["nodes"]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import skip_or_fail
 from tests.network_process import NetworkProcess
 from tests.test_network_e2e import edit
 
@@ -140,10 +141,7 @@ def hello_tarball() -> Path:
     found = sorted(where.glob("hello_*.orig.tar.gz"))
     if found:
         return found[-1]
-    reason = f"no GNU hello release tarball in {where} (run .ci/fetch-test-sources)"
-    if os.environ.get("DISTBUILD_REQUIRE_ALL") == "1":
-        pytest.fail(reason)
-    pytest.skip(reason)
+    skip_or_fail(f"no GNU hello release tarball in {where} (run .ci/fetch-test-sources)")
 
 
 def test_gnu_hello_release_tarball_builds_without_autotools(network, tmp_path):

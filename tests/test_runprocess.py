@@ -71,3 +71,16 @@ def test_a_failing_callback_does_not_block_the_child():
     with pytest.raises(OSError, match="No space left"):
         runprocess.run(["sh", "-c", "yes | head -c 1000000"], on_line=explode)
     assert time.monotonic() - started < 10
+
+
+def test_an_overlong_line_is_cut_with_a_marker_and_the_lines_after_it_come_through():
+    lines: list[str] = []
+    limit = runprocess.MAX_LINE_BYTES
+    status = runprocess.run(["sh", "-c", f"head -c {limit * 12} /dev/zero | tr '\\0' x; "
+                             f"echo; echo short; head -c {limit} /dev/zero | tr '\\0' y; echo"],
+                            on_line=lines.append)
+    assert status == 0
+    assert len(lines) == 3
+    assert lines[0] == "x" * limit + runprocess.cut_marker(limit * 11)
+    assert lines[1] == "short"
+    assert lines[2] == "y" * limit  # exactly at the limit: whole, no marker

@@ -215,6 +215,162 @@ def test_released_slot_takes_the_next_step_before_the_first_is_confirmed():
     assert of(after, StepQueued)[0].key == "kc"
 
 
+# -- fair share, priority, bounded memory ----------------------------------------------------
+
+
+def chain(prefix: str, n: int) -> list[StepInfo]:
+    """n steps, each needing the one before: a critical path of n."""
+    return [StepInfo(f"chunk:{prefix}/{i}", f"{prefix}-{i}", "x86_64",
+                     (f"chunk:{prefix}/{i - 1}",) if i else (), n - i) for i in range(n)]
+
+
+def wide(prefix: str, n: int) -> list[StepInfo]:
+    return [StepInfo(f"chunk:{prefix}/{i}", f"{prefix}-{i}", "x86_64", (), 1) for i in range(n)]
+
+
+def ids(steps):
+    return [s.node_id for s in steps]
+
+
+class Farm:
+    """Workers that finish their jobs in the order they got them, one per tick."""
+
+    def __init__(self, sched: Scheduler):
+        self.sched = sched
+        self.running: list[JobStarted] = []
+        self.started: list[tuple[int, str]] = []  # (tick, key)
+        self.finished: dict[str, int] = {}  # request id -> tick
+        self.tick = 0
+
+    def take(self, events):
+        new = of(events, JobStarted)
+        self.running += new
+        self.started += [(self.tick, j.key) for j in new]
+        self.finished.update({e.request_id: self.tick for e in of(events, RequestFinished)})
+
+    def step(self):
+        self.tick += 1
+        job = self.running.pop(0)
+        self.take(self.sched.job_finished(job.job))
+
+
+def test_a_small_request_is_not_stuck_behind_a_huge_one():
+    sched = Scheduler()
+    farm = Farm(sched)
+    for w in range(4):
+        farm.take(sched.add_worker(f"w{w}", "x86_64", 1))
+    big = wide("big", 1000)
+    farm.take(sched.add_request("big", big, ids(big), set()))
+    for _ in range(10):
+        farm.step()
+    submitted = farm.tick
+    small = chain("small", 5)
+    farm.take(sched.add_request("small", small, ids(small)[-1:], set()))
+    while "small" not in farm.finished:
+        farm.step()
+    starts = [t for t, key in farm.started if key.startswith("small")]
+    # A step takes 4 ticks here (4 workers, one finishes per tick). The first step
+    # starts on the next free slot, and each later one on the slot its parent frees.
+    assert starts[0] == submitted + 1
+    assert farm.finished["small"] - starts[0] == 5 * 4
+    assert len([k for _, k in farm.started if k.startswith("big")]) < 100  # big still runs
+
+
+def test_slots_go_round_robin_between_requests_longest_path_first_within_each():
+    sched = Scheduler()
+    sched.add_worker("w", "x86_64", 1)
+    farm = Farm(sched)
+    blocker = wide("x", 1)
+    farm.take(sched.add_request("x", blocker, ids(blocker), set()))  # holds the only slot
+    a, b = wide("a", 3), chain("b", 3) + wide("b2", 2)
+    farm.take(sched.add_request("a", a, ids(a), set()))
+    farm.take(sched.add_request("b", b, ids(b), set()))
+    while farm.running:
+        farm.step()
+    order = [key for _, key in farm.started][1:]
+    # a and b alternate (b, added last, had not had a turn yet); b's chain head
+    # (path 3) beats its single steps (path 1).
+    assert order[:4] == ["b-0", "a-0", "b-1", "a-1"]
+
+
+def test_priority_classes_are_strict_and_round_robin_within_a_class():
+    sched = Scheduler()
+    sched.add_worker("w", "x86_64", 1)
+    farm = Farm(sched)
+    blocker = wide("x", 1)
+    farm.take(sched.add_request("x", blocker, ids(blocker), set()))
+    for name, priority in (("low", "low"), ("n1", "normal"), ("n2", "normal"), ("hi", "high")):
+        steps = wide(name, 2)
+        farm.take(sched.add_request(name, steps, ids(steps), set(), priority))
+    while farm.running:
+        farm.step()
+    order = [key.rsplit("-", 1)[0] for _, key in farm.started][1:]
+    assert order == ["hi", "hi", "n2", "n1", "n2", "n1", "low", "low"]
+
+
+def test_shared_work_runs_at_the_best_priority_of_those_who_need_it():
+    sched = Scheduler()
+    sched.add_worker("w", "x86_64", 1)
+    farm = Farm(sched)
+    farm.take(sched.add_request("x", wide("x", 1), ["chunk:x/0"], set()))
+    normal = wide("n", 3)
+    farm.take(sched.add_request("n", normal, ids(normal), set()))
+    farm.take(sched.add_request("hi", normal[2:], ids(normal[2:]), set(), "high"))
+    farm.step()
+    assert farm.started[-1][1] == "n-2"
+
+
+def test_unknown_priority_is_refused():
+    with pytest.raises(ValueError, match="high, normal, low"):
+        Scheduler().add_request("r", wide("a", 1), ["chunk:a/0"], set(), "urgent")
+
+
+def test_work_no_request_needs_is_forgotten_and_found_again_through_the_cache():
+    sched = Scheduler()
+    sched.add_worker("w", "x86_64", 2)
+    farm = Farm(sched)
+    for r in range(20):
+        steps = chain("c", 3) + wide(f"own{r}", 2)
+        farm.take(sched.add_request(f"r{r}", steps, ids(steps), {"c-0"} if r else set()))
+        while farm.running:
+            farm.step()
+        assert f"r{r}" in farm.finished
+        assert sched.work == {} and sched.requests == {} and sched.jobs == {}
+    # Built and forgotten: a request whose cache query says c-1 and c-2 exist runs nothing.
+    steps = chain("c", 3)
+    events = sched.add_request("again", steps, ids(steps)[-1:], {"c-0", "c-1", "c-2"})
+    assert of(events, RequestFinished) == [RequestFinished("again")] and not sched.work
+
+
+def test_a_request_finished_by_a_cache_hit_keeps_the_work_another_request_holds():
+    sched = Scheduler()
+    sched.add_worker("w", "x86_64", 1)
+    farm = Farm(sched)
+    farm.take(sched.add_request("x", wide("x", 1), ["chunk:x/0"], set()))
+    first = chain("c", 2)
+    farm.take(sched.add_request("a", first[:1], ids(first[:1]), set()))
+    # b's cache query finds c-0 built, which finishes a inside b's add_request.
+    events = sched.add_request("b", first, ids(first), {"c-0"})
+    assert RequestFinished("a") in events
+    farm.take(events)
+    while farm.running:
+        farm.step()
+    assert "b" in farm.finished and sched.work == {}
+
+
+def test_nothing_is_left_behind_by_requests_no_worker_could_serve():
+    sched = Scheduler()
+    for r in range(100):
+        steps = [StepInfo(f"chunk:arm{r}/{i}", f"arm{r}-{i}", "armv7lhf", (), 1)
+                 for i in range(2)]
+        sched.add_request(f"r{r}", steps, ids(steps), set())
+        sched.cancel_request(f"r{r}")
+        sched.add_worker("w", "x86_64", 1)  # rejoins again and again, nothing to run
+    assert sched.work == {} and sched.requests == {}
+    assert all(not ring for ring in sched._rings.values())
+    assert sum(len(h) for h in sched._free.values()) <= 64 + 4
+
+
 def test_a_worker_back_holding_its_job_keeps_it_and_one_without_it_runs_it_again(example):
     _graph, steps = example
     sched = Scheduler()

@@ -57,6 +57,7 @@ class Controller:
         # Read-only watchers (metrics, dashboard): each gets every scheduler event before
         # it is applied, and every message from a link after it is handled.
         self.observers: list[Observer] = []
+        self.cache_checks = jobs.CacheChecks(self)
 
     # -- links ---------------------------------------------------------------------------
 

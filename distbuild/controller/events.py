@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 
 from distbuild import tokens
 from distbuild.controller.settings import TOKEN_TTL
-from distbuild.definitions import node_to_dict
 from distbuild.protocol import messages as m
 from distbuild.scheduling import (
     JobCancelled,
@@ -45,10 +44,9 @@ def step_queued(ctl: Controller, e: StepQueued) -> None:
 
 def job_started(ctl: Controller, e: JobStarted) -> None:
     rid, nid = next(iter(e.requests.items()))
-    graph = ctl.plans[rid].graph
-    node = graph.nodes[nid]
-    run = m.JobRun(job=e.job, step=node_to_dict(node),
-                   closure=[node_to_dict(graph.nodes[d]) for d in graph.closure(nid)],
+    plan = ctl.plans[rid]
+    run = m.JobRun(job=e.job, step=plan.node_dict(nid),
+                   closure=[plan.node_dict(d) for d in plan.graph.closure(nid)],
                    trove_git_url=ctl.settings.trove_git_url,
                    artifact_cache_url=ctl.settings.artifact_cache_url,
                    token=tokens.issue(ctl.secret, e.key, TOKEN_TTL))
@@ -63,7 +61,8 @@ def job_started(ctl: Controller, e: JobStarted) -> None:
 
 
 def step_joined(ctl: Controller, e: StepJoined) -> None:
-    job = ctl.scheduler.work[e.key].job or ""
+    work = ctl.scheduler.work.get(e.key)
+    job = (work.job if work else None) or ""
     for rid, nid in e.requests.items():
         for link in ctl.watchers.get(rid, ()):
             replay(ctl, link, rid, nid, job, e.worker, e.attempt)
@@ -115,6 +114,7 @@ def job_cancelled(ctl: Controller, e: JobCancelled) -> None:
     if link is not None:
         link.send(m.JobCancel(job=e.job))
     ctl.logs.close(e.job)
+    ctl.job_results.pop(e.key, None)  # its result may have come in before the cancel
     ctl.state.attempt_ended(e.job, "cancelled")
 
 

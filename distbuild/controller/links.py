@@ -17,7 +17,7 @@ from typing import Protocol
 
 from twisted.conch.avatar import ConchUser
 from twisted.conch.interfaces import IConchUser, ISession
-from twisted.conch.ssh import connection, factory, session, transport
+from twisted.conch.ssh import connection, factory, session
 from twisted.cred import portal
 from twisted.internet import task
 from twisted.internet.interfaces import IReactorTime
@@ -244,15 +244,6 @@ class LinkRealm:
 components.registerAdapter(_NoShell, LinkAvatar, ISession)
 
 
-class _NoDelayTransport(transport.SSHServerTransport):
-    """The SSH server transport with Nagle's algorithm off: messages are small and come in
-    bursts, and each would otherwise wait about 40 ms for the peer's delayed ACK."""
-
-    def connectionMade(self) -> None:
-        self.transport.setTcpNoDelay(True)
-        super().connectionMade()
-
-
 def link_factory(role: str, handler: LinkHandler, host_key: Path, authorized_keys: Path,
                  clock: IReactorTime, dead_after: float = DEAD_AFTER_SECONDS,
                  trove: Mapping[str, str] | None = None) -> factory.SSHFactory:
@@ -269,7 +260,7 @@ def link_factory(role: str, handler: LinkHandler, host_key: Path, authorized_key
         return LinkProtocol(role, handler, user, clock, dead_after, announced)
 
     f = factory.SSHFactory()
-    f.protocol = _NoDelayTransport
+    f.protocol = ssh.server_transport()
     f.portal = ssh.make_portal(LinkRealm(make_protocol), authorized_keys)
     f.publicKeys = {key.sshType(): key.public()}
     f.privateKeys = {key.sshType(): key}

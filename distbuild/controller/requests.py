@@ -25,7 +25,7 @@ from distbuild.definitions import (
 from distbuild.errors import DistbuildError
 from distbuild.lognames import log_names
 from distbuild.protocol import messages as m
-from distbuild.scheduling import steps_from_graph
+from distbuild.scheduling import PRIORITIES, steps_from_graph
 
 if TYPE_CHECKING:
     from distbuild.controller.core import Controller
@@ -36,24 +36,39 @@ class Plan:
     graph: BuildGraph
     targets: list[str]
     cached: set[str]
+    priority: str = "normal"
     warnings: list[str] = field(default_factory=list)
+    _dicts: dict[str, dict] = field(default_factory=dict, repr=False)
+
+    def node_dict(self, nid: str) -> dict:
+        """Node `nid` as protocol data, made once: every job of the request sends closures."""
+        data = self._dicts.get(nid)
+        if data is None:
+            data = self._dicts[nid] = node_to_dict(self.graph.nodes[nid])
+        return data
 
     def to_json(self) -> str:
         """The plan as the state database keeps it, for a restarted controller."""
         g = self.graph
         return json.dumps({"system": g.system.id, "order": g.order, "targets": self.targets,
                            "cached": sorted(self.cached), "warnings": self.warnings,
-                           "nodes": [node_to_dict(g.nodes[n]) for n in g.order]})
+                           "priority": self.priority,
+                           "nodes": [self.node_dict(n) for n in g.order]})
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
         data = json.loads(text)
         nodes = {d["id"]: node_from_dict(d) for d in data["nodes"]}
         return cls(BuildGraph(nodes[data["system"]], nodes, data["order"]), data["targets"],
-                   set(data["cached"]), data.get("warnings", []))
+                   set(data["cached"]), data.get("warnings", []),
+                   data.get("priority", "normal"))
 
 
 def on_build_request(ctl: Controller, link, msg: m.BuildRequest) -> None:
+    if msg.priority not in PRIORITIES:
+        link.send(m.Error(message=f"build-request: priority must be one of "
+                                  f"{', '.join(PRIORITIES)}, not '{msg.priority}'"))
+        return
     rid = uuid.uuid4().hex[:12]
     ctl.state.add_request(rid, ctl.state.next_seq(), msg.system, msg.definitions_repo,
                           msg.definitions_commit, msg.components, link.peer)
@@ -88,7 +103,7 @@ def plan(ctl: Controller, rid: str, msg: m.BuildRequest) -> Plan:
                   ttl=TOKEN_TTL)
     answer = ctl.cache.cached_sources(keys)
     return Plan(graph, targets, {k for k, present in answer.items() if present},
-                defs.warnings)
+                warnings=defs.warnings, priority=msg.priority)
 
 
 def planned(ctl: Controller, rid: str, result: Plan) -> None:
@@ -108,7 +123,7 @@ def schedule(ctl: Controller, rid: str, result: Plan, built: set[str]) -> None:
     ctl.plans[rid] = result
     ctl.lognames[rid] = log_names(result.graph.order)
     ctl.apply(ctl.scheduler.add_request(rid, steps_from_graph(result.graph), result.targets,
-                                        built))
+                                        built, result.priority))
 
 
 def plan_failed(ctl: Controller, rid: str, failure) -> None:

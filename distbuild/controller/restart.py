@@ -26,7 +26,11 @@ def resume(ctl: Controller) -> None:
     for record in requests:
         rid = record["id"]
         ctl.watchers[rid] = set()
-        if record["plan"]:
+        if record["plan"] and record["state"] == "graphing":
+            # Stopped between keeping the plan and recording its nodes: do both again.
+            planned(ctl, rid, Plan.from_json(record["plan"]))
+            ctl.log(f"request {rid}: resumed ({record['system']})")
+        elif record["plan"]:
             saved = Plan.from_json(record["plan"])
             schedule(ctl, rid, saved, saved.cached | ctl.state.built_keys(rid))
             ctl.log(f"request {rid}: resumed ({record['system']})")

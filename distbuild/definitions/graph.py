@@ -13,7 +13,7 @@ import dataclasses
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 from distbuild.definitions.aliases import Aliases
@@ -125,7 +125,13 @@ class BuildGraph:
             if dep not in seen:
                 seen.add(dep)
                 stack.extend(self.nodes[dep].depends)
-        return [n for n in self.order if n in seen]
+        # Sorting the closure, not scanning every node: a job per node of a big graph
+        # would otherwise cost the square of its size.
+        return sorted(seen, key=self._positions.__getitem__)
+
+    @cached_property
+    def _positions(self) -> dict[str, int]:
+        return {nid: i for i, nid in enumerate(self.order)}
 
     def critical_path(self) -> list[str]:
         """The longest chain of nodes, first step first."""
@@ -387,10 +393,23 @@ def _topological(nodes: dict[str, Node]) -> list[str]:
 
 def node_to_dict(node: Node) -> dict[str, Any]:
     """A node as plain JSON-able data, for the protocol (JobRun.step and .closure)."""
-    data = dataclasses.asdict(node)
+    # What dataclasses.asdict gives, without its deepcopy of every string: the
+    # controller makes one of these per node of every request.
+    data = {name: _plain(getattr(node, name)) for name in _NODE_FIELDS}
     data["split_rules"] = [{"artifact": r.artifact, "include": list(r.include)}
                            for r in node.split_rules]
     return data
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+_NODE_FIELDS = tuple(f.name for f in dataclasses.fields(Node))
 
 
 def node_from_dict(data: dict[str, Any]) -> Node:

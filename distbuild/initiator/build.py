@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true", default=None,
                         help="unknown fields in the definitions fail the build instead of "
                              "warning (also: strict_definitions in the settings)")
+    parser.add_argument("--priority", choices=("high", "normal", "low"), default="normal",
+                        help="served before (high) or after (low) other requests "
+                             "(default: normal)")
 
 
 # The keys `ssh` itself tries, in its order.
@@ -128,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         link.send(m.BuildRequest(definitions_repo=url, definitions_commit=snap.commit,
                                  system=system, components=list(args.components),
                                  fetch_cached_logs=args.fetch_cached_logs, detach=args.detach,
-                                 strict=s.strict_definitions))
+                                 strict=s.strict_definitions, priority=args.priority))
     except BaseException:
         link.close()
         raise

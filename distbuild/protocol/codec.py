@@ -26,12 +26,21 @@ class ProtocolError(DistbuildError):
 
 def encode(message: Message) -> bytes:
     """One JSON line, `type` first; ProtocolError if it would be over the peer's limit."""
-    body = {"type": message.type, **dataclasses.asdict(message)}
+    # Fields hold JSON values only (decode builds them from JSON), so a shallow copy is
+    # enough: asdict would deep-copy a job's whole closure for every job.
+    body = {"type": message.type}
+    for name in _names(type(message)):
+        body[name] = getattr(message, name)
     data = json.dumps(body, separators=(",", ":")).encode("utf-8") + b"\n"
     if len(data) > MAX_LINE:
         raise ProtocolError(f"{message.type} of {len(data)} bytes is over the "
                             f"{MAX_LINE}-byte limit; not sent", "this end")
     return data
+
+
+@cache
+def _names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 def decode(line: bytes | str, peer: str) -> Message:

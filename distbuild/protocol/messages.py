@@ -1,8 +1,10 @@
-"""Every message of the distbuild protocol, one dataclass each.
+"""Every message of the distbuild protocol, one dataclass each, and MESSAGES (type -> class).
 
 Messages travel as JSON lines over an SSH channel (subsystem `distbuild`).
 Each class names its wire `type`, which link carries it and which way. The
-table in docs/protocol.md is checked against this module by the tests.
+handshake and initiator messages are here, the worker link's in `jobs`, and
+those that keep work across stops in `resume`; all are importable from here.
+The table in docs/protocol.md is checked against MESSAGES by the tests.
 """
 
 from __future__ import annotations
@@ -10,9 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from distbuild.protocol import farm, resume
+from distbuild.protocol import farm, jobs, resume
 from distbuild.protocol.base import PROTOCOL_VERSION, Message
 from distbuild.protocol.farm import QueueReply, QueueRequest, WorkerList, WorkersRequest
+from distbuild.protocol.jobs import (
+    JobCancel,
+    JobFailed,
+    JobFinished,
+    JobOutput,
+    JobRun,
+    WorkerReady,
+)
 from distbuild.protocol.resume import (
     AttachRequest,
     JobAdopt,
@@ -22,9 +32,10 @@ from distbuild.protocol.resume import (
     WorkerDraining,
 )
 
-__all__ = ["PROTOCOL_VERSION", "AttachRequest", "JobAdopt", "JobHandedBack", "LogLines",
-           "LogRequest", "Message", "QueueReply", "QueueRequest", "WorkerDraining",
-           "WorkerList", "WorkersRequest"]
+__all__ = ["PROTOCOL_VERSION", "AttachRequest", "JobAdopt", "JobCancel", "JobFailed",
+           "JobFinished", "JobHandedBack", "JobOutput", "JobRun", "LogLines", "LogRequest",
+           "Message", "QueueReply", "QueueRequest", "WorkerDraining", "WorkerList",
+           "WorkerReady", "WorkersRequest"]
 
 
 # -- handshake (both links) --------------------------------------------------------------------
@@ -99,90 +110,6 @@ class Pong(Message):
     seq: int
 
 
-# -- worker link -------------------------------------------------------------------------------
-
-
-@dataclass
-class WorkerReady(Message):
-    """A worker's capacity: its arch and how many steps it runs at once."""
-
-    type: ClassVar[str] = "worker-ready"
-    link: ClassVar[str] = "worker"
-    sender: ClassVar[str] = "client"
-    arch: str
-    slots: int
-    # Jobs this worker still holds from an earlier link (running, or ended but unreported);
-    # the controller answers each with job-adopt or job-cancel.
-    held: list[str] = field(default_factory=list)
-    labels: list[str] = field(default_factory=list)  # shown in farm views only
-
-
-@dataclass
-class JobRun(Message):
-    """Build one step. `step` and `closure` are graph nodes as plain data (docs/protocol.md)."""
-
-    type: ClassVar[str] = "job-run"
-    link: ClassVar[str] = "worker"
-    sender: ClassVar[str] = "controller"
-    job: str
-    step: dict[str, Any]
-    closure: list[dict[str, Any]]
-    trove_git_url: str
-    artifact_cache_url: str
-    token: str
-
-
-@dataclass
-class JobCancel(Message):
-    """Stop a running job and its whole process tree."""
-
-    type: ClassVar[str] = "job-cancel"
-    link: ClassVar[str] = "worker"
-    sender: ClassVar[str] = "controller"
-    job: str
-
-
-@dataclass
-class JobOutput(Message):
-    """Lines of a job's log, as they come; `first` is the number of the first (from 0)."""
-
-    type: ClassVar[str] = "job-output"
-    link: ClassVar[str] = "worker"
-    sender: ClassVar[str] = "client"
-    job: str
-    lines: list[str]
-    first: int | None = None
-
-
-@dataclass
-class JobFinished(Message):
-    """The job built and uploaded its artifacts (name -> {sha256, size})."""
-
-    type: ClassVar[str] = "job-finished"
-    link: ClassVar[str] = "worker"
-    sender: ClassVar[str] = "client"
-    job: str
-    seconds: float  # the whole step on the worker
-    artifacts: dict[str, Any] = field(default_factory=dict)
-    command_seconds: float = 0.0  # the part spent running the step's own commands
-    fetched_bytes: int = 0  # downloaded from the artifact cache to stage the step
-    sent_bytes: int = 0  # uploaded to the artifact cache: artifacts, metadata and log
-
-
-@dataclass
-class JobFailed(Message):
-    """The job failed: why, the failing command's exit code, and its last log lines."""
-
-    type: ClassVar[str] = "job-failed"
-    link: ClassVar[str] = "worker"
-    sender: ClassVar[str] = "client"
-    job: str
-    reason: str
-    exit_code: int | None = None
-    last_lines: list[str] = field(default_factory=list)
-    cancelled: bool = False
-
-
 # -- initiator link ----------------------------------------------------------------------------
 
 
@@ -200,6 +127,7 @@ class BuildRequest(Message):
     fetch_cached_logs: bool = False
     detach: bool = False
     strict: bool = False  # unknown fields in the definitions fail the request
+    priority: str = "normal"  # "high", "normal" or "low": see docs/architecture.md
 
 
 @dataclass
@@ -425,10 +353,10 @@ class Error(Message):
     request_id: str = ""
 
 
-# This module's messages first, then those of `resume`, then `farm`, each in the order
-# they are defined.
-_MODULES = [__name__, resume.__name__, farm.__name__]
+# This module's messages first, then those of `jobs`, `resume` and `farm`, each in the
+# order they are defined.
+_ORDER = {__name__: 0, jobs.__name__: 1, resume.__name__: 2, farm.__name__: 3}
 MESSAGES: dict[str, type[Message]] = {
     cls.type: cls for cls in sorted(Message.__subclasses__(),  # type: ignore[misc]
-                                    key=lambda c: _MODULES.index(c.__module__))
+                                    key=lambda c: _ORDER[c.__module__])
 }

@@ -151,6 +151,7 @@ def make_factory(git_dir: Path, authorized_keys: Path, host_key: Path,
     """The SSH server of the trove, ready for listenTCP."""
     key = ssh.load_host_key(host_key)
     f = GitSSHFactory()
+    f.protocol = ssh.server_transport()
     f.portal = ssh.make_portal(GitRealm(git_dir, log), authorized_keys)
     f.publicKeys = {key.sshType(): key.public()}
     f.privateKeys = {key.sshType(): key}

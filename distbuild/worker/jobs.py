@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distbuild.link import Link, LinkError
+from distbuild.protocol import ProtocolError
 from distbuild.protocol import messages as m
 from distbuild.runprocess import CancelToken
 
@@ -201,6 +202,9 @@ class JobTable:
                 held.reported_at = time.monotonic()
         except LinkError:
             held.link = None  # the link loop notices and reconnects
+        except ProtocolError as e:  # cannot happen with the bounds above; never hang on it
+            self.log(f"job {held.job}: cannot send: {e}")
+            held.reported_at = time.monotonic()
 
     def _send_loop(self) -> None:
         while not self.stopped.is_set():

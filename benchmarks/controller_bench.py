@@ -1,0 +1,318 @@
+#!/usr/bin/env python3
+"""The real controller at farm scale: 100 workers over real SSH links, one 10,000-step request.
+
+A trove and a controller start as real processes on 127.0.0.1 (`distbuild
+up`'s Network, with no real workers). benchmarks/instant_worker.py then
+connects 100 workers (in 4 processes) that build each step at once: they
+upload one small artifact with the job's token and report `job-finished`, so
+the controller does everything it does for a real build (SQLite writes, the
+cache check, messages to the worker and to the attached initiator). The
+request is a generated definitions repository: one stratum of N chunks, each
+needing up to two of the first 100 (small closures, a wide graph).
+
+Figures: dispatch latency, from a worker sending `job-finished` to the
+controller sending that worker its next `job-run` (the controller records
+the send in its attempts table; same clock), and as the workers saw it
+(until they had decoded the next `job-run`, which adds their own load); the
+controller process's CPU time (utime + stime from /proc) per step, over the
+building phase and over the whole request including graphing.
+Goals (issue 11): latency p99 <= 20 ms, CPU per step <= 1 ms.
+
+With --memory N it instead sends N small requests (5 chunks, a stratum and a
+system each, every request its own cache keys) over a real initiator link,
+4 at a time, and prints the controller's RSS after the first 10 and every
+100 after. Goal: after 1,000, within 10% of after the first ten.
+
+    .venv/bin/python benchmarks/controller_bench.py [--steps 10000] [--workers 100]
+    .venv/bin/python benchmarks/controller_bench.py --memory 1000 --workers 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import random
+import re
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))
+
+from distbuild.initiator import snapshot  # noqa: E402
+from distbuild.link import connect  # noqa: E402
+from distbuild.network import Network  # noqa: E402
+from distbuild.protocol import messages as m  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def write_definitions(root: Path, steps: int, seed: int) -> None:
+    rng = random.Random(seed)
+    _start_definitions(root)
+    lines = ["name: farm", "kind: stratum", "chunks:"]
+    for i in range(steps - 2):  # the stratum and the system are steps too
+        lines += [f"- name: c{i}", "  repo: upstream:bench-source", "  ref: master",
+                  "  build-system: manual"]
+        if i >= 100:
+            deps = rng.sample(range(100), rng.choice([0, 1, 2]))
+            if deps:
+                lines += ["  build-depends:"] + [f"  - c{d}" for d in sorted(deps)]
+    (root / "strata" / "farm.morph").write_text("\n".join(lines) + "\n")
+    (root / "systems" / "farm.morph").write_text(
+        "name: farm\nkind: system\narch: x86_64\nstrata:\n- morph: strata/farm.morph\n")
+    _commit(root)
+
+
+def write_small_systems(root: Path, count: int) -> None:
+    """`count` systems of one stratum of 5 chunks each, no key shared between them."""
+    _start_definitions(root)
+    for n in range(count):
+        lines = [f"name: m{n}", "kind: stratum", "chunks:"]
+        for i in range(5):
+            lines += [f"- name: m{n}c{i}", "  repo: upstream:bench-source", "  ref: master",
+                      "  build-system: manual"]
+        (root / "strata" / f"m{n}.morph").write_text("\n".join(lines) + "\n")
+        (root / "systems" / f"m{n}.morph").write_text(
+            f"name: m{n}\nkind: system\narch: x86_64\nstrata:\n- morph: strata/m{n}.morph\n")
+    _commit(root)
+
+
+def _start_definitions(root: Path) -> None:
+    (root / "strata").mkdir(parents=True)
+    (root / "systems").mkdir()
+    (root / "VERSION").write_text("version: 8\n")
+    (root / "DEFAULTS").write_text("build-systems:\n  manual: {}\n")
+
+
+def _commit(root: Path) -> None:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@127.0.0.1",
+           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@127.0.0.1"}
+    subprocess.run(["git", "init", "-q", "-b", "master", str(root)], check=True)
+    subprocess.run(["git", "-C", str(root), "add", "."], check=True, env=env)
+    subprocess.run(["git", "-C", str(root), "commit", "-qm", "farm"], check=True, env=env)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Sampler(threading.Thread):
+    """(wall time, controller CPU seconds) every 50 ms."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.samples, self.stop = pid, [], threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.samples.append((time.time(), cpu_seconds(self.pid)))
+            self.stop.wait(0.05)
+
+    def cpu_between(self, start: float, end: float) -> float:
+        inside = [c for t, c in self.samples if start <= t <= end]
+        return inside[-1] - inside[0] if len(inside) > 1 else 0.0
+
+
+def ms(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000
+
+
+class Farm:
+    """A trove and a controller (`Network` with no real workers), and instant workers."""
+
+    def __init__(self, root: Path, workers: int, processes: int):
+        self.root = root
+        self.net = Network(root / "state", workers=0)
+        self.settings = self.net.start()
+        self.fakes: list[subprocess.Popen] = []
+        self.config = root / "state" / "network.yaml"
+        source = root / "bench-source"
+        source.mkdir()
+        (source / "README").write_text("benchmark source\n")
+        self.net._run_import("delta/bench-source", source, self.config)
+        run = json.loads((root / "state" / "run" / "controller.json").read_text())
+        self.pid = run["pid"]
+        names = [f"fast-{i}" for i in range(workers)]
+        self.outs = [root / f"fast-{p}.json" for p in range(processes)]
+        for p, out in enumerate(self.outs):
+            self.fakes.append(subprocess.Popen(
+                [sys.executable, str(PROJECT / "benchmarks" / "instant_worker.py"),
+                 "--port", str(run["worker_port"]), "--identity", str(self.net.keys.worker_key),
+                 "--known-hosts", str(self.net.keys.known_hosts),
+                 "--cache-url", self.settings["artifact_cache_url"],
+                 "--names", ",".join(names[p::processes]), "--out", str(out)],
+                env=self.net.env))
+        log = root / "state" / "logs" / "controller.log"
+        deadline = time.monotonic() + 120
+        while len(re.findall(r"worker fast-\d+: arch", log.read_text())) < workers:
+            if time.monotonic() > deadline:
+                raise SystemExit("the instant workers did not all join")
+            time.sleep(0.2)
+
+    def worker_results(self) -> list[dict]:
+        for fake in self.fakes:
+            fake.send_signal(signal.SIGTERM)
+        for fake in self.fakes:
+            fake.wait(timeout=60)
+        return [json.loads(o.read_text()) for o in self.outs]
+
+    def stop(self) -> None:
+        for fake in self.fakes:
+            if fake.poll() is None:
+                fake.kill()
+                fake.wait()
+        self.net.stop()
+
+
+@contextlib.contextmanager
+def farm(workers: int, processes: int):
+    with tempfile.TemporaryDirectory(prefix="controller-bench-") as tmp:
+        f = Farm(Path(tmp), workers, processes)
+        try:
+            yield f
+        finally:
+            f.stop()
+
+
+def one_big_request(args) -> None:
+    with farm(args.workers, args.processes) as f:
+        defs = f.root / "defs"
+        write_definitions(defs, args.steps, args.seed)
+        rss_before = rss_mb(f.pid)
+        sampler = Sampler(f.pid)
+        sampler.start()
+        spy = None if args.py_spy is None else subprocess.Popen(
+            [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(f.pid), "-r",
+             "200", "-f", "raw", "-o", str(args.py_spy.resolve())],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        start = time.time()
+        proc = subprocess.run([sys.executable, "-m", "distbuild", "systems/farm.morph"],
+                              cwd=defs, env={**f.net.env, "DISTBUILD_CONFIG": str(f.config)},
+                              capture_output=True, text=True)
+        end = time.time()
+        sampler.stop.set()
+        sampler.join()
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
+        if proc.returncode != 0:
+            raise SystemExit(f"the build failed:\n{proc.stdout[-3000:]}\n{proc.stderr}")
+        rss_after = rss_mb(f.pid)
+        results = f.worker_results()
+        db = sqlite3.connect(f.root / "state" / "controller" / "controller.db")
+        try:
+            attempts = db.execute("SELECT job, worker, started FROM attempts ORDER BY worker, "
+                                  "started").fetchall()
+        finally:
+            db.close()
+    latencies = [x for r in results for x in r["latencies"]]
+    finished = {job: t for r in results for job, t in r["finished"].items()}
+    dispatch = [b[2] - finished[a[0]] for a, b in itertools.pairwise(attempts)
+                if a[1] == b[1] and a[0] in finished]
+    first = min(r["first"] for r in results if "first" in r)
+    last = max(r["last"] for r in results if "last" in r)
+    building = sampler.cpu_between(first, last)
+    whole = sampler.cpu_between(start, end)
+    print(f"{args.steps} steps, {args.workers} instant workers over SSH in {args.processes} "
+          f"processes; a shared machine: read medians and ratios")
+    print(f"request wall {end - start:.1f} s (building {last - first:.1f} s, "
+          f"{args.steps / (last - first):.0f} steps/s)")
+    print(f"dispatch latency, job-finished sent -> next job-run sent, {len(dispatch)} gaps: "
+          f"p50 {statistics.median(dispatch) * 1000:.2f} ms, p99 {ms(dispatch, 0.99):.2f} ms, "
+          f"max {max(dispatch) * 1000:.1f} ms (goal p99 <= 20 ms)")
+    print(f"  as the workers saw it, {len(latencies)} gaps: p50 "
+          f"{statistics.median(latencies) * 1000:.2f} ms, p99 {ms(latencies, 0.99):.2f} ms, "
+          f"max {max(latencies) * 1000:.1f} ms")
+    print(f"controller CPU per step: building {building / args.steps * 1000:.3f} ms, whole "
+          f"request incl. graphing {whole / args.steps * 1000:.3f} ms (goal <= 1 ms)")
+    print(f"controller RSS: {rss_before:.0f} MB before the request, {rss_after:.0f} MB after")
+
+
+def many_small_requests(args) -> None:
+    with farm(args.workers, args.processes) as f:
+        defs = f.root / "defs"
+        write_small_systems(defs, args.memory)
+        s = f.settings
+        snap = snapshot.take(defs)
+        snapshot.push(snap, s["definitions_repo"], s["trove_ssh_url"], Path(s["identity"]),
+                      Path(s["known_hosts"]))
+        url = f"{s['trove_git_url'].rstrip('/')}/{s['definitions_repo']}"
+        pending = list(range(args.memory))
+        done = 0
+        figures = []
+        links = [connect("127.0.0.1", s["controller_initiator_port"], Path(s["identity"]),
+                         Path(s["known_hosts"]), "initiator", f"bench-{i}") for i in range(4)]
+
+        def submit(link) -> None:
+            n = pending.pop(0)
+            link.send(m.BuildRequest(definitions_repo=url, definitions_commit=snap.commit,
+                                     system=f"systems/m{n}.morph"))
+
+        start = time.time()
+        for link in links:
+            submit(link)
+        busy = set(range(len(links)))
+        while busy:
+            for i in list(busy):
+                message = links[i].receive(timeout=0.01)
+                if isinstance(message, (m.BuildFailed, m.Error)):
+                    raise SystemExit(f"a request failed: {message}")
+                if not isinstance(message, m.BuildFinished):
+                    continue
+                done += 1
+                if done == 10 or done % 100 == 0:
+                    figures.append((done, rss_mb(f.pid), time.time() - start))
+                if pending:
+                    submit(links[i])
+                else:
+                    busy.discard(i)
+        for link in links:
+            link.close()
+    print(f"{args.memory} requests of 7 steps each, 4 at a time, {args.workers} instant "
+          "workers; controller RSS:")
+    for n, rss, t in figures:
+        print(f"  after {n:>5} requests: {rss:6.1f} MB  ({t:.0f} s)")
+    first = next(rss for n, rss, _ in figures if n == 10)
+    print(f"after {figures[-1][0]} vs after 10: {figures[-1][1] / first:.3f}x (goal <= 1.10)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10_000)
+    parser.add_argument("--workers", type=int, default=100)
+    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--memory", type=int, metavar="N",
+                        help="send N small requests and follow the controller's RSS instead")
+    parser.add_argument("--py-spy", type=Path, metavar="OUT",
+                        help="profile the controller during the request (collapsed stacks)")
+    args = parser.parse_args()
+    if args.memory:
+        many_small_requests(args)
+    else:
+        one_big_request(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

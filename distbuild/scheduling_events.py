@@ -1,0 +1,95 @@
+"""What the scheduler's calls cause, as events for the controller to turn into messages.
+
+Pure data: each event names the work (by cache key) and the requests
+(request id -> node id) it concerns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RequestPlanned:
+    request_id: str
+    total: int
+    unbuilt: int
+
+
+@dataclass(frozen=True)
+class StepQueued:
+    key: str
+    requests: dict[str, str]
+
+
+@dataclass(frozen=True)
+class JobStarted:
+    job: str
+    key: str
+    worker: str
+    attempt: int
+    requests: dict[str, str]
+
+
+@dataclass(frozen=True)
+class StepJoined:
+    """A request now also waits for work that was already running for another one."""
+
+    key: str
+    worker: str
+    attempt: int
+    requests: dict[str, str]
+
+
+@dataclass(frozen=True)
+class StepBuilt:
+    key: str
+    worker: str
+    requests: dict[str, str]
+    progress: dict[str, tuple[int, int]]  # request id -> (built, needed)
+
+
+@dataclass(frozen=True)
+class StepRequeued:
+    key: str
+    worker: str
+    reason: str
+    requests: dict[str, str]
+    job: str = ""
+    outcome: str = "lost"  # what became of the attempt: lost, or handed-back
+
+
+@dataclass(frozen=True)
+class StepFailed:
+    key: str
+    worker: str
+    reason: str
+    requests: dict[str, str]
+
+
+@dataclass(frozen=True)
+class JobCancelled:
+    job: str
+    key: str
+    worker: str
+
+
+@dataclass(frozen=True)
+class RequestFinished:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class RequestFailed:
+    request_id: str
+    reason: str
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class RequestCancelled:
+    request_id: str
+
+
+Event = (RequestPlanned | StepQueued | JobStarted | StepJoined | StepBuilt | StepRequeued
+         | StepFailed | JobCancelled | RequestFinished | RequestFailed | RequestCancelled)
