@@ -17,7 +17,6 @@ forgotten, so memory follows the requests in flight.
 
 from __future__ import annotations
 
-import copy
 import enum
 import heapq
 import itertools
@@ -350,33 +349,6 @@ class Scheduler:
         key = self.jobs.get(job)
         return dict(self.work[key].requests) if key else {}
 
-    def queue(self) -> list[Work]:
-        """Ready work in the order `dispatch` will hand it out, arch by arch (farm views).
-
-        Asked of a copy: it gets a worker per arch with a slot for every ready step,
-        and the order its dispatch starts them in is the answer. Nothing here changes.
-        """
-        ready: dict[str, int] = {}
-        for work in self.work.values():
-            if work.state == State.READY and work.requests:
-                ready[work.arch] = ready.get(work.arch, 0) + 1
-        if not ready:
-            return []
-        job_id = self.__dict__.get("job_id")
-        if job_id is not None:
-            self.job_id = _queue_job_id  # the real one may count ids in a database
-        try:
-            clone = copy.deepcopy(self)
-        finally:
-            if job_id is not None:
-                self.job_id = job_id
-        order: list[Work] = []
-        for arch, count in sorted(ready.items()):
-            for event in clone.add_worker(f"\0queue {arch}", arch, count):
-                if isinstance(event, JobStarted):
-                    order.append(self.work[event.key])
-        return order
-
     def release_slot(self, job: str) -> list[Event]:
         """The worker is done with `job` (its result is being checked): give the slot away.
 
@@ -543,10 +515,6 @@ class Scheduler:
                     if dep in self.work:
                         self.work[dep].dependents.discard(key)
         return events
-
-
-def _queue_job_id(key: str) -> str:
-    return key
 
 
 def steps_from_graph(graph: BuildGraph) -> list[StepInfo]:

@@ -17,6 +17,7 @@ from distbuild.controller.core import Controller
 from distbuild.controller.dashboard import Credentials, credentials_for
 from distbuild.controller.settings import ControllerSettings
 from distbuild.definitions import Definitions, DirectorySource, build_graph
+from distbuild.dispatchorder import dispatch_order
 from distbuild.errors import ConfigError
 from distbuild.scheduling import JobStarted, Scheduler, steps_from_graph
 from tests.conftest import MORPHS
@@ -36,14 +37,14 @@ def test_queue_is_the_order_dispatch_takes(steps):
     sched.add_request("r1", steps, [SYSTEM], cached=set())
     sched.add_request("r2", [s for s in steps if s.node_id.startswith("chunk:example-core")],
                       ["chunk:example-core/base-files"], cached=set())
-    queued = [w.key for w in sched.queue()]
+    queued = [w.key for w in dispatch_order(sched)]
     assert len(queued) == 2  # libgreet and base-files (shared by both requests)
     # Asking changed nothing: no worker, no job, the same answer again.
     assert sched.workers == {} and sched.jobs == {}
-    assert [w.key for w in sched.queue()] == queued
+    assert [w.key for w in dispatch_order(sched)] == queued
     events = sched.add_worker("w", "x86_64", 5)
     assert [e.key for e in events if isinstance(e, JobStarted)] == queued
-    assert sched.queue() == []
+    assert dispatch_order(sched) == []
 
 
 def _controller(tmp_path: Path) -> Controller:
@@ -62,7 +63,7 @@ def test_queue_says_why_each_step_waits(tmp_path, steps):
     ctl = _controller(tmp_path)
     ctl.scheduler.add_request("r1", steps, [SYSTEM], cached=set())
     ready, waiting = farm.queue_rows(ctl)
-    order = [w.requests["r1"] for w in ctl.scheduler.queue()]
+    order = [w.requests["r1"] for w in dispatch_order(ctl.scheduler)]
     assert sorted(order) == ["chunk:example-core/base-files", "chunk:example-core/libgreet"]
     assert [(r["position"], r["step"], r["reason"]) for r in ready] == [
         (1, order[0], "no connected worker of arch x86_64"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from distbuild.dispatchorder import dispatch_order
 from distbuild.protocol import messages as m
 from distbuild.scheduling import State
 
@@ -72,7 +73,7 @@ def queue_rows(ctl: Controller) -> tuple[list[dict[str, Any]], list[dict[str, An
         if not w.away and not w.draining:
             usable[w.arch] = usable.get(w.arch, 0) + w.slots
     ready = []
-    for position, work in enumerate(sched.queue(), 1):
+    for position, work in enumerate(dispatch_order(sched), 1):
         rid, nid = _node_of(ctl, work.key)
         reason = (f"all {usable[work.arch]} {work.arch} slots busy" if work.arch in usable
                   else f"no connected worker of arch {work.arch}")
