@@ -13,6 +13,7 @@ next attempt's log follows.
 from __future__ import annotations
 
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import task
@@ -91,6 +92,8 @@ class LiveStreams(Observer):
         self._since_keepalive = 0.0
         self._ticks = 0
         self._queue: tuple[list, list] | None = None
+        self._queue_stale = False
+        self._queue_next = 0.0
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = clock
         self._loop.start(TICK, now=False)
@@ -170,10 +173,15 @@ class LiveStreams(Observer):
                 request.write(b": keepalive\n\n")
 
     def _push_views(self, changed: bool) -> None:
+        self._queue_stale |= changed
         if self.farms:
-            # The queue (a copy of the scheduler asked) only moves when something happens.
-            if changed or self._queue is None:
-                self._queue = farm.queue_rows(self.ctl)
+            # The queue (a copy of the scheduler asked) only moves when something happens,
+            # and is asked again at most once per ten times what it cost last: with 10k
+            # steps held that is a quarter of a second (benchmarks/dispatch_order_bench.py).
+            now = time.monotonic()
+            if self._queue is None or (self._queue_stale and now >= self._queue_next):
+                self._queue, self._queue_stale = farm.queue_rows(self.ctl), False
+                self._queue_next = now + 10 * (time.monotonic() - now)
             text = json.dumps(farm.snapshot(self.ctl, queue=self._queue))
             for request, last in list(self.farms.items()):
                 if text != last:
