@@ -60,8 +60,8 @@ class Plan:
         data = json.loads(text)
         nodes = {d["id"]: node_from_dict(d) for d in data["nodes"]}
         return cls(BuildGraph(nodes[data["system"]], nodes, data["order"]), data["targets"],
-                   set(data["cached"]), data.get("warnings", []),
-                   data.get("priority", "normal"))
+                   set(data["cached"]), warnings=data.get("warnings", []),
+                   priority=data.get("priority", "normal"))
 
 
 def on_build_request(ctl: Controller, link, msg: m.BuildRequest) -> None:
