@@ -30,6 +30,7 @@ system each, every request its own cache keys) over a real initiator link,
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import itertools
 import json
@@ -227,8 +228,16 @@ def one_big_request(args) -> None:
             db.close()
     latencies = [x for r in results for x in r["latencies"]]
     finished = {job: t for r in results for job, t in r["finished"].items()}
-    dispatch = [b[2] - finished[a[0]] for a, b in itertools.pairwise(attempts)
-                if a[1] == b[1] and a[0] in finished]
+    gaps = [(finished[a[0]], b[2] - finished[a[0]]) for a, b in itertools.pairwise(attempts)
+            if a[1] == b[1] and a[0] in finished]
+    dispatch = [gap for _, gap in gaps]
+    # A slot freed near the end waits for steps that are not ready yet (the
+    # last chunks, then the stratum, then the system): that is the graph, not
+    # dispatch. Count the gaps where at least one job per worker was still to
+    # start after the slot was freed, so ready work was waiting.
+    starts = sorted(a[2] for a in attempts)
+    busy = [gap for t, gap in gaps
+            if len(starts) - bisect.bisect_right(starts, t) >= args.workers]
     first = min(r["first"] for r in results if "first" in r)
     last = max(r["last"] for r in results if "last" in r)
     building = sampler.cpu_between(first, last)
@@ -237,9 +246,12 @@ def one_big_request(args) -> None:
           f"processes; a shared machine: read medians and ratios")
     print(f"request wall {end - start:.1f} s (building {last - first:.1f} s, "
           f"{args.steps / (last - first):.0f} steps/s)")
-    print(f"dispatch latency, job-finished sent -> next job-run sent, {len(dispatch)} gaps: "
-          f"p50 {statistics.median(dispatch) * 1000:.2f} ms, p99 {ms(dispatch, 0.99):.2f} ms, "
-          f"max {max(dispatch) * 1000:.1f} ms (goal p99 <= 20 ms)")
+    print(f"dispatch latency, job-finished sent -> next job-run sent, while work was queued, "
+          f"{len(busy)} gaps: p50 {statistics.median(busy) * 1000:.2f} ms, p99 "
+          f"{ms(busy, 0.99):.2f} ms, max {max(busy) * 1000:.1f} ms (goal p99 <= 20 ms)")
+    print(f"  all {len(dispatch)} gaps, the end of the graph included: p50 "
+          f"{statistics.median(dispatch) * 1000:.2f} ms, p99 {ms(dispatch, 0.99):.2f} ms, "
+          f"max {max(dispatch) * 1000:.1f} ms")
     print(f"  as the workers saw it, {len(latencies)} gaps: p50 "
           f"{statistics.median(latencies) * 1000:.2f} ms, p99 {ms(latencies, 0.99):.2f} ms, "
           f"max {max(latencies) * 1000:.1f} ms")

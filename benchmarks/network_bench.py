@@ -8,9 +8,17 @@
    whole fixed cost of a step, the worker's included.
 2. Makespan: a random DAG of 100 chunks (seeded), each `sleep 1`, on 4
    workers, against `make -j4` running the same DAG (goal: within 10%).
+3. Layers (issue 16): 100 chunks of `sleep 0.5` in 10 layers of 10, each
+   depending on 2 of the layer before, 4 workers, against `make -j4` on the
+   same graph in the same run (goal <= 1.10x); the CPU every process of
+   the network spent per step (goal <= 25 ms: each component's own and its
+   reaped children's, from /proc/PID/stat; the initiator's from
+   getrusage); and a fully cached rebuild, the whole initiator command
+   (goal <= 0.30 s).
 
 Everything runs on 127.0.0.1 as real processes (`distbuild up`'s Network).
 Usage: benchmarks/network_bench.py [--steps 40] [--dag 100] [--seed 7]
+       [--layers 10 --width 10] [--only overhead|makespan|layers]
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import sqlite3
 import statistics
 import subprocess
@@ -50,11 +59,18 @@ def write_definitions(root: Path, chunks: dict[str, list[str]], command: str) ->
     (root / "strata" / "bench.morph").write_text("\n".join(lines) + "\n")
     (root / "systems" / "bench.morph").write_text(
         "name: bench\nkind: system\narch: x86_64\nstrata:\n- morph: strata/bench.morph\n")
-    subprocess.run(["git", "init", "-q", "-b", "master", str(root)], check=True)
+    commit_definitions(root)
+
+
+def commit_definitions(root: Path) -> None:
+    """Commit everything in `root` (a git repository, made if need be)."""
+    if not (root / ".git").exists():
+        subprocess.run(["git", "init", "-q", "-b", "master", str(root)], check=True)
     env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@127.0.0.1",
            "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@127.0.0.1"}
     subprocess.run(["git", "-C", str(root), "add", "."], check=True, env=env)
-    subprocess.run(["git", "-C", str(root), "commit", "-qm", "bench"], check=True, env=env)
+    subprocess.run(["git", "-C", str(root), "commit", "-qm", "bench", "--allow-empty"],
+                   check=True, env=env)
 
 
 def random_dag(n: int, seed: int) -> dict[str, list[str]]:
@@ -68,14 +84,32 @@ def random_dag(n: int, seed: int) -> dict[str, list[str]]:
     return dag
 
 
-def make_makespan(dag: dict[str, list[str]], jobs: int) -> float:
+def make_makespan(dag: dict[str, list[str]], jobs: int, command: str = "sleep 1") -> float:
     with tempfile.TemporaryDirectory(prefix="distbuild-make-") as tmp:
         rules = [".PHONY: all " + " ".join(dag), "all: " + " ".join(dag)]
-        rules += [f"{name}: {' '.join(deps)}\n\tsleep 1" for name, deps in dag.items()]
+        rules += [f"{name}: {' '.join(deps)}\n\t{command}" for name, deps in dag.items()]
         (Path(tmp) / "Makefile").write_text("\n".join(rules) + "\n")
         start = time.monotonic()
         subprocess.run(["make", "-s", f"-j{jobs}", "-C", tmp], check=True)
         return time.monotonic() - start
+
+
+def layered_dag(layers: int, width: int, seed: int) -> dict[str, list[str]]:
+    """`layers` x `width` chunks; each past the first depends on 2 of the layer before."""
+    rng = random.Random(seed)
+    dag: dict[str, list[str]] = {}
+    for layer in range(layers):
+        for j in range(width):
+            deps = rng.sample(range(width), min(2, width)) if layer else []
+            dag[f"l{layer}n{j}"] = [f"l{layer - 1}n{d}" for d in sorted(deps)]
+    return dag
+
+
+def process_cpu(pid: int, children: bool = True) -> float:
+    """CPU seconds of a process and (unless not `children`) of the children it waited for."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return sum(int(f) for f in fields[11:15 if children else 13]) / ticks
 
 
 def critical_path(dag: dict[str, list[str]]) -> int:
@@ -86,26 +120,34 @@ def critical_path(dag: dict[str, list[str]]) -> int:
 
 
 class Bench:
-    def __init__(self, root: Path, workers: int):
+    """A `distbuild up` network with one source repository imported into its trove."""
+
+    def __init__(self, root: Path, workers: int, source_name: str = "bench-source",
+                 source_files: dict[str, str] | None = None):
         self.root = root
         self.net = Network(root / "state", workers=workers)
         self.settings = self.net.start()
         self.config = root / "state" / "network.yaml"
-        source = root / "bench-source"
+        source = root / source_name
         source.mkdir()
-        (source / "README").write_text("benchmark source\n")
-        self.net._run_import("delta/bench-source", source, self.config)
+        for name, text in (source_files or {"README": "benchmark source\n"}).items():
+            (source / name).write_text(text)
+        self.net._run_import(f"delta/{source_name}", source, self.config)
         self.env = {**self.net.env, "DISTBUILD_CONFIG": str(self.config)}
 
     def build(self, definitions: Path, *components: str) -> float:
         start = time.monotonic()
+        self.build_output(definitions, *components)
+        return time.monotonic() - start
+
+    def build_output(self, definitions: Path, *components: str) -> str:
+        """Build the bench system (or `components` of it); the initiator's output."""
         proc = subprocess.run([sys.executable, "-m", "distbuild", "systems/bench.morph",
                                *components], cwd=definitions, env=self.env,
                               capture_output=True, text=True)
-        elapsed = time.monotonic() - start
         if proc.returncode != 0:
             raise SystemExit(f"build failed:\n{proc.stdout}\n{proc.stderr}")
-        return elapsed
+        return proc.stdout
 
     def attempts(self) -> list[sqlite3.Row]:
         db = sqlite3.connect(self.root / "state" / "controller" / "controller.db")
@@ -113,6 +155,15 @@ class Bench:
         rows = db.execute("SELECT * FROM attempts WHERE outcome='built'").fetchall()
         db.close()
         return rows
+
+    def step_seconds(self) -> dict[str, tuple[str, float]]:
+        """node id -> (worker, the step's seconds as the worker reported them)."""
+        db = sqlite3.connect(self.root / "state" / "controller" / "controller.db")
+        rows = db.execute("SELECT DISTINCT n.node_id, a.worker, a.worker_seconds FROM attempts a "
+                          "JOIN nodes n ON n.cache_key = a.cache_key "
+                          "WHERE a.outcome = 'built'").fetchall()
+        db.close()
+        return {node: (worker, seconds) for node, worker, seconds in rows}
 
     def request_seconds(self) -> float:
         db = sqlite3.connect(self.root / "state" / "controller" / "controller.db")
@@ -164,13 +215,62 @@ def makespan(n: int, seed: int, workers: int = 4) -> None:
           f"ratio {wall / make:.3f} (goal <= 1.10)")
 
 
+def layered(layers: int, width: int, seed: int, workers: int = 4) -> None:
+    """The issue's graph: makespan against make -j4, CPU per step by process, cached rebuild."""
+    dag = layered_dag(layers, width, seed)
+    command = "sleep 0.5"
+    make = make_makespan(dag, workers, command)
+    with tempfile.TemporaryDirectory(prefix="distbuild-bench-") as tmp:
+        bench = Bench(Path(tmp), workers=workers)
+        try:
+            defs = Path(tmp) / "defs-layers"
+            write_definitions(defs, dag, f"{command} # {uuid.uuid4().hex}")
+            pids = {c.name: c.proc.pid for c in bench.net.components}
+            before = {name: process_cpu(pid) for name, pid in pids.items()}
+            own_before = {name: process_cpu(pid, False) for name, pid in pids.items()}
+            child_before = _children_cpu()
+            wall = bench.build(defs, *dag)
+            initiator = _children_cpu() - child_before
+            cpu = {name: process_cpu(pid) - before[name] for name, pid in pids.items()}
+            own = {name: process_cpu(pid, False) - own_before[name] for name, pid in pids.items()}
+            rebuilds = [bench.build(defs, *dag) for _ in range(5)]
+        finally:
+            bench.stop()
+    steps = len(dag)
+    print(f"{steps} x `{command}` in {layers} layers (bound {steps * 0.5 / workers:.1f} s), "
+          f"{workers} workers: distbuild {wall:.2f} s as the initiator saw it, "
+          f"make -j{workers} {make:.2f} s in the same run; ratio {wall / make:.3f} "
+          "(goal <= 1.10)")
+    groups = {"workers": sum(v for k, v in cpu.items() if k.startswith("worker-")),
+              "trove": cpu.get("trove", 0.0), "controller": cpu.get("controller", 0.0),
+              "initiator": initiator}
+    total = sum(groups.values())
+    print(f"CPU per step, ms: total {total / steps * 1000:.1f} (goal <= 25) = " + ", ".join(
+        f"{name} {value / steps * 1000:.1f}" for name, value in groups.items()))
+    print("  CPU seconds by process over the build (own + reaped children): " + ", ".join(
+        f"{k} {own[k]:.2f}+{v - own[k]:.2f}" for k, v in sorted(cpu.items()))
+        + f", initiator {initiator:.2f}")
+    print(f"fully cached rebuild, whole initiator command: median "
+          f"{statistics.median(rebuilds):.2f} s, min {min(rebuilds):.2f} s of "
+          f"{len(rebuilds)} (goal <= 0.30 s)")
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--dag", type=int, default=100)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--only", choices=["overhead", "makespan"])
+    parser.add_argument("--layers", type=int, default=10)
+    parser.add_argument("--width", type=int, default=10)
+    parser.add_argument("--only", choices=["overhead", "makespan", "layers"])
     args = parser.parse_args()
+    if args.only in (None, "layers"):
+        layered(args.layers, args.width, args.seed)
     if args.only in (None, "overhead"):
         overhead(args.steps)
     if args.only in (None, "makespan"):

@@ -8,16 +8,20 @@ what the spec gives. `--die-with-parent` and the new PID namespace make
 sure nothing in it outlives the bwrap process that runs it.
 
 Layering over the host: definitions without a toolchain of their own (the
-example system, the tests) build with the host's compiler. The host's
-top-level directories are bound read-only under /.host, and the sandbox's
-root merges a directory with the host's root, directory by directory where
-both have one; what the directory holds always wins, host entries appear
-as symlinks into /.host. bubblewrap 0.8 has no overlay mounts, hence
-symlinks. Two ways to build the merge:
+example system, the tests) build with the host's compiler. Where the worker
+can mount overlays, distbuild.worker.staging merges the staging area with
+the host's directories that way, and nothing here is needed. Otherwise the
+host's top-level directories are bound read-only under /.host, and the
+sandbox's root merges a directory with the host's root, directory by
+directory where both have one; what the directory holds always wins, host
+entries appear as symlinks into /.host (bubblewrap 0.8 has no overlay
+mounts). Two ways to build the merge:
 
 - `merged_layout`: for a read-only root (a chunk's staging area). bwrap
   makes the directories and symlinks in its own in-memory root, so nothing
-  is written to disk and starting costs a few milliseconds.
+  is written to disk. A staged file in a directory the host also has is
+  bound onto its place, one mount per file, so that it stays a regular
+  file (a symlink there would fool `find -type f`, `cp -P`, libtool).
 - `layer_host`: for a root that commands must write into (a system during
   system integration). The symlinks are made in the directory itself,
   recorded, and removed afterwards, so the packed system holds none.
@@ -37,8 +41,6 @@ from distbuild.errors import DistbuildError
 from distbuild.runprocess import CancelToken, LineCallback
 
 HOST_MOUNT = "/.host"
-# Where a merged layout binds the whole staging area, for symlinks into it.
-STAGING_MOUNT = "/.staging"
 
 # The only top-level host entries the host layer shows: where tools, their
 # libraries and their configuration live. Home directories, /root, /srv,
@@ -200,8 +202,11 @@ def host_binds(host: Path = Path("/")) -> tuple[Bind, ...]:
     return tuple(binds)
 
 
-def host_masks(empty_file: Path, hidden: Iterable[Path] = HOST_HIDDEN) -> tuple[str, ...]:
-    """bwrap operations that blank out `hidden` host paths under /.host (put after the binds).
+def host_masks(empty_file: Path, hidden: Iterable[Path] = HOST_HIDDEN,
+               prefix: str = HOST_MOUNT, tops: Iterable[str] = HOST_VISIBLE) -> tuple[str, ...]:
+    """bwrap operations that blank out `hidden` host paths under `prefix` (put after the binds).
+
+    Only paths in the top-level directories `tops` are masked.
 
     A directory becomes an empty tmpfs; a file reads as `empty_file` (created
     if missing: /dev/null cannot stand in, binds are mounted nodev).
@@ -210,14 +215,15 @@ def host_masks(empty_file: Path, hidden: Iterable[Path] = HOST_HIDDEN) -> tuple[
         empty_file.parent.mkdir(parents=True, exist_ok=True)
         empty_file.touch(mode=0o444)
     ops: list[str] = []
+    tops = set(tops)
     for path in hidden:
         path = Path(path).absolute()
-        if path.parts[1:2] and path.parts[1] not in HOST_VISIBLE:
+        if path.parts[1:2] and path.parts[1] not in tops:
             continue  # not visible through the host layer at all
         if path.is_dir() and not path.is_symlink():
-            ops += ["--tmpfs", f"{HOST_MOUNT}{path}"]
+            ops += ["--tmpfs", f"{prefix}{path}"]
         elif path.exists() and not path.is_symlink():
-            ops += ["--ro-bind", str(empty_file), f"{HOST_MOUNT}{path}"]
+            ops += ["--ro-bind", str(empty_file), f"{prefix}{path}"]
     return tuple(ops)
 
 
@@ -226,10 +232,9 @@ def merged_layout(root: Path, host: Path = Path("/")) -> tuple[str, ...]:
 
     Use with `SandboxSpec(root=None, layout=..., binds=host_binds() + ...)`.
     A directory only `root` has is one bind; a file of `root` inside a merged
-    directory is a symlink into /.staging, so a staging area of thousands of
-    files costs a handful of mounts, not thousands.
+    directory is bound onto its place (one mount each).
     """
-    ops: list[str] = ["--ro-bind", str(root), STAGING_MOUNT]
+    ops: list[str] = []
     _merge_ops(str(host), str(root), "", ops, top=True)
     return tuple(ops)
 
@@ -248,10 +253,8 @@ def _merge_ops(host_dir: str, root_dir: str, inside: str, ops: list[str],
         elif own is not None:
             if own.is_symlink():
                 ops += ["--symlink", os.readlink(own.path), dest]
-            elif _real_dir(own):
-                ops += ["--ro-bind", own.path, dest]
             else:
-                ops += ["--symlink", f"{STAGING_MOUNT}{dest}", dest]
+                ops += ["--ro-bind", own.path, dest]
         else:
             ops += ["--symlink", _host_target(theirs.path), dest]
 

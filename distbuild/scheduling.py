@@ -17,7 +17,6 @@ forgotten, so memory follows the requests in flight.
 
 from __future__ import annotations
 
-import enum
 import heapq
 import itertools
 from collections import deque
@@ -33,12 +32,14 @@ from distbuild.scheduling_events import (
     RequestFailed,
     RequestFinished,
     RequestPlanned,
+    State,
     StepBuilt,
     StepFailed,
     StepJoined,
     StepQueued,
     StepRequeued,
 )
+from distbuild.scheduling_workers import Worker, WorkerChanges
 
 __all__ = [
     "PRIORITIES", "Event", "JobCancelled", "JobStarted", "RequestCancelled", "RequestFailed",
@@ -48,14 +49,6 @@ __all__ = [
 
 if TYPE_CHECKING:
     from distbuild.definitions import BuildGraph
-
-
-class State(enum.Enum):
-    WAITING = "waiting"  # some dependency is not built yet
-    READY = "ready"  # can run; waits for a worker slot
-    RUNNING = "running"
-    BUILT = "built"
-    FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -103,24 +96,7 @@ class Request:
     queued_in: set[str] = field(default_factory=set)  # archs whose ring holds this request
 
 
-@dataclass(eq=False, slots=True)
-class Worker:
-    name: str
-    arch: str
-    slots: int
-    jobs: set[str] = field(default_factory=set)
-    # Away: its link is gone (or not back since a controller restart) but its
-    # jobs are kept for a while, as it may come back holding them. Draining:
-    # it finishes what it runs and takes nothing new. Either way, no new work.
-    away: bool = False
-    draining: bool = False
-
-    @property
-    def free(self) -> int:
-        return self.slots - len(self.jobs)
-
-
-class Scheduler:
+class Scheduler(WorkerChanges):
     """Requests, shared work and worker slots; every method returns the events it caused."""
 
     def __init__(self, retry_limit: int = 2, job_id: Callable[[str], str] | None = None):
@@ -227,94 +203,6 @@ class Scheduler:
         if request_id not in self.requests:
             return []
         return [*self._detach(request_id), RequestCancelled(request_id)]
-
-    # -- workers ---------------------------------------------------------------------------
-
-    def add_worker(self, name: str, arch: str, slots: int,
-                   held: Iterable[str] = ()) -> list[Event]:
-        """A worker joined (or rejoined) with `slots` slots, still running the jobs `held`.
-
-        Of the jobs it had before, those it holds are kept; the rest run again.
-        """
-        old = self.workers.get(name)
-        keep = {j for j in held if old is not None and j in old.jobs and j in self.jobs}
-        events: list[Event] = []
-        if old is not None:
-            old.jobs -= keep
-            events = self.remove_worker(name, "worker came back without it")
-        worker = self.workers[name] = Worker(name, arch, max(1, slots), jobs=keep)
-        self._slot_freed(worker)
-        return events + self.dispatch()
-
-    def worker_away(self, name: str) -> list[Event]:
-        """A worker's link is gone: keep its jobs until it is back or `remove_worker`."""
-        worker = self.workers.get(name)
-        if worker is not None:
-            worker.away = True
-        return []
-
-    def drain_worker(self, name: str) -> list[Event]:
-        """A worker takes no new work; what it runs goes on."""
-        worker = self.workers.get(name)
-        if worker is not None:
-            worker.draining = True
-        return []
-
-    def restore_job(self, job: str, key: str, worker: str, attempt: int) -> bool:
-        """After a restart: `job` was running `key` on `worker`, which may come back with it.
-
-        False if nothing needs `key` any more (the caller ends the attempt).
-        """
-        work = self.work.get(key)
-        if work is None or not work.requests or work.state in (State.BUILT, State.RUNNING):
-            return False
-        holder = self.workers.setdefault(worker, Worker(worker, work.arch, 0, away=True))
-        holder.jobs.add(job)
-        # A READY work's heap entries go stale: only READY work is taken from them.
-        work.state, work.job, work.worker = State.RUNNING, job, worker
-        work.attempts = max(work.attempts, attempt)
-        self.jobs[job] = key
-        return True
-
-    def hand_back(self, job: str, reason: str) -> list[Event]:
-        """A worker gave `job` back unfinished: run it again, without counting a failure."""
-        key = self.jobs.pop(job, None)
-        if key is None:
-            return []
-        work = self.work[key]
-        worker = work.worker or ""
-        self._take_back(work.worker, job)
-        work.job = work.worker = None
-        work.handed_back += 1
-        if not work.requests:
-            work.state = State.WAITING
-            return self.dispatch()
-        self._make_ready(work)
-        return [StepRequeued(key, worker, reason, dict(work.requests), job, "handed-back"),
-                *self.dispatch()]
-
-    def remove_worker(self, name: str, reason: str = "worker disconnected") -> list[Event]:
-        """A worker went away: its running steps go back to the queue, up to the retry limit."""
-        worker = self.workers.pop(name, None)
-        if worker is None:
-            return []
-        events: list[Event] = []
-        for job in sorted(worker.jobs):
-            key = self.jobs.pop(job, None)
-            if key is None:
-                continue  # cancelled while handling an earlier job of this worker
-            work = self.work[key]
-            work.job = work.worker = None
-            if not work.requests:
-                work.state = State.WAITING
-                continue
-            why = f"{reason} during the step ({name})"
-            if work.attempts - work.handed_back > self.retry_limit:
-                events += self._fail(work, name, f"{why}; gave up after {work.attempts} attempts")
-            else:
-                self._make_ready(work)
-                events.append(StepRequeued(key, name, why, dict(work.requests), job))
-        return events + self.dispatch()
 
     # -- jobs ------------------------------------------------------------------------------
 

@@ -1,12 +1,21 @@
-"""What the scheduler's calls cause, as events for the controller to turn into messages.
+"""The states work goes through, and what the scheduler's calls cause, as events.
 
 Pure data: each event names the work (by cache key) and the requests
-(request id -> node id) it concerns.
+(request id -> node id) it concerns; the controller turns them into messages.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
+
+
+class State(enum.Enum):
+    WAITING = "waiting"  # some dependency is not built yet
+    READY = "ready"  # can run; waits for a worker slot
+    RUNNING = "running"
+    BUILT = "built"
+    FAILED = "failed"
 
 
 @dataclass(frozen=True)

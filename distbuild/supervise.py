@@ -88,7 +88,8 @@ class Component:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                         env=env, start_new_session=True)
+                                         env=env, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
 
     @property
     def pid(self) -> int | None:
@@ -170,6 +171,14 @@ class Supervisor:
     def stop(self) -> None:
         for c in reversed(self.components):
             c.stop()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when `up` goes, however `up` goes (even
+    SIGKILL), so no component outlives the network and holds its ports."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _how(status: int) -> str:

@@ -39,6 +39,7 @@ class Plan:
     priority: str = "normal"
     warnings: list[str] = field(default_factory=list)
     _dicts: dict[str, dict] = field(default_factory=dict, repr=False)
+    saved: str = field(default="", repr=False)  # to_json(), made while planning
 
     def node_dict(self, nid: str) -> dict:
         """Node `nid` as protocol data, made once: every job of the request sends closures."""
@@ -102,8 +103,15 @@ def plan(ctl: Controller, rid: str, msg: m.BuildRequest) -> Plan:
     ctl.cache.pin(pin_name(rid), keys, tokens.issue(ctl.secret, f"pin:{pin_name(rid)}"),
                   ttl=TOKEN_TTL)
     answer = ctl.cache.cached_sources(keys)
-    return Plan(graph, targets, {k for k, present in answer.items() if present},
-                warnings=defs.warnings, priority=msg.priority)
+    result = Plan(graph, targets, {k for k, present in answer.items() if present},
+                  warnings=defs.warnings, priority=msg.priority)
+    # Made here, off the reactor thread, and all at once: made job by job, they
+    # would keep the cyclic GC's full passes (which stop the reactor) coming
+    # through the build.
+    for nid in graph.order:
+        result.node_dict(nid)
+    result.saved = result.to_json()  # for the state database; also large, also made here
+    return result
 
 
 def planned(ctl: Controller, rid: str, result: Plan) -> None:
@@ -111,7 +119,7 @@ def planned(ctl: Controller, rid: str, result: Plan) -> None:
         ctl.unpin(rid)  # cancelled while graphing, after its pin was made
         return
     graph = result.graph
-    ctl.state.save_plan(rid, result.to_json())
+    ctl.state.save_plan(rid, result.saved or result.to_json())
     ctl.state.planned(rid, [(n.id, n.cache_key, "built" if n.cache_key in result.cached
                              else "waiting") for n in graph.nodes.values()],
                       len(graph.nodes), 0)

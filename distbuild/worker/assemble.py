@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from pathlib import Path
 
-from distbuild import sandbox
-from distbuild.worker import artifacts
+from distbuild import mounts, sandbox
+from distbuild.worker import artifacts, staging, treepack, untar
 from distbuild.worker.artifacts import ArtifactInfo, PackedArtifact, artifact_filename
 from distbuild.worker.context import StepContext
 from distbuild.worker.errors import StepError
@@ -45,11 +47,15 @@ def build_stratum(ctx: StepContext) -> list[PackedArtifact]:
 
 
 def build_system(ctx: StepContext) -> list[PackedArtifact]:
-    """Assemble the root filesystem, run system integration in it, and pack it."""
+    """Assemble the root filesystem, run system integration in it, and pack it.
+
+    The root is the chunks' unpacked trees layered copy-on-write (see
+    worker.staging), or, where the worker cannot mount, the tarballs
+    unpacked one after another; later chunks win either way.
+    """
     node, log = ctx.node, ctx.log
-    rootfs = ctx.tmp / "rootfs"
-    rootfs.mkdir()
     log.header("assembling")
+    started = time.monotonic()
     contents = []
     for stratum_name, selected in node.strata_artifacts.items():
         stratum = ctx.nodes[f"stratum:{stratum_name}"]
@@ -58,10 +64,32 @@ def build_system(ctx: StepContext) -> list[PackedArtifact]:
             filename = artifact_filename(stratum.cache_key, "stratum", name)
             doc = artifacts.read_stratum(ctx.cache.fetch(filename), filename)
             ctx.record_input(filename, ctx.cache.sha256(filename))
-            for chunk in doc["chunks"]:
-                ctx.unpack(chunk["filename"], rootfs, chunk["sha256"])
-                contents.append({"stratum": stratum_name, **chunk})
+            contents += [{"stratum": stratum_name, **chunk} for chunk in doc["chunks"]]
             log.line(f"{filename}: {len(doc['chunks'])} chunk artifacts")
+    with contextlib.ExitStack() as held:
+        staged = None
+        if mounts.available():
+            layers = ctx.input_trees([(c["filename"], c["sha256"]) for c in contents])
+            held.enter_context(ctx.cache.holding(layers))
+            staged = staging.system_root(ctx.tmp / "system", layers)
+        if staged is None:
+            rootfs = ctx.tmp / "rootfs"
+            unpacker = untar.Unpacker(rootfs)
+            for chunk in contents:
+                # Recorded already if the trees were made before mounting failed.
+                get = ctx.cache.fetch if mounts.available() else ctx.input_tarball
+                unpacker.add(get(chunk["filename"], chunk["sha256"]), chunk["filename"])
+            unpacker.finish()
+        else:
+            held.callback(staged.close)
+            rootfs = staged.root
+        log.line(f"assembled {len(contents)} chunk artifacts in "
+                 f"{time.monotonic() - started:.2f} s")
+        return _finish_system(ctx, rootfs, contents)
+
+
+def _finish_system(ctx: StepContext, rootfs: Path, contents: list[dict]) -> list[PackedArtifact]:
+    node, log = ctx.node, ctx.log
     for d in SYSTEM_DIRS:
         (rootfs / d).mkdir(exist_ok=True)
     integrate(ctx, rootfs, {c["filename"] for c in contents})
@@ -71,10 +99,12 @@ def build_system(ctx: StepContext) -> list[PackedArtifact]:
         "format": artifacts.SYSTEM_META_FORMAT, "system": node.name, "arch": node.arch,
         "cache_key": node.cache_key, "contents": contents})
     log.header("packing")
+    started = time.monotonic()
     filename = artifact_filename(node.cache_key, "system", f"{node.name}-rootfs")
-    everything = [str(p.relative_to(rootfs)) for p in sorted(rootfs.rglob("*"))]
-    packed = artifacts.pack(rootfs, everything, ctx.out / filename, filename)
-    log.line(f"{filename}: {len(everything)} entries, {packed.size} bytes")
+    names = treepack.tree_names(rootfs)
+    packed = treepack.pack_tree(rootfs, ctx.out / filename, filename, names)
+    log.line(f"{filename}: {len(names)} entries, {packed.size} bytes, "
+             f"{time.monotonic() - started:.2f} s")
     ctx.extra_meta["contents"] = contents
     return [packed]
 

@@ -8,6 +8,15 @@ for one download (a lock file per artifact). Checked sha256s are appended
 to one index file (`index`: `SHA256 FILENAME` lines), which costs one
 write per artifact instead of a file and a rename each.
 
+Chunk artifacts are also kept unpacked, once, in `.unpacked/FILENAME/`, the
+first time a step stages them: staging layers those trees (see
+distbuild.worker.staging) instead of unpacking tarballs every step. The
+trees are never written to after they are made. `trim` counts a tree's
+size with its tarball's and deletes both together; trees a running step
+has staged are never deleted under it. After a reboot the trees are
+dropped and made again (they are not fsynced: a crash of the machine could
+leave a tree with files cut short; the tarballs are the checked originals).
+
 `ArtifactSource` is what the local cache downloads from: the trove's cache
 client, or `DirectoryArtifactStore` (a plain directory, used by tests and
 by `distbuild build-step` without a trove).
@@ -21,12 +30,24 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
 from distbuild.files import locked
-from distbuild.worker.artifacts import ArtifactInfo, PackedArtifact, describe
+from distbuild.worker import untar
+from distbuild.worker.artifacts import ArtifactInfo, PackedArtifact, describe, pack
 from distbuild.worker.errors import CorruptArtifact, MissingArtifact
+
+UNPACKED = ".unpacked"
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+# Unpacked trees a step in this process has staged (a worker runs all its
+# steps in one process): trim() leaves them alone, however old.
+_in_use: Counter[str] = Counter()
+_in_use_lock = threading.Lock()
 
 
 class ArtifactSource(Protocol):
@@ -92,6 +113,118 @@ class LocalArtifactCache:
         self._digests: dict[str, str] = {}
         self._lock = threading.Lock()
         self._read_index()
+        self.unpacked_dir = directory / UNPACKED
+        self._sizes = self.unpacked_dir / ".sizes"
+        self._check_boot()
+
+    def _check_boot(self) -> None:
+        """Drop the unpacked trees if the machine rebooted since they were made."""
+        if not self.unpacked_dir.exists():
+            return
+        boot = _boot_id()
+        stamp = self.unpacked_dir / ".boot"
+        with locked(self.directory / ".unpacked.lock"):
+            try:
+                if stamp.read_text() == boot:
+                    return
+            except OSError:
+                pass
+            old = self.directory / f".unpacked-old-{os.getpid()}-{time.time_ns()}"
+            try:
+                os.rename(self.unpacked_dir, old)
+            except FileNotFoundError:
+                return
+            threading.Thread(target=shutil.rmtree, args=(old, False, _force_remove),
+                             daemon=True).start()
+
+    def _make_unpacked_dir(self) -> None:
+        if self.unpacked_dir.is_dir():
+            return
+        with locked(self.directory / ".unpacked.lock"):
+            if not self.unpacked_dir.is_dir():
+                tmp = self.directory / f".unpacked-new-{os.getpid()}-{threading.get_ident()}"
+                tmp.mkdir()
+                (tmp / ".boot").write_text(_boot_id())
+                os.rename(tmp, self.unpacked_dir)
+
+    def unpacked(self, filename: str, sha256: str | None = None) -> Path:
+        """A directory holding artifact `filename` unpacked, made on first use.
+
+        Nobody may write into it: stage it read-only or copy-on-write.
+        """
+        tree = self.unpacked_dir / filename
+        if tree.is_dir():
+            self._check_expected(filename, sha256)
+            _touch(tree)
+            return tree
+        local = self.fetch(filename, sha256)
+        self._make_unpacked_dir()
+        with locked(self.directory / f".{filename}.lock"):
+            if not tree.is_dir():
+                tmp = self.unpacked_dir / f".{filename}.{os.getpid()}.{threading.get_ident()}"
+                shutil.rmtree(tmp, ignore_errors=True)
+                try:
+                    unpacker = untar.Unpacker(tmp)
+                    unpacker.add(local, filename)
+                    unpacker.finish()
+                    self._record_size(filename, unpacker.disk_bytes)
+                    os.rename(tmp, tree)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+        return tree
+
+    def known_empty(self, filename: str, sha256: str | None = None) -> bool:
+        """Whether `filename` is an artifact holding nothing, known without downloading it.
+
+        Most split artifacts of most chunks are empty (no docs, no locale
+        files): staging them needs no download and no tree. The sha256 is
+        the caller's, or the one recorded here, or the one the source
+        recorded (asked once per source, then kept in the index).
+        """
+        if sha256 is None:
+            sha256 = self._digests.get(filename)
+        if sha256 is None and self.source is not None and not self.path(filename).exists():
+            info = self.source.info(filename)
+            if info is not None:
+                self._write_digest(filename, info.sha256)
+                sha256 = info.sha256
+        return sha256 == empty_sha256()
+
+    def is_unpacked(self, filename: str) -> bool:
+        """Whether `filename` is already unpacked here."""
+        return (self.unpacked_dir / filename).is_dir()
+
+    @contextmanager
+    def holding(self, trees: Iterable[Path]) -> Iterator[None]:
+        """Keep `trees` (from `unpacked`) from being trimmed while the block runs."""
+        names = [str(t) for t in trees]
+        with _in_use_lock:
+            _in_use.update(names)
+        try:
+            yield
+        finally:
+            with _in_use_lock:
+                _in_use.subtract(names)
+                for name in names:
+                    if _in_use[name] <= 0:
+                        del _in_use[name]
+
+    def _record_size(self, filename: str, size: int) -> None:
+        with self._lock, self._sizes.open("a") as sizes:
+            fcntl.flock(sizes, fcntl.LOCK_EX)
+            sizes.write(f"{size} {filename}\n")
+
+    def _unpacked_sizes(self) -> dict[str, int]:
+        try:
+            text = self._sizes.read_text()
+        except FileNotFoundError:
+            return {}
+        out = {}
+        for line in text.splitlines():
+            size, _, name = line.partition(" ")
+            if size.isdigit() and name:
+                out[name] = int(size)
+        return out
 
     def path(self, filename: str) -> Path:
         """Where `filename` is (or would be) kept locally."""
@@ -101,7 +234,7 @@ class LocalArtifactCache:
         """The local path of a verified copy of `filename`, downloading it if needed."""
         local = self.path(filename)
         if local.exists():
-            self._check_expected(local, filename, sha256)
+            self._check_expected(filename, sha256)
             _touch(local)
             return local
         with locked(self.directory / f".{filename}.lock"):
@@ -130,7 +263,7 @@ class LocalArtifactCache:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _check_expected(self, local: Path, filename: str, sha256: str | None) -> None:
+    def _check_expected(self, filename: str, sha256: str | None) -> None:
         if sha256 is None:
             return
         recorded = self.sha256(filename)
@@ -181,28 +314,50 @@ class LocalArtifactCache:
     def trim(self, max_bytes: int, min_age: float = 600.0) -> list[str]:
         """Delete least recently used artifacts until the cache holds at most `max_bytes`.
 
-        Artifacts used in the last `min_age` seconds are kept whatever the
-        size, so that a running step never loses an input it is about to
-        unpack. Returns the names deleted.
+        An artifact's size is its tarball's plus its unpacked tree's; both go
+        together. Artifacts used in the last `min_age` seconds, and trees a
+        running step has staged, are kept whatever the size, so that a step
+        never loses an input under it. Returns the names deleted.
         """
-        entries = []
+        used: dict[str, float] = {}
+        sizes: dict[str, int] = {}
         for entry in os.scandir(self.directory):
             if entry.name.startswith(".") or entry.name == "index" or not entry.is_file():
                 continue
             st = entry.stat()
-            entries.append((st.st_mtime, st.st_size, entry.name))
-        total = sum(size for _, size, _ in entries)
+            used[entry.name], sizes[entry.name] = st.st_mtime, st.st_size
+        trees = self._unpacked_sizes()
+        for entry in _entries(self.unpacked_dir):
+            if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                continue
+            name = entry.name
+            used[name] = max(used.get(name, 0.0), entry.stat().st_mtime)
+            sizes[name] = sizes.get(name, 0) + trees.get(name, 0)
+        total = sum(sizes.values())
         deleted = []
         now = time.time()
-        for mtime, size, name in sorted(entries):
+        with _in_use_lock:
+            held = set(_in_use)
+        for mtime, name in sorted((t, n) for n, t in used.items()):
             if total <= max_bytes:
                 break
-            if now - mtime < min_age:
+            tree = self.unpacked_dir / name
+            if now - mtime < min_age or str(tree) in held:
                 continue
+            self._delete_tree(tree)
             (self.directory / name).unlink(missing_ok=True)
-            total -= size
+            total -= sizes[name]
             deleted.append(name)
         return deleted
+
+    def _delete_tree(self, tree: Path) -> None:
+        trash = self.unpacked_dir / f".trash-{tree.name}-{time.time_ns()}"
+        try:
+            os.rename(tree, trash)
+        except FileNotFoundError:
+            return
+        # Trees have read-only directories when their tarballs did.
+        shutil.rmtree(trash, onerror=_force_remove)
 
     def _write_digest(self, filename: str, sha256: str) -> None:
         with self._lock, self._index.open("a") as index:
@@ -220,6 +375,57 @@ class LocalArtifactCache:
                 digest, _, name = line.partition(" ")
                 if len(digest) == 64 and name:
                     self._digests[name] = digest
+
+
+_empty: list[tuple[bytes, str]] = []
+
+
+def _empty_artifact() -> tuple[bytes, str]:
+    if not _empty:
+        with tempfile.TemporaryDirectory(prefix="distbuild-empty-") as tmp:
+            packed = pack(Path(tmp), [], Path(tmp) / "empty", "empty")
+            _empty.append((packed.path.read_bytes(), packed.sha256))
+    return _empty[0]
+
+
+def empty_sha256() -> str:
+    """The sha256 of a chunk artifact holding nothing, as this worker packs one."""
+    return _empty_artifact()[1]
+
+
+def write_empty(dest: Path, filename: str) -> PackedArtifact:
+    """Write the artifact holding nothing (what `pack` writes for no paths) at `dest`."""
+    data, sha256 = _empty_artifact()
+    dest.write_bytes(data)
+    return PackedArtifact(filename, dest, sha256, len(data))
+
+
+def _boot_id() -> str:
+    try:
+        return _BOOT_ID.read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def _entries(path: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(path) as entries:
+            return list(entries)
+    except FileNotFoundError:
+        return []
+
+
+def _force_remove(function, path, excinfo) -> None:
+    parent = os.path.dirname(path)
+    try:
+        os.chmod(parent, 0o700)
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.chmod(path, 0o700)
+            shutil.rmtree(path, onerror=_force_remove)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass
 
 
 def _touch(path: Path) -> None:

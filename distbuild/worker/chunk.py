@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from distbuild import sandbox
-from distbuild.worker import artifacts
+from distbuild.worker import artifacts, staging
 from distbuild.worker.artifacts import PackedArtifact, artifact_filename
+from distbuild.worker.cache import write_empty
 from distbuild.worker.context import StepContext, WorkerSettings
 from distbuild.worker.errors import StepError
 from distbuild.worker.log import StepLog
@@ -29,32 +31,28 @@ TARGETS = {
 def build_chunk(ctx: StepContext) -> list[PackedArtifact]:
     """Check out, stage, run every command, and split the install directory."""
     node, log = ctx.node, ctx.log
-    build_dir, inst_dir, root = (ctx.tmp / f"{node.name}.build",
-                                 ctx.tmp / f"{node.name}.inst", ctx.tmp / "root")
+    build_dir, inst_dir = ctx.tmp / f"{node.name}.build", ctx.tmp / f"{node.name}.inst"
     log.header("source")
     log.line(f"Checking out {node.repo} at {node.commit}")
     ctx.sources.checkout(node.repo, node.commit, build_dir, submodules=node.submodules,
                          on_line=log.line, cancel=ctx.cancel)
     log.header("staging")
-    root.mkdir()
-    for dep in staged_chunks(node, ctx.nodes):
-        for rule in dep.split_rules:
-            ctx.unpack(artifact_filename(dep.cache_key, "chunk", rule.artifact), root)
+    started = time.monotonic()
+    layers = ctx.input_trees([(artifact_filename(dep.cache_key, "chunk", rule.artifact), None)
+                              for dep in staged_chunks(node, ctx.nodes)
+                              for rule in dep.split_rules])
     inst_dir.mkdir()
     over_host = ctx.settings.staging_over_host or node.build_mode == "bootstrap"
-    layout = sandbox.merged_layout(root) if over_host else ()
-    binds = (*(sandbox.host_binds() if over_host else ()),
-             sandbox.Bind(build_dir, f"/{node.name}.build", writable=True),
-             sandbox.Bind(inst_dir, f"/{node.name}.inst", writable=True))
-    env = chunk_env(node, ctx.settings)
-    masks = ctx.settings.host_masks() if over_host else ()
-    for phase, commands in node.commands:
-        if commands:
-            log.header(f"{phase} commands")
-        for command in commands:
-            ctx.run_command(phase, command, sandbox.SandboxSpec(
-                argv=("sh", "-e", "-c", command), root=None if over_host else root,
-                layout=layout, binds=binds, masks=masks, env=env, cwd=f"/{node.name}.build"))
+    with ctx.cache.holding(layers):
+        staged = staging.stage(ctx.tmp / "staging", layers, over_host=over_host,
+                               hidden=ctx.settings.hidden_paths(),
+                               mask_dir=ctx.settings.work_dir / "host-mask")
+        try:
+            log.line(f"staged {len(layers)} non-empty artifacts in "
+                     f"{time.monotonic() - started:.2f} s")
+            _run_commands(ctx, staged, build_dir, inst_dir)
+        finally:
+            staged.close()
     if node.devices:
         log.header("devices")
         make_devices(node, inst_dir, log)
@@ -62,11 +60,29 @@ def build_chunk(ctx: StepContext) -> list[PackedArtifact]:
     packed = []
     for name, paths in artifacts.split_tree(inst_dir, node.split_rules).items():
         filename = artifact_filename(node.cache_key, "chunk", name)
-        packed.append(artifacts.pack(inst_dir, paths, ctx.out / filename, filename))
+        if paths:
+            packed.append(artifacts.pack(inst_dir, paths, ctx.out / filename, filename))
+        else:  # most are: the same bytes every time
+            packed.append(write_empty(ctx.out / filename, filename))
         log.line(f"{filename}: {len(paths)} files, {packed[-1].size} bytes")
     ctx.extra_meta["source"] = {"repo": node.repo, "ref": node.ref, "commit": node.commit,
                                 "tree": node.tree}
     return packed
+
+
+def _run_commands(ctx: StepContext, staged: staging.Staged, build_dir: Path,
+                  inst_dir: Path) -> None:
+    node = ctx.node
+    binds = (*staged.binds, sandbox.Bind(build_dir, f"/{node.name}.build", writable=True),
+             sandbox.Bind(inst_dir, f"/{node.name}.inst", writable=True))
+    env = chunk_env(node, ctx.settings)
+    for phase, commands in node.commands:
+        if commands:
+            ctx.log.header(f"{phase} commands")
+        for command in commands:
+            ctx.run_command(phase, command, sandbox.SandboxSpec(
+                argv=("sh", "-e", "-c", command), root=staged.root, layout=staged.layout,
+                binds=binds, masks=staged.masks, env=env, cwd=f"/{node.name}.build"))
 
 
 def chunk_env(node: Any, settings: WorkerSettings) -> dict[str, str]:

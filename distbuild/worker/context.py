@@ -10,18 +10,19 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from distbuild import sandbox
 from distbuild.runprocess import CancelToken
-from distbuild.worker import artifacts
 from distbuild.worker.cache import LocalArtifactCache
 from distbuild.worker.errors import CommandFailed, DiskFull
 from distbuild.worker.log import StepLog
 from distbuild.worker.sources import GitSources
 
+_UNPACK_THREADS = 4
 # Below this much free space a failing command is taken to have filled the disk.
 _FULL_BYTES = 64 * 1024
 
@@ -63,10 +64,13 @@ class WorkerSettings:
     def trash_dir(self) -> Path:
         return self.work_dir / "trash"
 
+    def hidden_paths(self) -> list[Path]:
+        """Host paths builds that see the host must not see."""
+        return [*sandbox.HOST_HIDDEN, self.work_dir, *self.hide_from_builds]
+
     def host_masks(self) -> tuple[str, ...]:
         """bwrap operations hiding secrets from builds that see the host."""
-        return sandbox.host_masks(self.work_dir / "empty",
-                                  [*sandbox.HOST_HIDDEN, self.work_dir, *self.hide_from_builds])
+        return sandbox.host_masks(self.work_dir / "empty", self.hidden_paths())
 
     def clean(self) -> None:
         """Remove what steps that crashed left behind (call when no step runs)."""
@@ -117,12 +121,47 @@ class StepContext:
                            f"{command!r} (exit status {status})", self.node.id)
         raise CommandFailed(self.node.id, phase, command, status, tail)
 
-    def unpack(self, filename: str, dest: Path, sha256: str | None = None) -> list[str]:
-        """Unpack input artifact `filename` (checked against `sha256` if given) into `dest`."""
+    def input_tree(self, filename: str, sha256: str | None = None) -> Path | None:
+        """Input artifact `filename` (checked against `sha256` if given), unpacked in the
+        local cache, for staging; None when it holds nothing. Never write into it."""
+        self.cancel.check()
+        tree = self.cache.unpacked(filename, sha256)
+        self.record_input(filename, self.cache.sha256(filename))
+        with os.scandir(tree) as entries:
+            return tree if next(entries, None) is not None else None
+
+    def input_trees(self, wanted: list[tuple[str, str | None]]) -> list[Path]:
+        """`input_tree` of each (filename, sha256), in order, leaving out empty ones
+        (which need not be downloaded at all: see `LocalArtifactCache.known_empty`).
+
+        Those not yet unpacked here are downloaded and unpacked a few at a
+        time: most of that time is the kernel creating files, which threads
+        overlap.
+        """
+        empty = {w for w in wanted if self.cache.known_empty(*w)}
+        missing = [w for w in wanted if w not in empty and not self.cache.is_unpacked(w[0])]
+        if len(missing) > 1:
+            def unpack(item: tuple[str, str | None]) -> None:
+                self.cancel.check()
+                self.cache.unpacked(*item)
+
+            with ThreadPoolExecutor(_UNPACK_THREADS, thread_name_prefix="unpack") as pool:
+                for _ in pool.map(unpack, missing):
+                    pass
+        trees = []
+        for filename, sha256 in wanted:
+            if (filename, sha256) in empty:
+                self.record_input(filename, sha256 or self.cache.sha256(filename))
+            elif (tree := self.input_tree(filename, sha256)) is not None:
+                trees.append(tree)
+        return trees
+
+    def input_tarball(self, filename: str, sha256: str | None = None) -> Path:
+        """Input artifact `filename` as the tarball it came as."""
         self.cancel.check()
         local = self.cache.fetch(filename, sha256)
         self.record_input(filename, self.cache.sha256(filename))
-        return artifacts.extract(local, dest, filename)
+        return local
 
     def record_input(self, filename: str, sha256: str) -> None:
         """Note an artifact the step read, for its metadata."""

@@ -33,7 +33,7 @@ from distbuild.runprocess import CancelToken
 from distbuild.worker import artifacts
 from distbuild.worker.artifacts import PackedArtifact
 from distbuild.worker.assemble import build_stratum, build_system
-from distbuild.worker.cache import LocalArtifactCache
+from distbuild.worker.cache import LocalArtifactCache, empty_sha256
 from distbuild.worker.chunk import build_chunk, staged_chunks
 from distbuild.worker.context import StepContext, WorkerSettings
 from distbuild.worker.errors import DiskFull, StepError
@@ -137,7 +137,9 @@ class StepRunner:
         log_name = f"{node.cache_key}.build-log"
         log = artifacts.describe(ctx.out / log_name, log_name)
         meta_name = f"{node.cache_key}.meta"
-        artifacts.write_json(ctx.out / meta_name, {
+        # One line, sorted keys: json's C encoder (indenting takes its Python one,
+        # 2.6 ms of a step with 210 inputs).
+        _write_compact_json(ctx.out / meta_name, {
             "format": META_FORMAT, "node": node.id, "kind": node.kind, "name": node.name,
             "cache_key": node.cache_key, "arch": node.arch, "worker": platform.node(),
             "seconds": round(seconds, 3), "inputs": ctx.inputs, **ctx.extra_meta,
@@ -155,6 +157,9 @@ class StepRunner:
                  for a in [*produced, log, meta]]
         for artifact in moved[:len(produced)]:
             self.cache.add(artifact)
+            if node.kind == "chunk" and artifact.sha256 != empty_sha256():
+                # The next steps here will likely stage it: unpack it now, once.
+                self.cache.unpacked(artifact.filename, artifact.sha256)
         self._trim()
         return StepResult(node.id, node.cache_key, final, moved[:len(produced)],
                           moved[-2], moved[-1], seconds, ctx.command_seconds)
@@ -172,6 +177,10 @@ class StepRunner:
             except OSError:
                 continue
             threading.Thread(target=shutil.rmtree, args=(trash, True), daemon=True).start()
+
+
+def _write_compact_json(path: Path, doc: Any) -> None:
+    path.write_text(json.dumps(doc, sort_keys=True) + "\n")
 
 
 def load_meta(path: Path) -> dict[str, Any]:
