@@ -39,6 +39,7 @@ host-packages:
 	command -v mkfs.ext4 >/dev/null && command -v debugfs >/dev/null || missing="$$missing e2fsprogs"; \
 	command -v fakeroot >/dev/null || missing="$$missing fakeroot"; \
 	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
+	command -v dot >/dev/null || missing="$$missing graphviz"; \
 	pkg-config --exists libvirt 2>/dev/null || missing="$$missing libvirt-dev"; \
 	python3 -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \

@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("distbuild.initiator.requests:Status", "show one build request"),
     "list": ("distbuild.initiator.requests:List", "list build requests"),
     "cancel": ("distbuild.initiator.requests:Cancel", "cancel a build request"),
+    "workers": ("distbuild.initiator.farm:Workers",
+                "list the workers: slots, running steps, last heartbeat"),
+    "queue": ("distbuild.initiator.farm:Queue",
+              "list the ready steps in the order they will run, and why each waits"),
     "attach": ("distbuild.initiator.attach", "follow a running build request again"),
     "log": ("distbuild.initiator.steplog", "print the log of one step of a build request"),
     "schedule": ("distbuild.initiator.schedule", "add, list, remove or run scheduled builds "

@@ -198,6 +198,8 @@ class ClientSettings:
     identity: Path | None = None
     known_hosts: Path | None = None
     repo_aliases: list[str] = field(default_factory=list)
+    # Where the controller's web dashboard is (printed by `distbuild up`).
+    dashboard_url: str | None = None
     # Unknown fields in definitions are errors, not warnings (`--strict`).
     strict_definitions: bool = False
 

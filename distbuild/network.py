@@ -44,7 +44,8 @@ ADDRESS = "127.0.0.1"
 PORTS = {"git_port": ("trove.yaml", "trove"), "http_port": ("trove.yaml", "trove"),
          "ssh_port": ("trove.yaml", "trove"),
          "initiator_port": ("controller.yaml", "controller"),
-         "worker_port": ("controller.yaml", "controller")}
+         "worker_port": ("controller.yaml", "controller"),
+         "dashboard_port": ("controller.yaml", "controller")}
 
 
 class NetworkError(DistbuildError):
@@ -176,7 +177,8 @@ class Network:
             "initiator_authorized_keys": str(self.keys.initiator_authorized_keys),
             "worker_authorized_keys": str(self.keys.worker_authorized_keys),
             "listen_address": ADDRESS, "initiator_port": ports["initiator_port"],
-            "worker_port": ports["worker_port"]})
+            "worker_port": ports["worker_port"], "dashboard_address": ADDRESS,
+            "dashboard_port": ports["dashboard_port"]})
         self._start("controller", self._distbuild(
             "controller", "--config", str(controller_conf),
             "--ready-file", str(d / "run" / "controller.json")), d / "run" / "controller.json")
@@ -190,6 +192,7 @@ class Network:
             "definitions_repo": DEFINITIONS_REPO,
             "identity": str(self.keys.initiator_key),
             "known_hosts": str(self.keys.known_hosts),
+            "dashboard_url": f"http://{ADDRESS}:{ports['dashboard_port']}/",
         }
         self._import_examples(settings)
         controller_log = d / "logs" / "controller.log"
@@ -335,6 +338,7 @@ def run(args: argparse.Namespace) -> int:
         say(f"Network up: trove {settings['trove_git_url']}, artifact cache "
             f"{settings['artifact_cache_url']}, controller {ADDRESS}:"
             f"{settings['controller_initiator_port']}, {args.workers} worker(s)")
+        say(f"Dashboard: {settings['dashboard_url']}")
         say(f"Settings for client commands: {network_yaml}")
         print("\nTo build the example system:\n"
               f"  cd {definitions}\n"

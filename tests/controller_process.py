@@ -32,7 +32,7 @@ class ControllerProcess:
             "host_key": str(self.keys.controller_host_key),
             "initiator_authorized_keys": str(self.keys.initiator_authorized_keys),
             "worker_authorized_keys": str(self.keys.worker_authorized_keys),
-            "initiator_port": 0, "worker_port": 0, **settings,
+            "initiator_port": 0, "worker_port": 0, "dashboard_port": 0, **settings,
         }
         self.config.write_text(yaml.safe_dump({"controller": section}))
         self.ready_file = self.root / "controller-ready.json"

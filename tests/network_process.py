@@ -145,6 +145,13 @@ def processes_with(marker: str) -> list[int]:
     return found
 
 
+def edit(path: Path, old: str, new: str) -> None:
+    """Replace the first `old` in file `path` (which must hold it) with `new`."""
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1))
+
+
 def wait_for(predicate, timeout: float, what: str):
     """The first true value of `predicate()`, polled every 50 ms; fails after `timeout` s."""
     deadline = time.monotonic() + timeout

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.network_process import NetworkProcess, processes_with
+from tests.network_process import NetworkProcess, edit, processes_with, wait_for
 from tests.trove_process import pid_alive
 
 pytestmark = pytest.mark.slow
@@ -30,22 +30,6 @@ def net(tmp_path_factory):
     network = NetworkProcess(tmp_path_factory.mktemp("durable"), workers=2).start()
     yield network
     network.stop()
-
-
-def edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text, f"{old!r} not in {path}"
-    path.write_text(text.replace(old, new, 1))
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def request_id(text: str) -> str:

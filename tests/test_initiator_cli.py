@@ -137,8 +137,8 @@ def test_unknown_and_changed_controller_host_keys_say_what_to_add(network, tmp_p
     assert changed.endswith(f"replace its line with: {line}")
 
 
-@pytest.mark.parametrize("typed, meant", [("stauts", "status"), ("workers", "worker"),
-                                          ("lsit", "list")])
+@pytest.mark.parametrize("typed, meant", [("stauts", "status"), ("wrker", "worker"),
+                                          ("lsit", "list"), ("queu", "queue")])
 def test_mistyped_command_submits_nothing(network, tmp_path, typed, meant):
     checkout = network.checkout(tmp_path / "defs")
     (checkout / "NOTES").write_text("would be pushed\n")

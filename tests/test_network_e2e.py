@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from distbuild import ssh
-from tests.network_process import NetworkProcess, processes_with, wait_for
+from tests.network_process import NetworkProcess, edit, processes_with, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -39,12 +39,6 @@ def network(tmp_path_factory):
 def _alive(pid: int) -> bool:
     from tests.trove_process import pid_alive
     return pid_alive(pid)
-
-
-def edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text, f"{old!r} not in {path}"
-    path.write_text(text.replace(old, new, 1))
 
 
 def request_id(output: str) -> str:

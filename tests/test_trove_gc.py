@@ -1,6 +1,7 @@
 """Garbage collection and pins against a real trove process, configured from YAML."""
 
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,22 @@ def test_lru_collection_down_to_the_limit_keeps_pinned_sources(tmp_path):
         assert cached(client, c, d) == {c: True, d: True}
         assert "garbage collection removed" in trove.log()
         assert not list((trove.artifact_dir / "sources").rglob(f"{a}*"))
+        # /metrics counts what happened: four uploads of 1000 bytes, two collected, the
+        # pin without a token refused from its headers.
+        with urllib.request.urlopen(trove.cache_url + "metrics", timeout=10) as r:
+            text = r.read().decode()
+        metrics = dict(line.rsplit(" ", 1) for line in text.splitlines()
+                       if line and not line.startswith("#"))
+        assert float(metrics['distbuild_trove_uploads_total{result="stored"}']) == 4
+        assert float(metrics["distbuild_trove_upload_bytes_total"]) == 4000
+        assert float(metrics["distbuild_trove_gc_removed_sources_total"]) == 2
+        assert float(metrics['distbuild_trove_gc_passes_total{result="ok"}']) >= 2
+        assert float(metrics['distbuild_trove_refusals_total{reason="no_token"}']) == 1
+        assert float(metrics["distbuild_trove_stored_sources"]) == 2
+        assert float(metrics["distbuild_trove_stored_artifacts"]) == 2
+        assert float(metrics["distbuild_trove_stored_bytes"]) == 2000
+        with urllib.request.urlopen(trove.cache_url, timeout=10) as r:
+            assert "/metrics" in r.read().decode()  # the root names the endpoints
     finally:
         trove.stop()
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from distbuild import tokens
-from distbuild.controller import events, follow, jobs, requests, schedules, verify
+from distbuild.controller import events, farm, follow, jobs, requests, schedules, verify
 from distbuild.controller.joblogs import JobLogs
+from distbuild.controller.observers import Observer
 from distbuild.controller.requests import Plan, pin_name
 from distbuild.controller.settings import ControllerSettings
 from distbuild.controller.state import ControllerState
@@ -24,7 +25,7 @@ from distbuild.timestamps import service_logger
 
 # Each message type a peer may send, with the function that handles it.
 MESSAGE_HANDLERS = {**requests.HANDLERS, **follow.HANDLERS, **jobs.HANDLERS,
-                    **verify.HANDLERS, **schedules.HANDLERS}
+                    **verify.HANDLERS, **schedules.HANDLERS, **farm.HANDLERS}
 
 
 class Controller:
@@ -54,6 +55,9 @@ class Controller:
         self.plans: dict[str, Plan] = {}
         self.lognames: dict[str, dict[str, str]] = {}
         self.job_results: dict[str, m.Message] = {}  # cache key -> last JobFinished/JobFailed
+        # Read-only watchers (metrics, dashboard): each gets every scheduler event before
+        # it is applied, and every message from a link after it is handled.
+        self.observers: list[Observer] = []
         self.cache_checks = jobs.CacheChecks(self)
         self.verifier = verify.Verifier(self)
         self.schedules = schedules.Schedules(self)
@@ -80,6 +84,8 @@ class Controller:
     def link_closed(self, link, reason: str) -> None:
         """A link went away: a worker's steps go back to the queue, an owner's requests end."""
         self.log(f"{link.peer} disconnected: {reason}")
+        for observer in self.observers:
+            observer.link_closed(link)
         if link.role == "worker":
             name = link.hello.name
             if self.workers.get(name) is link:
@@ -102,6 +108,8 @@ class Controller:
             raise DistbuildError(f"{message.type} is not a message a {link.role} may send",
                                  link.peer)
         handler(self, link, message)
+        for observer in self.observers:
+            observer.message(link, message)
 
     def worker_gone(self, name: str) -> None:
         """If worker `name` is still away, run its steps elsewhere."""
@@ -125,6 +133,8 @@ class Controller:
     def apply(self, scheduler_events) -> None:
         """Turn scheduler events into messages, state and log lines."""
         for event in scheduler_events:
+            for observer in self.observers:
+                observer.event(event)
             events.HANDLERS[type(event)](self, event)
 
     def cancel(self, rid: str) -> bool:
@@ -142,6 +152,8 @@ class Controller:
         """Request `rid` is over: tell its watchers, record it, forget it, unpin it."""
         self.tell(rid, message)
         self.state.ended(rid, state, reason, artifacts)
+        for observer in self.observers:
+            observer.request_ended(rid, state)
         self.log(f"request {rid} {state}{': ' + reason if reason else ''}")
         self.watchers.pop(rid, None)
         self.owners.pop(rid, None)

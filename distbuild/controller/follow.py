@@ -57,7 +57,7 @@ def ended_message(record: dict) -> m.Message:
 
 def on_log_request(ctl: Controller, link, msg: m.LogRequest) -> None:
     rid, step = msg.request_id, msg.step
-    nid, key = _find_step(ctl, rid, step)
+    nid, key = find_step(ctl, rid, step)
     if key is None:
         link.send(m.Error(message=nid, request_id=rid))
         return
@@ -89,7 +89,7 @@ def on_log_request(ctl: Controller, link, msg: m.LogRequest) -> None:
                         f"{f.getErrorMessage()}", request_id=rid)))
 
 
-def _find_step(ctl: Controller, rid: str, step: str) -> tuple[str, str | None]:
+def find_step(ctl: Controller, rid: str, step: str) -> tuple[str, str | None]:
     """(node id, cache key) of the step `step` names; (why not, None) if none or several."""
     if ctl.state.request(rid) is None:
         return f"no request {rid}", None

@@ -82,6 +82,26 @@ class JobLogs:
         if chunk:
             yield number - len(chunk), chunk
 
+    def read_after(self, job: str, offset: int, limit: int = CHUNK_CHARS
+                   ) -> tuple[int, list[str]]:
+        """Whole lines of `job` from byte `offset`, about `limit` characters of them at most:
+        (the offset after them, the lines). For followers that poll a growing log."""
+        path = self.path(job)
+        if job in self._open:
+            self._open[job].flush()
+        try:
+            with path.open("rb") as f:
+                f.seek(offset)
+                data = f.read(limit)
+        except FileNotFoundError:
+            return offset, []
+        end = data.rfind(b"\n") + 1
+        if end == 0:
+            # Half a line so far, or one longer than `limit` (workers cut lines far shorter).
+            return (self.read_after(job, offset, limit * 2) if len(data) == limit
+                    else (offset, []))
+        return offset + end, data[:end].decode("utf-8", "replace").split("\n")[:-1]
+
     def close(self, job: str) -> None:
         """The job ended: its file stays, its handle goes."""
         out = self._open.pop(job, None)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 def on_worker_ready(ctl: Controller, link, msg: m.WorkerReady) -> None:
     name = link.hello.name
+    link.labels = list(msg.labels)
     ctl.log(f"{link.peer}: arch {msg.arch}, {msg.slots} slot(s)"
             + (f", labels {', '.join(msg.labels)}" if msg.labels else "")
             + (f", holding {', '.join(msg.held)}" if msg.held else ""))

@@ -10,6 +10,7 @@ a Refused that names both versions, and the channel closes.
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
@@ -75,6 +76,13 @@ class LinkProtocol(TwistedProtocol):
         self._closed_reason = "link closed"
         self._buffer = b""
         self._closing = False
+        self.connected_at = 0.0  # wall-clock time, for farm views
+        self.labels: list[str] = []  # a worker's, from its worker-ready
+
+    @property
+    def last_heard(self) -> float:
+        """When the peer last sent anything (a heartbeat at least every few seconds)."""
+        return self._last_heard
 
     @property
     def peer(self) -> str:
@@ -83,6 +91,7 @@ class LinkProtocol(TwistedProtocol):
 
     def connectionMade(self) -> None:
         self._last_heard = self.clock.seconds()
+        self.connected_at = time.time()
         self._heartbeat = task.LoopingCall(self._beat)
         self._heartbeat.clock = self.clock
         self._heartbeat.start(1.0, now=False)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from distbuild import tokens
+from distbuild.controller import farm
 from distbuild.controller.settings import TOKEN_TTL
 from distbuild.definitions import (
     BuildGraph,
@@ -61,8 +62,8 @@ class Plan:
         data = json.loads(text)
         nodes = {d["id"]: node_from_dict(d) for d in data["nodes"]}
         return cls(BuildGraph(nodes[data["system"]], nodes, data["order"]), data["targets"],
-                   set(data["cached"]), priority=data.get("priority", "normal"),
-                   warnings=data.get("warnings", []))
+                   set(data["cached"]), warnings=data.get("warnings", []),
+                   priority=data.get("priority", "normal"))
 
 
 def on_build_request(ctl: Controller, link, msg: m.BuildRequest) -> None:
@@ -164,7 +165,7 @@ def on_cancel_request(ctl: Controller, link, msg: m.CancelRequest) -> None:
 
 
 def on_status_request(ctl: Controller, link, msg: m.StatusRequest) -> None:
-    status = ctl.state.request(msg.request_id)
+    status = farm.status_with_steps(ctl, msg.request_id)
     if status is None:
         link.send(m.Error(message=f"no request {msg.request_id}", request_id=msg.request_id))
     else:
@@ -176,7 +177,8 @@ def on_status_request(ctl: Controller, link, msg: m.StatusRequest) -> None:
 
 
 def on_list_requests(ctl: Controller, link, msg: m.ListRequests) -> None:
-    link.send(m.RequestList(requests=ctl.state.requests()))
+    link.send(m.RequestList(requests=farm.request_rows(ctl, max(1, min(msg.limit, 1000)),
+                                                       msg.state)))
 
 
 HANDLERS = {

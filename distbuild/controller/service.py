@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen-address")
     parser.add_argument("--initiator-port", type=int)
     parser.add_argument("--worker-port", type=int)
+    parser.add_argument("--dashboard-address")
+    parser.add_argument("--dashboard-port", type=int)
     parser.add_argument("--trove-git-url")
     parser.add_argument("--artifact-cache-url")
     parser.add_argument("--ready-file", type=Path,
@@ -50,6 +52,7 @@ def settings_from(args: argparse.Namespace) -> ControllerSettings:
         ControllerSettings, args.config, "controller", state_dir=args.state_dir,
         listen_address=args.listen_address, initiator_port=args.initiator_port,
         worker_port=args.worker_port, trove_git_url=args.trove_git_url,
+        dashboard_address=args.dashboard_address, dashboard_port=args.dashboard_port,
         artifact_cache_url=args.artifact_cache_url)
 
 
@@ -65,11 +68,13 @@ def serve(settings: ControllerSettings, ready_file: Path | None = None) -> int:
     from twisted.internet import error, reactor
 
     from distbuild.controller.core import Controller
+    from distbuild.controller.dashboard import listen as listen_dashboard
     from distbuild.controller.labels import LabelWaits
     from distbuild.controller.links import link_factory
     from distbuild.controller.restart import resume
 
     controller = Controller(settings, reactor)
+    dashboard_port = listen_dashboard(controller, reactor)
     resume(controller)
     LabelWaits(controller).start()
     controller.verifier.start()
@@ -88,8 +93,13 @@ def serve(settings: ControllerSettings, ready_file: Path | None = None) -> int:
                               f"{settings.listen_address}:{port}") from None
         ports[f"{role}_port"] = listening.getHost().port
 
+    address = settings.dashboard_address
+    host = f"[{address}]" if ":" in address else address
+
     def announce() -> None:
-        info = {**ports, "pid": os.getpid(), "listen_address": settings.listen_address}
+        info = {**ports, "pid": os.getpid(), "listen_address": settings.listen_address,
+                "dashboard_port": dashboard_port,
+                "dashboard_url": f"http://{host}:{dashboard_port}/"}
         _log(f"ready: {json.dumps(info)}")
         if ready_file is not None:
             tmp = ready_file.with_name(ready_file.name + ".tmp")

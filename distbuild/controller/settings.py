@@ -47,6 +47,12 @@ class ControllerSettings:
     # another worker and compared (distbuild verify asks for chosen ones).
     verify_fraction: float = 0.0
 
+    # The web dashboard and /metrics (docs/dashboard.md). Any address but loopback needs
+    # credentials: a file holding a token or USER:PASSWORD.
+    dashboard_address: str = "127.0.0.1"
+    dashboard_port: int = 7880
+    dashboard_credentials: Path | None = None
+
     def __post_init__(self) -> None:
         for pattern, labels in self.step_labels.items():
             if not isinstance(labels, list) or not all(

@@ -226,11 +226,22 @@ class ControllerState:
             out["attempts"].append(dict(r) | {"attempt": numbers[r["step"]]})
         return out
 
-    def requests(self, limit: int = 50) -> list[dict[str, Any]]:
-        """The newest requests first."""
-        rows = self.db.execute("SELECT * FROM requests ORDER BY seq DESC LIMIT ?",
-                               (limit,)).fetchall()
+    def requests(self, limit: int = 50, state: str = "") -> list[dict[str, Any]]:
+        """The newest requests first; only those in `state` unless it is ""."""
+        rows = self.db.execute("SELECT * FROM requests WHERE ? = '' OR state = ? "
+                               "ORDER BY seq DESC LIMIT ?", (state, state, limit)).fetchall()
         return [_request_dict(r) for r in rows]
+
+    def nodes(self, request_id: str) -> list[tuple[str, str, str]]:
+        """(node id, cache key, state) of every node of a request, in the order planned."""
+        rows = self.db.execute("SELECT node_id, cache_key, state FROM nodes WHERE "
+                               "request_id=? ORDER BY rowid", (request_id,))
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def plan(self, request_id: str) -> str | None:
+        """The saved plan (JSON) of a request, kept after it ended; None if never planned."""
+        row = self.db.execute("SELECT plan FROM requests WHERE id=?", (request_id,)).fetchone()
+        return row[0] if row else None
 
     def close(self) -> None:
         self.db.close()

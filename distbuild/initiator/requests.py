@@ -1,12 +1,15 @@
-"""`distbuild status ID`, `distbuild list` and `distbuild cancel ID`."""
+"""`distbuild status ID`, `distbuild list` and `distbuild cancel ID`.
+
+With --json, status and list print only JSON on stdout (progress goes to stderr).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 
 from distbuild.initiator.build import add_link_arguments, open_link, say, settings
+from distbuild.initiator.tables import seconds, table, when
 from distbuild.initiator.verify import describe as verify_lines
 from distbuild.link import Link
 from distbuild.protocol import messages as m
@@ -29,10 +32,6 @@ def ask(args: argparse.Namespace, question: m.Message) -> m.Message:
         link.close()
 
 
-def _when(stamp: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(stamp)) if stamp else "-"
-
-
 class Status:
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +52,8 @@ class Status:
         print(f"Request {r['id']}: {r['state']}" + (f" ({r['reason']})" if r["reason"] else ""))
         print(f"  system {r['system']} at {r['definitions_commit'][:12]}, from {r['initiator']}"
               + (f" (schedule {r['schedule']})" if r.get("schedule") else ""))
-        print(f"  submitted {_when(r['created'])}, ended {_when(r['ended'])}")
+        print(f"  submitted {when(r['created'])}, ended {when(r['ended'])}, "
+              f"took {seconds(r.get('duration'))}")
         print(f"  built {r['built']} of {r['unbuilt']} to build ({r['total']} steps)")
         nodes = ", ".join(f"{n} {state}" for state, n in sorted(r["nodes"].items()))
         if nodes:
@@ -67,6 +67,12 @@ class Status:
                 print(f"  verify: {line}")
         for url in r["artifacts"]:
             print(f"Artifact: {url}")
+        steps = r.get("steps", [])
+        if steps:
+            print()
+            print(table(["STEP", "STATE", "WORKER", "STARTED", "DURATION", "ATTEMPTS"],
+                        [[s["step"], s["state"], s["worker"] or "-", when(s["started"]),
+                          seconds(s["duration"]), s["attempts"] or "-"] for s in steps]))
         return 0
 
 
@@ -74,19 +80,33 @@ class List:
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         add_link_arguments(parser)
+        parser.add_argument("--state", default="",
+                            choices=["", "graphing", "building", "finished", "failed",
+                                     "cancelled"],
+                            help="only requests in this state")
+        parser.add_argument("--limit", type=int, default=20,
+                            help="how many of the newest requests (default 20)")
+        parser.add_argument("--json", action="store_true", help="print the rows as JSON only")
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        answer = ask(args, m.ListRequests())
+        if args.limit < 1:
+            say("--limit must be at least 1", quiet=True)
+            return 2
+        answer = ask(args, m.ListRequests(state=args.state, limit=args.limit))
         if isinstance(answer, m.Error):
             say(answer.message, quiet=True)
             return 1
+        if args.json:
+            print(json.dumps(answer.requests, indent=1))
+            return 0
         if not answer.requests:
-            print("No requests.")
-        for r in answer.requests:
-            print(f"{r['id']}  {r['state']:<10} {_when(r['created'])}  {r['system']}  "
-                  f"{r['built']}/{r['unbuilt']}"
-                  + (f"  schedule {r['schedule']}" if r.get("schedule") else ""))
+            print("No requests" + (f" in state {args.state}." if args.state else "."))
+            return 0
+        print(table(["ID", "STATE", "SUBMITTED", "DURATION", "BUILT", "SYSTEM", "SCHEDULE"],
+                    [[r["id"], r["state"], when(r["created"]), seconds(r.get("duration")),
+                      f"{r['built']}/{r['unbuilt']}", r["system"], r.get("schedule") or ""]
+                     for r in answer.requests]))
         return 0
 
 

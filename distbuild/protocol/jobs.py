@@ -74,6 +74,8 @@ class JobFinished(Message):
     seconds: float  # the whole step on the worker
     artifacts: dict[str, Any] = field(default_factory=dict)
     command_seconds: float = 0.0  # the part spent running the step's own commands
+    fetched_bytes: int = 0  # downloaded from the artifact cache to stage the step
+    sent_bytes: int = 0  # uploaded to the artifact cache: artifacts, metadata and log
 
 
 @dataclass

@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from distbuild.protocol import jobs, resume, schedules, verify
+from distbuild.protocol import farm, jobs, resume, schedules, verify
 from distbuild.protocol.base import PROTOCOL_VERSION, Message
+from distbuild.protocol.farm import QueueReply, QueueRequest, WorkerList, WorkersRequest
 from distbuild.protocol.jobs import (
     JobCancel,
     JobFailed,
@@ -41,10 +42,11 @@ from distbuild.protocol.schedules import (
 from distbuild.protocol.verify import JobVerified, VerifyAccepted, VerifyRequest, VerifyResult
 
 __all__ = ["PROTOCOL_VERSION", "AttachRequest", "JobAdopt", "JobCancel", "JobFailed",
-           "JobFinished", "JobHandedBack", "JobOutput", "JobRun", "JobVerified", "LogLines",
-           "LogRequest", "Message", "ScheduleAdd", "ScheduleList", "ScheduleRemove",
-           "ScheduleReply", "ScheduleRun", "VerifyAccepted", "VerifyRequest", "VerifyResult",
-           "WorkerDraining", "WorkerReady"]
+           "JobFinished", "JobHandedBack", "JobOutput", "JobRun", "JobVerified",
+           "LogLines", "LogRequest", "Message", "QueueReply", "QueueRequest",
+           "ScheduleAdd", "ScheduleList", "ScheduleRemove", "ScheduleReply", "ScheduleRun",
+           "VerifyAccepted", "VerifyRequest", "VerifyResult", "WorkerDraining",
+           "WorkerList", "WorkerReady", "WorkersRequest"]
 
 
 # -- handshake (both links) --------------------------------------------------------------------
@@ -322,11 +324,13 @@ class StatusRequest(Message):
 
 @dataclass
 class ListRequests(Message):
-    """Ask for the list of requests."""
+    """Ask for the list of requests, newest first; `state` "" means any."""
 
     type: ClassVar[str] = "list-requests"
     link: ClassVar[str] = "initiator"
     sender: ClassVar[str] = "client"
+    state: str = ""
+    limit: int = 50
 
 
 @dataclass
@@ -360,10 +364,10 @@ class Error(Message):
     request_id: str = ""
 
 
-# This module's messages first, then those of `jobs`, `resume`, `verify` and `schedules`, each in
-# the order they are defined.
+# This module's messages first, then those of `jobs`, `resume`, `verify`, `schedules` and
+# `farm`, each in the order they are defined.
 _ORDER = {__name__: 0, jobs.__name__: 1, resume.__name__: 2, verify.__name__: 3,
-          schedules.__name__: 4}
+          schedules.__name__: 4, farm.__name__: 5}
 MESSAGES: dict[str, type[Message]] = {
     cls.type: cls for cls in sorted(Message.__subclasses__(),  # type: ignore[misc]
                                     key=lambda c: _ORDER[c.__module__])

@@ -4,29 +4,27 @@
 network adds: bulk source queries, authenticated atomic uploads, build logs and
 pins. Request bodies are received in `uploads`: an upload streams straight
 into the store, and a request that will be refused is refused from its
-headers, before any of its body is read. Downloads of 1 MiB or more are sent
-with sendfile(2) by a thread; smaller ones stream from disk through a producer.
+headers, before any of its body is read. Files are sent by `downloads`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import threading
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote
 
-from twisted.internet import tcp
+from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.web import resource, server
 
 from distbuild import jsonlimit, tokens
 from distbuild.errors import ResolveError, TroveError
 from distbuild.trove import names
+from distbuild.trove.downloads import serve_file
+from distbuild.trove.metrics import TroveMetrics
 from distbuild.trove.refs import expand_alias, resolve_in
-from distbuild.trove.splice import FileSender, SocketEnded
 from distbuild.trove.store import Store, Upload, UploadError
 from distbuild.trove.uploads import (
     MAX_QUERY_BODY,
@@ -38,8 +36,6 @@ from distbuild.trove.uploads import (
     token_from,
 )
 
-# Files of at least this size are sent with sendfile(2) from a thread.
-SENDFILE_MIN = 1 << 20
 MAX_PIN_TTL = 7 * 24 * 3600
 
 
@@ -87,6 +83,7 @@ class CacheResource(resource.Resource):
         self.reactor = reactor
         self.store = store
         self.secret_path = secret_path
+        self.metrics = TroveMetrics(store)
 
     def secret(self) -> bytes:
         """The token secret, read per use so a rotated secret file takes effect at once."""
@@ -101,6 +98,7 @@ class CacheResource(resource.Resource):
         try:
             return self._route(request, method, parts)
         except UploadError as e:
+            self.metrics.refused(e.status)
             if method in ("PUT", "DELETE"):
                 self.log(f"refused {method} /{'/'.join(parts)} from {peer_of(request)}: {e}")
             return _text(request, e.status, f"error: {e}")
@@ -126,6 +124,12 @@ class CacheResource(resource.Resource):
                 return self._get_log(request, parts[2])
         elif parts[:2] == ["2.0", "pins"] and len(parts) == 3 and method in ("PUT", "DELETE"):
             return self._pin(request, method, parts[2])
+        elif parts == [""] and method == "GET":
+            return _text(request, 200, "distbuild artifact cache: /1.0/artifacts, /1.0/sha1s, "
+                         "/2.0/sources, /2.0/pins, /2.0/status, /metrics (see docs/trove.md)")
+        elif parts == ["metrics"] and method == "GET":
+            request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+            return self.metrics.text()
         elif parts == ["2.0", "status"] and method == "GET":
             return _json(request, {"sources": len(self.store.keys()),
                                    "bytes": self.store.total_size(),
@@ -161,12 +165,17 @@ class CacheResource(resource.Resource):
         self.store.touch(names.key_of(filename))
         if entry is not None:
             request.setHeader(b"x-distbuild-sha256", entry.sha256.encode())
-        return self._serve_file(request, path)
+        return self._serve_file(request, path, kind="artifact")
 
     def _serve_file(self, request, path: Path,
-                    content_type: bytes = b"application/octet-stream"):
-        return _serve_file(request, path, content_type, self.reactor, self.idle_timeout,
-                           self.log)
+                    content_type: bytes = b"application/octet-stream", kind: str = "artifact"):
+        size = serve_file(request, path, content_type, self.reactor, self.idle_timeout,
+                          self.log)
+        if size is None:  # collected between lookup and open
+            return _text(request, 404, f"error: no longer in cache: {path.name}")
+        if request.method == b"GET":
+            self.metrics.downloaded(kind, size)
+        return b"" if request.method == b"HEAD" else server.NOT_DONE_YET
 
     def _query_artifacts(self, request):
         wanted = _read_json(request)
@@ -209,6 +218,7 @@ class CacheResource(resource.Resource):
 
     def _answer(self, request, upload: Upload) -> bytes:
         stored = upload.commit()
+        self.metrics.uploaded(stored, upload.manifest.total_size)
         self.log(f"{'stored' if stored else 'already cached'}: {upload.key} "
                  f"({upload.manifest.total_size} bytes from {peer_of(request)})")
         return _json(request, {"key": upload.key, "stored": stored,
@@ -224,6 +234,7 @@ class CacheResource(resource.Resource):
     def _failed(self, request, failure) -> None:
         e = failure.value
         if isinstance(e, UploadError):
+            self.metrics.refused(e.status)
             body = _text(request, e.status, f"error: {e}")
         else:
             body = _text(request, 500, f"error: upload failed: {e}")
@@ -240,7 +251,7 @@ class CacheResource(resource.Resource):
         path = self.store.log_path(names.check_key(key))
         if path is None:
             return _text(request, 404, f"error: no build log in cache for {key}")
-        return self._serve_file(request, path, b"text/plain; charset=utf-8")
+        return self._serve_file(request, path, b"text/plain; charset=utf-8", kind="log")
 
     def _pin(self, request, method: str, name: str):
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", name) or ".." in name:
@@ -262,151 +273,6 @@ def _respond(request, body: bytes) -> None:
     if not request._disconnected and not request.finished:
         request.write(body)
         request.finish()
-
-
-class _FileProducer:
-    """Streams a file to a request in large blocks, pausing when the socket is full."""
-
-    BLOCK = 1 << 20
-
-    def __init__(self, request, f):
-        self.request = request
-        self.file = f
-        self.paused = False
-
-    def start(self) -> None:
-        self.request.registerProducer(self, True)
-        self.request.notifyFinish().addBoth(self._lost)
-        self.resumeProducing()
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        while not self.paused and self.file is not None:
-            block = self.file.read(self.BLOCK)
-            if not block:
-                self.stopProducing()
-                self.request.unregisterProducer()
-                self.request.finish()
-                return
-            self.request.write(block)
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def stopProducing(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-
-    def _lost(self, result):
-        self.stopProducing()
-        return None
-
-
-def _serve_file(request, path: Path, content_type: bytes, reactor,
-                idle_timeout: float | None, log: Callable[[str], None]):
-    try:
-        f = open(path, "rb")  # noqa: SIM115 - closed by the producer when done
-    except FileNotFoundError:
-        # Collected between lookup and open.
-        return _text(request, 404, f"error: no longer in cache: {path.name}")
-    size = _size(f)
-    request.setHeader(b"content-type", content_type)
-    request.setHeader(b"content-length", str(size).encode())
-    if request.method == b"HEAD":
-        f.close()
-        return b""
-    if size >= SENDFILE_MIN and isinstance(request.transport, tcp.Connection):
-        _SentFile(request, f, size, reactor, idle_timeout, log).start()
-    else:
-        _FileProducer(request, f).start()
-    return server.NOT_DONE_YET
-
-
-class _SentFile:
-    """Sends a large file with sendfile(2) from a thread, once Twisted has sent the headers.
-
-    The kernel sends straight from the page cache: about a third of the
-    trove's CPU time per GiB of the producer's reads and writes. Twisted does
-    not write to a connection while its response is unfinished, so the thread
-    has the socket to itself."""
-
-    def __init__(self, request, f, size: int, reactor, idle_timeout: float | None,
-                 log: Callable[[str], None]):
-        self.request = request
-        self.log = log
-        self.file = f
-        self.size = size
-        self.reactor = reactor
-        self.idle_timeout = idle_timeout
-        self.sender: FileSender | None = None
-        self.lost = False
-
-    def start(self) -> None:
-        self.request.notifyFinish().addErrback(self._lost)
-        self.request.write(b"")  # the status line and headers, into Twisted's buffer
-        self._when_flushed(self.reactor.seconds(), 0)
-
-    def _when_flushed(self, since: float, tries: int) -> None:
-        if self.lost:
-            self.file.close()
-            return
-        transport = self.request.transport
-        # A transport with bytes still to send stays registered for writing;
-        # usually the headers leave at the next turn of the loop.
-        if transport in self.reactor.getWriters():
-            waited = self.reactor.seconds() - since
-            if self.idle_timeout is not None and waited > self.idle_timeout:
-                self.file.close()
-                self._drop(f"headers unsent for {self.idle_timeout:g} s")
-                return
-            # The first few turns are free; a client slow to read is polled.
-            self.reactor.callLater(0 if tries < 3 else 0.01, self._when_flushed, since,
-                                   tries + 1)
-            return
-        try:
-            self.sender = FileSender(transport.fileno(), self.idle_timeout)
-        except OSError:  # out of descriptors, say: send it through Twisted instead
-            _FileProducer(self.request, self.file).start()
-            return
-        threading.Thread(target=self._run, name="sendfile", daemon=True).start()
-
-    def _run(self) -> None:
-        ended = None
-        try:
-            self.sender.send(self.file.fileno(), 0, self.size)
-        except SocketEnded as e:
-            ended = e
-        finally:
-            self.sender.close()
-        self.reactor.callFromThread(self._done, ended)
-
-    def _done(self, ended: SocketEnded | None) -> None:
-        self.file.close()
-        if self.lost:
-            return
-        if ended is not None:
-            if ended.timed_out:
-                self._drop(ended.why)
-            else:
-                self.request.transport.abortConnection()
-            return
-        self.request.sentLength = self.size
-        self.request.finish()
-
-    def _drop(self, why: str) -> None:
-        self.log(f"dropped download of {Path(self.file.name).name} to "
-                 f"{peer_of(self.request)}: {why}")
-        self.request.transport.abortConnection()
-
-    def _lost(self, failure) -> None:
-        self.lost = True
-        if self.sender is not None:
-            self.sender.stop()
-
-
-def _size(f) -> int:
-    return os.fstat(f.fileno()).st_size
 
 
 def make_site(store: Store, secret_path: Path | None, reactor=None,

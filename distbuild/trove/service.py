@@ -153,12 +153,10 @@ def serve(settings: TroveSettings, ready_file: Path | None = None) -> int:
     store = Store(settings.artifact_dir, fsync=settings.fsync)
     limit = parse_size(settings.cache_size_limit, "cache_size_limit")
     address = settings.listen_address
+    site = make_site(store, settings.token_secret_file, git_dir=settings.git_dir, log=_log,
+                     idle_timeout=settings.idle_timeout)
     try:
-        http_port = reactor.listenTCP(settings.http_port,
-                                      make_site(store, settings.token_secret_file,
-                                                git_dir=settings.git_dir, log=_log,
-                                                idle_timeout=settings.idle_timeout),
-                                      interface=address)
+        http_port = reactor.listenTCP(settings.http_port, site, interface=address)
         ssh_port = None
         if settings.authorized_keys is not None:
             from distbuild.trove.sshgit import make_factory
@@ -184,7 +182,9 @@ def serve(settings: TroveSettings, ready_file: Path | None = None) -> int:
         except OSError as e:
             # A failed pass must not stop collection for good; the next one retries.
             _log(f"garbage collection failed: {e}")
+            site.cache.metrics.collected(None)
             return
+        site.cache.metrics.collected(len(removed))
         if removed:
             _log(f"garbage collection removed {len(removed)} source(s); "
                  f"{store.total_size()} bytes remain")

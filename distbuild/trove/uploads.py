@@ -262,6 +262,7 @@ class TroveRequest(server.Request):
         self.refused_early = True
         self.content = RefusedBody(error)
         cache = self.channel.site.cache
+        cache.metrics.refused(error.status)
         cache.log(f"refused {self.channel._command.decode('ascii', 'replace')} "
                   f"{self.channel._path.decode('ascii', 'replace')[:200]} from "
                   f"{peer_of(self)} before its body: {error}")

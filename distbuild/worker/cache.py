@@ -107,6 +107,7 @@ class LocalArtifactCache:
         self.directory = directory
         self.source = source
         self.downloads = 0
+        self.downloaded_bytes = 0  # reported to the controller with each built step
         directory.mkdir(parents=True, exist_ok=True)
         self._index = directory / "index"
         self._digests: dict[str, str] = {}
@@ -256,6 +257,7 @@ class LocalArtifactCache:
                     raise CorruptArtifact(f"download has sha256 {actual} but {who} says "
                                           f"{expected}", filename)
             self._write_digest(filename, actual)
+            self.downloaded_bytes += tmp.stat().st_size
             os.replace(tmp, local)
             self.downloads += 1
         finally:

@@ -49,3 +49,8 @@ def upload(result: StepResult, client: CacheClient, token: str) -> bool:
         result.cache_key, {a.filename: a.path for a in files}, token, log=result.log.path,
         sha256s={a.filename: a.sha256 for a in files})
 
+
+def upload_size(result: StepResult) -> int:
+    """Bytes `upload` sends: every file of the source and its log (reported to the controller)."""
+    files = [*result.artifacts, result.meta]
+    return sum(a.size for a in files) + result.log.size

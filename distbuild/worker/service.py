@@ -33,7 +33,7 @@ from distbuild.trove.client import CacheClient
 from distbuild.worker.cache import LocalArtifactCache
 from distbuild.worker.errors import CommandFailed
 from distbuild.worker.jobs import HeldJob, JobTable
-from distbuild.worker.remote import TroveArtifactSource, upload
+from distbuild.worker.remote import TroveArtifactSource, upload, upload_size
 from distbuild.worker.sources import GitSources
 from distbuild.worker.step import StepResult, StepRunner, WorkerSettings
 from distbuild.worker.verify import compare
@@ -58,6 +58,8 @@ class WorkerConfig:
     controller_port: int = 3434
     slots: int = 1
     arch: str = ""
+    # Shown by `distbuild workers` and the dashboard (e.g. "fast-disk"); not used to schedule.
+    labels: list[str] = field(default_factory=list)
     jobs: int | None = None
     # Announced when it joins; the controller's step_labels decide which steps need which.
     labels: list[str] = field(default_factory=list)
@@ -244,6 +246,8 @@ class Worker:
             upload(built, client, run.token)
             result = m.JobFinished(job=run.job, seconds=round(built.seconds, 4),
                                    command_seconds=round(built.command_seconds, 4),
+                                   fetched_bytes=cache.downloaded_bytes,
+                                   sent_bytes=upload_size(built),
                                    artifacts={a.filename: {"sha256": a.sha256, "size": a.size}
                                               for a in built.artifacts})
             self.log(f"job {run.job}: built {node.id} in {built.seconds:.1f} s")
