@@ -1,7 +1,8 @@
 """The order in which the scheduler will start its ready steps, for `distbuild queue`.
 
 Pure, like the scheduler: the scheduler itself is asked, on a copy given
-one extra worker per arch with a slot for every ready step; the order in
+one extra worker per pool (arch and required labels) with a slot for every
+ready step; the order in
 which the copy's `dispatch` starts them is the answer. So the queue shown is
 whatever the dispatch policy (priority classes, fair share, critical path)
 makes it, and the real scheduler is not touched.
@@ -48,17 +49,20 @@ def _copy(scheduler: Scheduler) -> Scheduler:
 
 
 def dispatch_order(scheduler: Scheduler) -> list[Work]:
-    """Ready work in the order `scheduler.dispatch` will hand it out, arch by arch."""
-    ready: dict[str, int] = {}
+    """Ready work in the order `scheduler.dispatch` will hand it out, pool by pool."""
+    ready: dict[tuple[str, frozenset[str]], int] = {}
     for work in scheduler.work.values():
         if work.state == State.READY and work.requests:
-            ready[work.arch] = ready.get(work.arch, 0) + 1
+            ready[work.pool] = ready.get(work.pool, 0) + 1
     if not ready:
         return []
     clone = _copy(scheduler)
     order: list[Work] = []
-    for arch, count in sorted(ready.items()):
-        for event in clone.add_worker(f"\0queue {arch}", arch, count):
+    # One stand-in worker per (arch, labels) pool, with exactly that pool's labels, so
+    # labelled steps are listed too and each stand-in takes only its own pool's work.
+    for (arch, labels), count in sorted(ready.items(), key=lambda i: (i[0][0], sorted(i[0][1]))):
+        name = f"\0queue {arch} {','.join(sorted(labels))}"
+        for event in clone.add_worker(name, arch, count, labels=labels):
             if isinstance(event, JobStarted):
                 order.append(scheduler.work[event.key])
     return order

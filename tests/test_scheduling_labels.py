@@ -102,3 +102,17 @@ def test_a_reserved_slot_is_taken_from_the_worker_and_given_back():
     assert started(sched.unreserve("w", "check-1")) in ({"a": "w"}, {"b": "w"})
     assert not sched.reserve("w", "check-2")  # both slots build now
     assert not sched.reserve("gone", "check-3")
+
+
+def test_the_queue_lists_labelled_steps_no_worker_can_take_yet():
+    from distbuild.dispatchorder import dispatch_order
+
+    sched = Scheduler()
+    sched.add_worker("plain", "x86_64", 1)
+    sched.add_request("r", [step("a"), step("b"), step("k", labels=["kvm"])],
+                      ["a", "b", "k"], set())
+    queued = [w.key.removeprefix("key-") for w in dispatch_order(sched)]
+    assert sorted(queued) == ["b", "k"]
+    # Asking for the order changes nothing: the real scheduler still has both ready.
+    assert sorted(started(sched.add_worker("kvm", "x86_64", 2, labels=["kvm"])).items()) == \
+        [("b", "kvm"), ("k", "kvm")]

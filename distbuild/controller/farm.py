@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from distbuild.dispatchorder import dispatch_order
 from distbuild.protocol import messages as m
 from distbuild.scheduling import State
+from distbuild.scheduling_labels import missing_labels
 
 if TYPE_CHECKING:
     from distbuild.controller.core import Controller
@@ -75,10 +76,16 @@ def queue_rows(ctl: Controller) -> tuple[list[dict[str, Any]], list[dict[str, An
     ready = []
     for position, work in enumerate(dispatch_order(sched), 1):
         rid, nid = _node_of(ctl, work.key)
-        reason = (f"all {usable[work.arch]} {work.arch} slots busy" if work.arch in usable
-                  else f"no connected worker of arch {work.arch}")
+        missing = missing_labels(sched, work.pool) if work.labels else None
+        if missing:
+            reason = f"no connected {work.arch} worker with label(s) {', '.join(missing)}"
+        elif work.arch in usable:
+            reason = f"all {usable[work.arch]} {work.arch} slots busy"
+        else:
+            reason = f"no connected worker of arch {work.arch}"
         ready.append({"position": position, "request": rid, "step": nid, "key": work.key,
-                      "arch": work.arch, "reason": reason, "requests": len(work.requests),
+                      "arch": work.arch, "labels": sorted(work.labels), "reason": reason,
+                      "requests": len(work.requests),
                       "attempts": work.attempts})
     waiting = []
     for work in sched.work.values():
