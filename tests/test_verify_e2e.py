@@ -11,6 +11,7 @@ import pytest
 
 from distbuild.trove.client import CacheClient
 from tests.network_process import NetworkProcess
+from tests.test_dashboard_e2e import scrape
 from tests.test_durable_e2e import SYSTEM, edit, request_id
 
 pytestmark = pytest.mark.slow
@@ -58,6 +59,9 @@ def test_verify_reports_a_match_then_a_mismatch_naming_the_file(tmp_path):
         assert f"verify: {HELLO}: NOT reproducible" in status.stdout
         assert "usr/share/hello-built-at" in status.stdout
         assert ": pin verify-" not in net.component_log("controller")  # pinned, unpinned
+        counts = scrape(net.settings["dashboard_url"] + "metrics")
+        assert counts['distbuild_verifications_total{outcome="mismatch"}'] == 1
+        assert counts['distbuild_verifications_total{outcome="match"}'] == len(lines)
         bad = net.client("verify", rid, "no-such-step")
         assert bad.returncode == 1 and "neither a stratum nor a chunk" in bad.stderr
     finally:

@@ -115,11 +115,17 @@ class ControllerMetrics(Observer):
         self.reruns = PromCounter(
             "distbuild_attempts_rerun", "Step attempts run again, by why the previous one "
             "ended", ["reason"], registry=r)
+        self.verifications = PromCounter(
+            "distbuild_verifications", "Reproducibility checks that ended, by outcome (match, "
+            "mismatch: the rebuilt artifacts differ, failed: the step could not be rebuilt)",
+            ["outcome"], registry=r)
         self.steps_built = PromCounter(
             "distbuild_steps_built", "Steps built (confirmed in the cache), by kind", ["kind"],
             registry=r)
         for outcome in ("finished", "failed", "cancelled"):
             self.requests.labels(outcome)
+        for outcome in ("match", "mismatch", "failed"):
+            self.verifications.labels(outcome)
         for reason in RERUN_REASONS.values():
             self.reruns.labels(reason)
         for kind in ("chunk", "stratum", "system"):
@@ -144,6 +150,9 @@ class ControllerMetrics(Observer):
 
     def request_ended(self, request_id: str, state: str) -> None:
         self.requests.labels(state).inc()
+
+    def verification_ended(self, row: dict[str, Any]) -> None:
+        self.verifications.labels(row["state"]).inc()
 
     # -- what each event counts ------------------------------------------------------------
 

@@ -24,3 +24,6 @@ class Observer:
 
     def request_ended(self, request_id: str, state: str) -> None:
         """A request finished, failed or was cancelled."""
+
+    def verification_ended(self, row: dict[str, Any]) -> None:
+        """A reproducibility check ended (`row["state"]`: match, mismatch or failed)."""

@@ -247,6 +247,8 @@ class Verifier:
                      + (f": {reason}" if reason else ""))
         for link in check.watchers:
             link.send(m.VerifyResult(request_id=check.request_id, verification=row))
+        for observer in self.ctl.observers:
+            observer.verification_ended(row)
 
 
 def on_verify_request(ctl: Controller, link, msg: m.VerifyRequest) -> None:
