@@ -10,7 +10,8 @@ import re
 import pytest
 
 from distbuild.trove.client import CacheClient
-from tests.network_process import NetworkProcess
+from tests.browser import chromium
+from tests.network_process import NetworkProcess, wait_for
 from tests.test_dashboard_e2e import scrape
 from tests.test_durable_e2e import SYSTEM, edit, request_id
 
@@ -62,6 +63,16 @@ def test_verify_reports_a_match_then_a_mismatch_naming_the_file(tmp_path):
         counts = scrape(net.settings["dashboard_url"] + "metrics")
         assert counts['distbuild_verifications_total{outcome="mismatch"}'] == 1
         assert counts['distbuild_verifications_total{outcome="match"}'] == len(lines)
+        # The request's dashboard page shows the check, the file and both workers.
+        browser = chromium()
+        try:
+            browser.get(f"{net.settings['dashboard_url']}request?id={rid}")
+            checks = wait_for(lambda: (lambda t: t if "mismatch" in t.text else None)(
+                browser.find_element("id", "checks")), 20, "the checks table")
+            assert HELLO in checks.text and "usr/share/hello-built-at" in checks.text
+            assert re.search(r"worker-\d\s+worker-\d", checks.text), checks.text
+        finally:
+            browser.quit()
         bad = net.client("verify", rid, "no-such-step")
         assert bad.returncode == 1 and "neither a stratum nor a chunk" in bad.stderr
     finally:

@@ -60,12 +60,13 @@ def failure_tail(ctl: Controller, status: dict[str, Any]) -> dict[str, Any] | No
 
 
 def request_view(ctl: Controller, rid: str) -> dict[str, Any] | None:
-    """What a request's page shows: status, a row per step, and its failure if any."""
+    """What a request's page shows: status, a row per step, its failure, its checks."""
     status = farm.status_with_steps(ctl, rid)
     if status is None:
         return None
     status.pop("attempts", None)
     status["failure"] = failure_tail(ctl, status) if status["state"] == "failed" else None
+    status["verifications"] = ctl.verifier.records.of_request(rid)
     return status
 
 

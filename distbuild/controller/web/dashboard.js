@@ -169,11 +169,29 @@ function drawRequest(view) {
     document.getElementById("failure-reason").textContent = view.failure.reason;
     document.getElementById("failure-log").textContent = view.failure.lines.join("\n");
   }
+  drawChecks(view.verifications || []);
   const shown = view.steps.filter((s) => s.state !== "cached" || view.steps.length < 60);
   fill(document.querySelector("#steps tbody"), shown, (s) => [
     stepLink(view.id, s.step), badge(s.state), s.worker || "-", when(s.started),
     duration(s.duration), s.attempts || "-"]);
   colour();
+}
+
+function differing(check) {
+  // One line per member that differs: path, then each side's size and sha256.
+  const side = (e) => e ? e.size + " bytes " + (e.sha256 || "-").slice(0, 16) : "absent";
+  const lines = [];
+  for (const d of Object.values(check.differences || {}))
+    for (const f of d.files || [])
+      lines.push(f.path + ": " + side(f.stored) + " / " + side(f.rebuilt));
+  return lines.join("\n") || check.reason || "-";
+}
+
+function drawChecks(checks) {
+  document.getElementById("verify").hidden = checks.length === 0;
+  fill(document.querySelector("#checks tbody"), checks, (c) => [
+    c.step, badge(c.state), c.built_by || "-", c.verified_by || "-",
+    el("pre", differing(c), {class: "diff"})]);
 }
 
 // -- a step --------------------------------------------------------------------------------
