@@ -5,6 +5,7 @@ restart of the whole network, and runs once, not once per slot, for the slots it
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import subprocess
 import time
@@ -75,7 +76,8 @@ def test_schedule_builds_the_new_tip_then_records_unchanged(tmp_path):
                          "the next run to record unchanged")
         assert later["definitions_commit"] == tip and built["id"] in later["reason"]
         listing = net.client("list").stdout
-        assert f"{later['id']}  unchanged" in listing and "schedule nightly" in listing
+        assert listing.splitlines()[0].split()[-1] == "SCHEDULE", listing
+        assert re.search(rf"^{later['id']} +unchanged .* nightly$", listing, re.M), listing
         shown = net.client("schedule", "list").stdout
         assert "nightly  systems/example-system-x86_64.morph on nightly  every 4s" in shown
 

@@ -103,10 +103,15 @@ class List:
         if not answer.requests:
             print("No requests" + (f" in state {args.state}." if args.state else "."))
             return 0
-        print(table(["ID", "STATE", "SUBMITTED", "DURATION", "BUILT", "SYSTEM", "SCHEDULE"],
-                    [[r["id"], r["state"], when(r["created"]), seconds(r.get("duration")),
-                      f"{r['built']}/{r['unbuilt']}", r["system"], r.get("schedule") or ""]
-                     for r in answer.requests]))
+        header = ["ID", "STATE", "SUBMITTED", "DURATION", "BUILT", "SYSTEM"]
+        rows = [[r["id"], r["state"], when(r["created"]), seconds(r.get("duration")),
+                 f"{r['built']}/{r['unbuilt']}", r["system"]] for r in answer.requests]
+        # A SCHEDULE column only when some request listed came from a schedule.
+        if any(r.get("schedule") for r in answer.requests):
+            header.append("SCHEDULE")
+            for row, r in zip(rows, answer.requests, strict=True):
+                row.append(r.get("schedule") or "-")
+        print(table(header, rows))
         return 0
 
 
