@@ -102,3 +102,24 @@ def test_a_first_release_database_keeps_its_attempts(tmp_path):
     state = ControllerState(db)
     assert [(a["job"], a["outcome"]) for a in state.attempts_of("k")] == [("k-1", "built")]
     assert state.next_job("k") == "k-2"
+
+
+def test_plans_live_apart_from_their_requests_and_old_ones_move_there(tmp_path):
+    db = tmp_path / "controller.db"
+    state = ControllerState(db)
+    state.add_request("new", 1, "systems/s.morph", "repo", "c" * 40, [], "alice")
+    state.save_plan("new", '{"big": "plan"}')
+    state.progress("new", 3)
+    # A plan an earlier version kept in the requests row.
+    state.add_request("old", 2, "systems/s.morph", "repo", "d" * 40, [], "alice")
+    state.db.execute("UPDATE requests SET plan='{\"old\": 1}' WHERE id='old'")
+    state.close()
+
+    state = ControllerState(db)
+    assert state.plan("new") == '{"big": "plan"}' and state.plan("old") == '{"old": 1}'
+    assert {r["id"]: r["plan"] for r in state.active_requests()} == {
+        "new": '{"big": "plan"}', "old": '{"old": 1}'}
+    # The rows updated at every step built no longer hold the plan.
+    assert state.db.execute("SELECT COUNT(*) FROM requests WHERE plan IS NOT NULL"
+                            ).fetchone()[0] == 0
+    state.close()

@@ -41,6 +41,13 @@ CREATE TABLE IF NOT EXISTS nodes (
     PRIMARY KEY (request_id, node_id)
 );
 CREATE INDEX IF NOT EXISTS nodes_by_key ON nodes(cache_key);
+-- A plan is the whole graph as JSON (megabytes for a large system): it lives apart
+-- from its request's row, which is updated at every step built and would otherwise
+-- be rewritten whole each time.
+CREATE TABLE IF NOT EXISTS plans (
+    request_id TEXT PRIMARY KEY REFERENCES requests(id),
+    plan TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY,
     job TEXT NOT NULL UNIQUE,
@@ -77,6 +84,12 @@ class ControllerState:
             for name, kind in columns.items():
                 if name not in have:
                     self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+        # Plans kept in the requests table by an earlier version move to their own.
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute("INSERT OR IGNORE INTO plans (request_id, plan) SELECT id, plan "
+                            "FROM requests WHERE plan IS NOT NULL")
+            self.db.execute("UPDATE requests SET plan=NULL WHERE plan IS NOT NULL")
         row = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM attempts").fetchone()
         self._attempts_made = int(row[0])
 
@@ -162,13 +175,15 @@ class ControllerState:
 
     def active_requests(self) -> list[dict[str, Any]]:
         """Requests a restarted controller resumes, oldest first, with their saved plans."""
-        rows = self.db.execute("SELECT * FROM requests WHERE state IN (?, ?) ORDER BY seq",
-                               ACTIVE).fetchall()
-        return [_request_dict(r) | {"plan": r["plan"]} for r in rows]
+        rows = self.db.execute("SELECT requests.*, plans.plan AS saved_plan FROM requests "
+                               "LEFT JOIN plans ON plans.request_id = requests.id "
+                               "WHERE state IN (?, ?) ORDER BY seq", ACTIVE).fetchall()
+        return [_request_dict(r) | {"plan": r["saved_plan"]} for r in rows]
 
     def save_plan(self, request_id: str, plan: str) -> None:
         """Keep a request's plan (JSON) so that a restarted controller can resume it."""
-        self.db.execute("UPDATE requests SET plan=? WHERE id=?", (plan, request_id))
+        self.db.execute("INSERT OR REPLACE INTO plans (request_id, plan) VALUES (?, ?)",
+                        (request_id, plan))
 
     def running_attempts(self) -> list[dict[str, Any]]:
         """Every attempt still marked running, oldest first."""
@@ -240,7 +255,8 @@ class ControllerState:
 
     def plan(self, request_id: str) -> str | None:
         """The saved plan (JSON) of a request, kept after it ended; None if never planned."""
-        row = self.db.execute("SELECT plan FROM requests WHERE id=?", (request_id,)).fetchone()
+        row = self.db.execute("SELECT plan FROM plans WHERE request_id=?",
+                              (request_id,)).fetchone()
         return row[0] if row else None
 
     def close(self) -> None:
@@ -250,6 +266,7 @@ class ControllerState:
 def _request_dict(row: sqlite3.Row) -> dict[str, Any]:
     out = dict(row)
     out.pop("plan", None)
+    out.pop("saved_plan", None)
     out["components"] = json.loads(out["components"])
     out["artifacts"] = json.loads(out["artifacts"])
     return out

@@ -96,7 +96,8 @@ class Verifications:
 
     def plan(self, request_id: str) -> tuple[str, str | None] | None:
         """A request's state and saved plan (JSON), or None if there is no such request."""
-        row = self.db.execute("SELECT state, plan FROM requests WHERE id=?",
+        row = self.db.execute("SELECT requests.state, plans.plan FROM requests LEFT JOIN plans "
+                              "ON plans.request_id = requests.id WHERE requests.id=?",
                               (request_id,)).fetchone()
         return (row[0], row[1]) if row else None
 
