@@ -28,6 +28,7 @@ from pathlib import Path
 from distbuild import files
 from distbuild.errors import TroveError
 from distbuild.trove import names
+from distbuild.trove.blobs import SharedFiles
 from distbuild.trove.splice import SocketSource
 
 META = "meta.json"
@@ -156,6 +157,7 @@ class Store:
         self.tmp = self.root / "tmp"
         self.fsync = fsync
         self.pins = Pins()
+        self.shared = SharedFiles(self.root / "shared", _fsync_one if fsync else None)
         for d in (self.sources, self.tmp):
             d.mkdir(parents=True, exist_ok=True)
         # Leftovers of uploads or removals interrupted by a crash are garbage.
@@ -280,6 +282,8 @@ class Store:
             total -= self._sizes.get(key, 0)
             self.remove(key)
             removed.append(key)
+        if removed:
+            self.shared.collect()
         return removed
 
 
@@ -340,10 +344,12 @@ def _meta_size(meta: dict) -> int:
 _FSYNC_POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fsync")
 
 
-def _fsync_path(path: Path) -> None:
-    """fsync a file, or a directory's files (in parallel) and then the directory."""
+def _fsync_path(path: Path, durable: Iterable[str] = ()) -> None:
+    """fsync a file, or a directory's files (in parallel, but for the names in
+    `durable`, whose bytes are on disk already) and then the directory."""
     if path.is_dir():
-        files = [child for child in path.iterdir() if child.is_file()]
+        skip = set(durable)
+        files = [child for child in path.iterdir() if child.is_file() and child.name not in skip]
         list(_FSYNC_POOL.map(_fsync_one, files))
     _fsync_one(path)
 
@@ -589,10 +595,11 @@ class Upload:
             self._check_digests()
         if self.error is not None:
             raise self.error
+        durable = self.store.shared.share(self.dir, self.manifest.files)
         meta = {"key": self.key, **self.manifest.to_json(), "uploaded": time.time()}
         (self.dir / META).write_text(json.dumps(meta, indent=1))
         if self.store.fsync:
-            _fsync_path(self.dir)
+            _fsync_path(self.dir, durable)
         self._closed = True
 
     def _check_digests(self) -> None:
