@@ -148,3 +148,14 @@ def test_collect_drops_a_shared_copy_once_no_source_links_it(tmp_path):
     store.pins.remove("keep")
     assert store.collect(limit=0) == [OTHER]
     assert list((tmp_path / "shared").iterdir()) == []
+
+
+def test_a_small_file_whose_bytes_differ_from_its_sha256_is_refused_not_linked(tmp_path):
+    store = Store(tmp_path)
+    upload(store, KEY, body(KEY, [(s, EMPTY_TARBALL) for s in SPLITS]), piece=1000)
+    lying = body(OTHER, [("bins", b"not the empty tarball")],
+                 lie=hashlib.sha256(EMPTY_TARBALL).hexdigest())
+    with pytest.raises(UploadError, match=f"sha256 mismatch for {OTHER}.chunk.bins"):
+        upload(store, OTHER, lying)
+    assert not store.has_source(OTHER)
+    assert list((tmp_path / "tmp").iterdir()) == []

@@ -2,11 +2,12 @@
 
 Most sources of a build hold several identical artifacts (the 45-byte empty
 tarball of every split that got no files: six of a chunk's nine files in the
-sleep benchmark), and the store wrote and fsynced each one. A file whose
-bytes the store already holds durably under their sha256 is linked to that
-copy instead: the upload directory's own fsync makes the new name durable,
-and the bytes are never flushed again. A copy is made when one upload holds
-the same bytes twice, or reused when it exists. Only files up to SHARE_MAX
+sleep benchmark), and the store wrote and fsynced each one. An upload keeps
+its small files in memory until it is sealed; one whose bytes the store
+already holds durably under their sha256 becomes a link to that copy: the
+upload directory's own fsync makes the new name durable, and the bytes are
+never written again. A copy is made when one upload holds the same bytes
+twice, and reused from then on. Only files up to SHARE_MAX
 are shared (large identical artifacts are rare and their fsync is their
 write's, not a fixed cost). Stored files are never written in place, so a
 link is as good as a copy; `collect` drops copies no source links any more.
@@ -41,24 +42,25 @@ class SharedFiles:
         for leftover in self.root.glob(".new-*"):  # a crash between link and rename
             leftover.unlink(missing_ok=True)
 
-    def share(self, directory: Path, entries: Iterable[_Entry]) -> set[str]:
-        """Link each small file of `directory` (its bytes already checked against the
-        entry's sha256) to the durable copy of those bytes; the names linked, which
-        need no fsync of their own."""
-        groups: dict[str, list[str]] = defaultdict(list)
-        for entry in entries:
-            if entry.size <= SHARE_MAX:
-                groups[entry.sha256].append(entry.filename)
+    def place(self, directory: Path, files: Iterable[tuple[_Entry, bytes]]) -> set[str]:
+        """Put each small file (its bytes checked against the entry's sha256) into
+        `directory`: a link to the durable copy of its bytes where there is one,
+        written otherwise; returns the names that need no fsync of their own."""
+        groups: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
+        for entry, data in files:
+            groups[entry.sha256].append((entry.filename, data))
         durable: set[str] = set()
-        for digest, filenames in groups.items():
+        for digest, same in groups.items():
             copy = self.root / digest
-            if not copy.exists():
-                if len(filenames) < 2 or not self._adopt(directory / filenames[0], digest):
+            for i, (name, data) in enumerate(same):
+                path = directory / name
+                if _link(copy, path):
+                    durable.add(name)
                     continue
-                # That file is the copy now (one inode): linking it again would leave
-                # the temporary name behind (rename of a file onto itself does nothing).
-                durable.add(filenames.pop(0))
-            durable.update(name for name in filenames if _link(copy, directory / name))
+                # No copy yet (or past the filesystem's link limit, or collected meanwhile).
+                _write(path, data)
+                if i == 0 and len(same) > 1 and self._adopt(path, digest):
+                    durable.add(name)  # the copy now: its bytes were synced on the way
         return durable
 
     def collect(self) -> int:
@@ -90,16 +92,16 @@ class SharedFiles:
 
 
 def _link(copy: Path, path: Path) -> bool:
-    """Replace `path` by a link to `copy`; False (and `path` untouched) if that cannot be."""
-    temporary = path.with_name(f".link-{path.name}")
+    """Make `path` a link to `copy`; False if that cannot be."""
     try:
-        # EMLINK past the filesystem's link limit, or the copy just collected: keep the file.
-        os.link(copy, temporary)
+        os.link(copy, path)
     except OSError:
-        return False
-    try:
-        os.replace(temporary, path)
-    except OSError:
-        temporary.unlink(missing_ok=True)
         return False
     return True
+
+
+def _write(path: Path, data: bytes) -> None:
+    with open(path, "wb", buffering=0) as f:
+        view = memoryview(data)
+        while view:
+            view = view[f.write(view):]

@@ -28,7 +28,7 @@ from pathlib import Path
 from distbuild import files
 from distbuild.errors import TroveError
 from distbuild.trove import names
-from distbuild.trove.blobs import SharedFiles
+from distbuild.trove.blobs import SHARE_MAX, SharedFiles
 from distbuild.trove.splice import SocketSource
 
 META = "meta.json"
@@ -36,6 +36,8 @@ LOG = "build.log"
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_ARTIFACTS_PER_SOURCE = 1000
 _PREALLOCATE_FROM = 1 << 20
+# Small files an upload keeps in memory until it is sealed (see SharedFiles), at most.
+_HELD_BYTES = 1 << 20
 
 
 class UploadError(TroveError):
@@ -462,6 +464,21 @@ class _Verifier:
         return h.hexdigest()
 
 
+class _SmallFile:
+    """A small file of an upload, held in memory until the upload is sealed."""
+
+    def __init__(self, entry: FileEntry):
+        self.entry = entry
+        self.data = bytearray()
+
+    def write(self, piece: memoryview) -> int:
+        self.data += piece
+        return len(piece)
+
+    def close(self) -> None:
+        pass
+
+
 class Upload:
     """One source being received: a manifest line, then each declared file's bytes in order.
 
@@ -482,6 +499,9 @@ class Upload:
         self._index = 0
         self._file = None
         self._verifier: _Verifier | None = None
+        self._hashed: list[FileEntry] = []  # files the verifier hashes, in its order
+        self._small: list[_SmallFile] = []  # files held in memory, written at seal
+        self._held = 0
         self._left = 0
         self._closed = False
 
@@ -505,9 +525,10 @@ class Upload:
         timeout) propagates as splice.SocketEnded."""
         end = self.received + count
         while self.received < end and self.error is None and not self._closed:
-            if self._file is None:
-                # The manifest line, or bytes past the declared files (an error).
-                self.write(source.recv(min(end - self.received, 1 << 16)))
+            if self._file is None or isinstance(self._file, _SmallFile):
+                # The manifest line, a small file, or bytes past the declared files.
+                limit = self._left if self._file is not None else 1 << 16
+                self.write(source.recv(min(end - self.received, limit)))
                 continue
             try:
                 moved = source.splice_to(self._file.fileno(), min(end - self.received,
@@ -535,7 +556,6 @@ class Upload:
             except ValueError:
                 raise UploadError("manifest is not valid JSON", self.key) from None
             self.manifest = Manifest.parse(self.key, parsed)
-            self._verifier = _Verifier(f"sha256-{self.key[:12]}", writeback=self.store.fsync)
             self._open_next()
         while len(data):
             if self._file is None:
@@ -551,7 +571,8 @@ class Upload:
     def _advance(self, count: int) -> None:
         """`count` more bytes of the current file are on disk."""
         self._left -= count
-        self._verifier.wrote(self.manifest.files[self._index].size - self._left)
+        if not isinstance(self._file, _SmallFile):
+            self._verifier.wrote(self.manifest.files[self._index].size - self._left)
         if self._left == 0:
             self._close_current()
             self._open_next()
@@ -560,13 +581,27 @@ class Upload:
         # Zero-length files are complete as soon as they are opened.
         while self._index < len(self.manifest.files):
             entry = self.manifest.files[self._index]
+            if entry.size <= SHARE_MAX and self._held + entry.size <= _HELD_BYTES:
+                # Most are copies of bytes the store has: linked at seal, never written.
+                self._held += entry.size
+                self._file = _SmallFile(entry)
+                self._small.append(self._file)
+                self._left = entry.size
+                if entry.size:
+                    return
+                self._close_current()
+                continue
             path = self.dir / entry.filename
+            if self._verifier is None:
+                self._verifier = _Verifier(f"sha256-{self.key[:12]}",
+                                           writeback=self.store.fsync)
             self._file = open(path, "wb", buffering=0)  # noqa: SIM115 - stays open across write() calls
             if entry.size >= _PREALLOCATE_FROM and _fallocate is not None:
                 # A full disk fails the upload now, not gigabytes later; and
                 # the filesystem need not find room page by page (~3% faster).
                 _fallocate(self._file.fileno(), entry.size)
             self._verifier.add(path, entry.size)
+            self._hashed.append(entry)
             self._left = entry.size
             if entry.size:
                 return
@@ -595,7 +630,7 @@ class Upload:
             self._check_digests()
         if self.error is not None:
             raise self.error
-        durable = self.store.shared.share(self.dir, self.manifest.files)
+        durable = self.store.shared.place(self.dir, [(f.entry, f.data) for f in self._small])
         meta = {"key": self.key, **self.manifest.to_json(), "uploaded": time.time()}
         (self.dir / META).write_text(json.dumps(meta, indent=1))
         if self.store.fsync:
@@ -603,17 +638,21 @@ class Upload:
         self._closed = True
 
     def _check_digests(self) -> None:
-        try:
-            got = self._verifier.digests()
-        except OSError as e:
-            self._fail(UploadError(f"cannot hash upload: {e}", self.key, 507))
-            return
-        finally:
-            self._verifier.stop()
-        for entry, digest in zip(self.manifest.files, got, strict=True):
-            if digest != entry.sha256:
+        got = {f.entry.filename: hashlib.sha256(f.data).hexdigest() for f in self._small}
+        if self._verifier is not None:
+            try:
+                got.update(zip((e.filename for e in self._hashed), self._verifier.digests(),
+                               strict=True))
+            except OSError as e:
+                self._fail(UploadError(f"cannot hash upload: {e}", self.key, 507))
+                return
+            finally:
+                self._verifier.stop()
+        for entry in self.manifest.files:
+            if got[entry.filename] != entry.sha256:
                 self._fail(UploadError(f"sha256 mismatch for {entry.filename}: declared "
-                                       f"{entry.sha256}, received {digest}", self.key))
+                                       f"{entry.sha256}, received {got[entry.filename]}",
+                                       self.key))
                 return
 
     def commit(self) -> bool:
