@@ -93,16 +93,20 @@ class GitSources:
             if not self._has_commit(mirror, commit):
                 if on_line is not None:
                     on_line(f"Fetching {url}")
+                # Objects stay in the pack they came in, however few: every step's
+                # build directory links the mirror's object files, and a loose
+                # object is a directory and a file to make and delete each time.
                 status = runprocess.run(
-                    ["git", "-C", str(mirror), "fetch", "-q", "--prune", "--tags", url,
-                     "+refs/heads/*:refs/heads/*"],
+                    ["git", "-C", str(mirror), "-c", "fetch.unpackLimit=1", "fetch", "-q",
+                     "--prune", "--tags", url, "+refs/heads/*:refs/heads/*"],
                     on_line=on_line, cancel=cancel, env=_env())
                 if status != 0:
                     raise SourceError(f"cannot fetch repository {url} (git fetch exited "
                                       f"with status {status}): does it exist?", url)
                 if not self._has_commit(mirror, commit):
                     # Not on any branch or tag: servers that allow it send it by name.
-                    runprocess.run(["git", "-C", str(mirror), "fetch", "-q", url, commit],
+                    runprocess.run(["git", "-C", str(mirror), "-c", "fetch.unpackLimit=1",
+                                    "fetch", "-q", url, commit],
                                    on_line=on_line, cancel=cancel, env=_env())
                 if not self._has_commit(mirror, commit):
                     raise SourceError(f"commit {commit} is not in repository {url}", url)
