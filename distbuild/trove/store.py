@@ -235,7 +235,10 @@ class Store:
         names.check_key(key)
         return Upload(self, key)
 
-    def _commit(self, upload: Upload) -> bool:
+    def _place(self, upload: Upload) -> bool:
+        """Rename a sealed upload into place, durably; False if the source was there.
+
+        Safe off the event loop: it only touches the disk (the first rename wins)."""
         final = self.source_dir(upload.key)
         final.parent.mkdir(exist_ok=True)
         try:
@@ -243,14 +246,16 @@ class Store:
         except OSError:
             if final.is_dir():
                 shutil.rmtree(upload.dir, ignore_errors=True)
-                if upload.key not in self._sizes:
-                    self._sizes[upload.key] = upload.manifest.total_size
                 return False
             raise
         if self.fsync:
             _fsync_path(final.parent)
-        self._sizes[upload.key] = upload.manifest.total_size
         return True
+
+    def _record(self, upload: Upload, stored: bool) -> None:
+        """Count a placed upload's source as stored (on the thread that owns the store)."""
+        if stored or upload.key not in self._sizes:
+            self._sizes[upload.key] = upload.manifest.total_size
 
     def remove(self, key: str) -> None:
         """Take source `key` out of the store at once; its bytes are deleted after."""
@@ -504,6 +509,7 @@ class Upload:
         self._held = 0
         self._left = 0
         self._closed = False
+        self._placed: bool | None = None  # once renamed into place: whether it was new
 
     def write(self, data: bytes) -> None:
         """Feed the next bytes of the request body."""
@@ -655,9 +661,18 @@ class Upload:
                                        self.key))
                 return
 
+    def place(self) -> None:
+        """Rename a sealed upload into place and make that durable; may run off the event
+        loop (the fsync of the directory it lands in then does not hold up the trove)."""
+        if self._placed is None:
+            self._placed = self.store._place(self)
+
     def commit(self) -> bool:
-        """Rename a sealed upload into place (on the thread that owns the store)."""
-        return self.store._commit(self)
+        """Place a sealed upload (if not yet) and count it stored (on the thread that owns
+        the store); True if stored, False if the source was already there."""
+        self.place()
+        self.store._record(self, self._placed)
+        return self._placed
 
     def abort(self) -> None:
         """Forget everything received so far."""
