@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import os
 import socket
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,16 +190,6 @@ def quiet_paramiko():
     # ssh_config's `Match exec`; distbuild never reads an ssh_config, and every
     # initiator command pays the import before its first byte.
     sys.modules.setdefault("invoke", None)
-    if "paramiko" not in sys.modules and "importlib.metadata" not in sys.modules:
-        # Its __init__ asks importlib.metadata for its own version (for the SSH
-        # banner): importing that (and the email package under it) and scanning
-        # every distribution was 25 ms of each start. The version comes from
-        # its dist-info directory's name instead; nothing else sees the stand-in.
-        sys.modules["importlib.metadata"] = _VersionFromDistInfo()  # type: ignore[assignment]
-        try:
-            import paramiko
-        finally:
-            del sys.modules["importlib.metadata"]
     import paramiko
 
     logger = logging.getLogger("paramiko")
@@ -208,23 +197,6 @@ def quiet_paramiko():
         logger.addHandler(logging.NullHandler())
         logger.propagate = False
     return paramiko
-
-
-class _VersionFromDistInfo:
-    """Stands in for importlib.metadata while paramiko is imported: only `version`."""
-
-    @staticmethod
-    def version(name: str) -> str:
-        prefix = f"{name}-"
-        for entry in sys.path:
-            try:
-                names = os.listdir(entry or ".")
-            except OSError:
-                continue
-            for candidate in names:
-                if candidate.startswith(prefix) and candidate.endswith(".dist-info"):
-                    return candidate[len(prefix):-len(".dist-info")]
-        return "0"
 
 
 def fetch_host_key(host: str, port: int, timeout: float = 10.0) -> PublicKey:

@@ -55,16 +55,3 @@ def test_host_key_checks_plain_and_hashed_known_hosts(tmp_path):
     ssh.check_host_key(kh, "127.0.0.1", 2222, key)
     assert ssh.known_keys(tmp_path / "none", "127.0.0.1", 22) == []
     assert ssh.known_hosts_line("h", 22, key).startswith("h ssh-ed25519 ")
-
-
-def test_paramiko_is_imported_with_its_own_version_and_without_importlib_metadata():
-    """The SSH banner names paramiko's real version; start-up skips importlib.metadata."""
-    import importlib.metadata
-    import sys
-
-    code = ("import sys; from distbuild import ssh; p = ssh.quiet_paramiko(); "
-            "print(p.__version__, p.Transport._CLIENT_ID, 'importlib.metadata' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.split()
-    version = importlib.metadata.version("paramiko")
-    assert out == [version, f"paramiko_{version}", "False"]
