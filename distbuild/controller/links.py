@@ -75,6 +75,7 @@ class LinkProtocol(TwistedProtocol):
         self._heartbeat: task.LoopingCall | None = None
         self._closed_reason = "link closed"
         self._buffer = b""
+        self._out: list[bytes] = []  # encoded, for the end of this reactor turn
         self._closing = False
         self.connected_at = 0.0  # wall-clock time, for farm views
         self.labels: list[str] = []  # a worker's, from its worker-ready
@@ -160,8 +161,18 @@ class LinkProtocol(TwistedProtocol):
                           **self.trove))
 
     def send(self, message: Message) -> None:
-        if self.transport is not None:
-            self.transport.write(encode(message))
+        if self.transport is None:
+            return
+        if not self._out:
+            # Sent together at the end of this reactor turn: the messages of one step
+            # to an initiator (ready, started, finished, progress) share an SSH packet.
+            self.clock.callLater(0, self._flush)
+        self._out.append(encode(message))
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if out and self.transport is not None:
+            self.transport.write(b"".join(out))
 
     def refuse(self, reason: str) -> None:
         self.send(Refused(reason=reason))
@@ -170,6 +181,7 @@ class LinkProtocol(TwistedProtocol):
     def close(self, reason: str) -> None:
         self._closed_reason = reason
         self._closing = True
+        self._flush()
         if self.transport is not None:
             self.transport.loseConnection()
 

@@ -124,6 +124,11 @@ def plan(ctl: Controller, rid: str, msg: m.BuildRequest) -> Plan:
 
 
 def planned(ctl: Controller, rid: str, result: Plan) -> None:
+    with ctl.state.batch():  # the nodes, the plan and the first steps ready: one commit
+        _planned(ctl, rid, result)
+
+
+def _planned(ctl: Controller, rid: str, result: Plan) -> None:
     if rid not in ctl.watchers:
         ctl.unpin(rid)  # cancelled while graphing, after its pin was made
         return
