@@ -169,7 +169,9 @@ class Scheduler(ReadyQueues, WorkerChanges):
         for pool, heap in plan.ready.items():
             if heap:
                 self._enter_ring(request, pool)
-        events += plan.queued
+        # Planned as if new: what it planned for keys already held is decided below instead
+        # (a heap entry for one goes stale, and is skipped when popped).
+        events += [e for e in plan.queued if e.key not in shared] if shared else plan.queued
         for key in in_order:
             if key not in plan.needed:
                 continue
