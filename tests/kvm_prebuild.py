@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import yaml
@@ -173,8 +174,8 @@ def main(root: Path, tarball: Path) -> None:
         net.start(timeout=600)
         try:
             outcome = _build(root, tarball, net)
-        except Exception as e:  # reported to the waiting test, not lost in a log
-            outcome = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        except Exception:  # reported to the waiting test, not lost in a log
+            outcome = {"ok": False, "error": traceback.format_exc()}
         (root / "result.json.new").write_text(json.dumps(outcome))
         (root / "result.json.new").replace(root / "result.json")
         while True:
