@@ -133,8 +133,10 @@ def _fast_repo(tree: Path) -> None:
            "GIT_AUTHOR_EMAIL": "distbuild@localhost", "GIT_AUTHOR_DATE": "2000-01-01T00:00:00Z",
            "GIT_COMMITTER_NAME": "distbuild import", "GIT_COMMITTER_EMAIL": "distbuild@localhost",
            "GIT_COMMITTER_DATE": "2000-01-01T00:00:00Z"}
+    # No automatic gc: it would run detached, packing and deleting objects under rmtree.
     for argv in (["init", "-q", "-b", "master"], ["config", "core.compression", "1"],
-                 ["config", "pack.window", "0"], ["add", "-A", "--force", "."],
+                 ["config", "pack.window", "0"], ["config", "gc.auto", "0"],
+                 ["config", "maintenance.auto", "false"], ["add", "-A", "--force", "."],
                  ["commit", "-q", "-m", "Import of Debian's linux source (pruned)"]):
         subprocess.run(["git", *argv], cwd=tree, env=env, check=True, capture_output=True)
 
