@@ -31,10 +31,11 @@ import yaml
 from tests.conftest import PROJECT, find_source, sources_dir
 from tests.linux_source import unpack_pruned
 from tests.network_process import NetworkProcess
+from tests.trove_process import pid_alive, wait_gone
 
 SYSTEM = "systems/kvm-boot-x86_64.morph"
 LINUX = "linux_*.orig.tar.xz"
-_running: subprocess.Popen | None = None
+_running: bool | None = None
 _root: Path | None = None
 
 
@@ -61,11 +62,20 @@ def start_if_possible() -> None:
     root = _root = Path(tempfile.mkdtemp(prefix="distbuild-kvm-build-"))
     env = dict(os.environ)
     env["PYTHONPATH"] = str(PROJECT) + os.pathsep + env.get("PYTHONPATH", "")
+    # Detached (setsid -f): not a descendant of pytest, whose tests check that every
+    # process under them is gone after a cancel.
     with open(root / "prebuild.log", "ab") as log:
-        _running = subprocess.Popen(
-            ["ionice", "-c", "3", "nice", "-n", "19", sys.executable, "-m",
-             "tests.kvm_prebuild", str(root), str(tarball)],
-            cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        subprocess.run(["setsid", "-f", "ionice", "-c", "3", "nice", "-n", "19",
+                        sys.executable, "-m", "tests.kvm_prebuild", str(root), str(tarball)],
+                       cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+    _running = True
+
+
+def _pid() -> int | None:
+    try:
+        return int((_root / "pid").read_text()) if _root else None
+    except (OSError, ValueError):
+        return None
 
 
 def started() -> bool:
@@ -79,7 +89,8 @@ def result(timeout: float = 3600) -> tuple[NetworkProcess, Path, str]:
     waited = time.monotonic()
     deadline = time.monotonic() + timeout
     while not done.exists():
-        if _running.poll() is not None or time.monotonic() > deadline:
+        pid = _pid()
+        if (pid is not None and not pid_alive(pid)) or time.monotonic() > deadline:
             log = (_root / "prebuild.log").read_text(errors="replace")
             raise AssertionError(f"the KVM test build stopped:\n{log[-4000:]}")
         time.sleep(0.5)
@@ -97,13 +108,13 @@ def stop() -> None:
     global _running
     if _running is None:
         return
-    if _running.poll() is None:
-        _running.send_signal(signal.SIGTERM)
-        try:
-            _running.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            _running.kill()
-            _running.wait()
+    deadline = time.monotonic() + 30
+    while _pid() is None and time.monotonic() < deadline:
+        time.sleep(0.1)  # not yet written: the process is starting
+    pid = _pid()
+    if pid is not None and pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        wait_gone(pid, timeout=90)
     _running = None
     if _root is not None:
         shutil.rmtree(_root, ignore_errors=True)
@@ -171,6 +182,7 @@ def main(root: Path, tarball: Path) -> None:
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, terminate)
+    (root / "pid").write_text(str(os.getpid()))
     net = NetworkProcess(root / "net", workers=2)
     try:
         net.start(timeout=600)

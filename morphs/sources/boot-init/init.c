@@ -66,7 +66,13 @@ static void distbuild_conf(void)
 		else if (!strcmp(line, "controller:") || !strcmp(line, "worker:"))
 			snprintf(section, sizeof section, "%.*s", (int)strlen(line) - 1, line);
 		else if (*section && !strncmp(line, "  name: ", 8)) {
-			printf("distbuild-boot: " CONF ": %s section for %s\n", section, line + 8);
+			char *name = line + 8;
+			size_t len = strlen(name);
+			if (len >= 2 && (*name == '"' || *name == '\'') && name[len - 1] == *name) {
+				name[len - 1] = 0;  /* a YAML-quoted name */
+				name++;
+			}
+			printf("distbuild-boot: " CONF ": %s section for %s\n", section, name);
 			*section = 0;
 		} else if (*line && *line != ' ')
 			*section = 0;
