@@ -55,6 +55,52 @@ def need_shared(path: Path = BASEROCK) -> Path:
     return path
 
 
+# Where .ci/fetch-test-sources puts the upstream release tarballs tests build.
+SOURCES_ENV = "DISTBUILD_TEST_SOURCES"
+
+
+def sources_dir() -> Path:
+    """Where .ci/fetch-test-sources put the test tarballs."""
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return Path(os.environ.get(SOURCES_ENV) or default / "distbuild" / "test-sources")
+
+
+def find_source(pattern: str) -> Path | None:
+    """The newest tarball matching `pattern` that .ci/fetch-test-sources fetched, if any."""
+    found = sorted(sources_dir().glob(pattern))
+    return found[-1] if found else None
+
+
+def fetched_source(pattern: str) -> Path:
+    """find_source(pattern), or skip_or_fail when there is none."""
+    found = find_source(pattern)
+    if found is None:
+        skip_or_fail(f"no {pattern} in {sources_dir()} (run .ci/fetch-test-sources)")
+    return found
+
+
+# The KVM boot tests run last, and their kernel builds in the background from the
+# moment they are collected (tests/kvm_prebuild.py).
+KVM_TESTS = "tests/test_kvm_boot.py"
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: item.nodeid.startswith(KVM_TESTS))
+
+
+def pytest_collection_finish(session):
+    if any(item.nodeid.startswith(KVM_TESTS) for item in session.items):
+        from tests import kvm_prebuild
+
+        kvm_prebuild.start_if_possible()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    from tests import kvm_prebuild
+
+    kvm_prebuild.stop()
+
+
 @pytest.fixture
 def baserock() -> Path:
     return need_shared(BASEROCK)

@@ -9,7 +9,6 @@ imported with `distbuild trove import`, builds without autotools.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -19,14 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import skip_or_fail
+from tests.conftest import fetched_source
 from tests.network_process import NetworkProcess
 from tests.test_network_e2e import edit
 
 pytestmark = pytest.mark.slow
 
 SYSTEM = "systems/example-system-x86_64.morph"
-SOURCES_ENV = "DISTBUILD_TEST_SOURCES"
 
 
 @pytest.fixture(scope="module")
@@ -134,18 +132,8 @@ strata:
 """
 
 
-def hello_tarball() -> Path:
-    """GNU hello's release tarball, fetched by .ci/fetch-test-sources; skip (or fail) if absent."""
-    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    where = Path(os.environ.get(SOURCES_ENV) or default / "distbuild" / "test-sources")
-    found = sorted(where.glob("hello_*.orig.tar.gz"))
-    if found:
-        return found[-1]
-    skip_or_fail(f"no GNU hello release tarball in {where} (run .ci/fetch-test-sources)")
-
-
 def test_gnu_hello_release_tarball_builds_without_autotools(network, tmp_path):
-    tarball = hello_tarball()
+    tarball = fetched_source("hello_*.orig.tar.gz")
     imported = distbuild(network, tmp_path, "trove", "import", "upstream:gnu-hello",
                          str(tarball))
     assert imported.returncode == 0, imported.stderr

@@ -7,13 +7,14 @@ through libvirt at `qemu+ssh://[USER@]HOST/system`, or at LIBVIRT_URI.
 Settings: DISK_SIZE, RAM_SIZE, VCPUS, ATTACH_DISKS (colon-separated paths
 on HOST), NIC_CONFIG (space-separated `network=NAME` or `bridge=NAME`, each
 with optional `,mac=...,model=...`), AUTOSTART, KERNEL_ARGS, INITRAMFS_PATH;
-SSH_IDENTITY and SSH_KNOWN_HOSTS choose a key and a known_hosts file beside
-the usual ones.
+DOMAIN_TYPE (kvm or qemu; default kvm where the host offers it); SSH_IDENTITY
+and SSH_KNOWN_HOSTS choose a key and a known_hosts file beside the usual ones.
 
 The image is a bare ext4 filesystem with no bootloader, so when the system
 has /boot/vmlinuz the guest boots it directly: the kernel (and initramfs)
 are copied beside the image as PATH.vmlinuz and PATH.initramfs and named in
-the domain, with `root=/dev/vda` on the kernel command line.
+the domain, with `root=/dev/vda` on the kernel command line. The guest's serial console
+is a pty (`virsh console`) whose output is also logged to PATH.console.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def check(location_text: str, env: Mapping[str, str]) -> None:
     settings = read_settings(env, location)
     conn = libvirthost.open_libvirt(settings.libvirt_uri)
     try:
+        if settings.domain_type:
+            libvirthost.require_domain_type(conn, settings.domain_type, settings.libvirt_uri)
         if libvirthost.guest_exists(conn, location.guest):
             raise ExtensionError(f"a guest named {location.guest} already exists on "
                                  f"{settings.libvirt_uri}")
@@ -57,7 +60,8 @@ def check(location_text: str, env: Mapping[str, str]) -> None:
     finally:
         conn.close()
     with _sftp(location, settings) as sftp:
-        for path in (location.path, location.kernel_path, location.initramfs_path):
+        for path in (location.path, location.kernel_path, location.initramfs_path,
+                     location.console_path):
             if remote.exists(sftp, path):
                 raise ExtensionError(f"{path} already exists on {location.host}")
         folder = posixpath.dirname(location.path)
@@ -84,10 +88,13 @@ def write(rootfs: Path, location_text: str, env: Mapping[str, str]) -> None:
                 boot = _copy_all(sftp, location, settings, image, kernel, initramfs, created)
                 libvirthost.start_guest(
                     settings.libvirt_uri, location.guest,
-                    lambda kind: domain_xml(location, settings, kind, boot), settings.autostart)
+                    lambda kind: domain_xml(location, settings, kind, boot), settings.autostart,
+                    settings.domain_type)
             except BaseException:
-                for path in created:
-                    remote.remove(sftp, path)
+                # The console log is QEMU's, made when the guest started.
+                for path in [*created, location.console_path]:
+                    if remote.exists(sftp, path):
+                        remote.remove(sftp, path)
                 raise
     finally:
         image.unlink(missing_ok=True)

@@ -19,6 +19,9 @@ _LOCATION = re.compile(
     r"^kvm\+ssh://(?:(?P<user>[^@/]+)@)?(?P<host>\[[^\]]+\]|[^/:@]+)(?::(?P<port>\d+))?"
     r"/(?P<guest>[^/]+)(?P<path>/.+)$")
 _DEFAULT_RAM = 1 << 30
+# kvm: hardware virtualisation; qemu: QEMU's own emulation (TCG), slower but
+# boots where KVM cannot run the guest's kernel.
+DOMAIN_TYPES = ("kvm", "qemu")
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,11 @@ class KvmLocation:
     def initramfs_path(self) -> str:
         """Where the guest's initramfs goes on the host."""
         return f"{self.path}.initramfs"
+
+    @property
+    def console_path(self) -> str:
+        """Where everything the guest writes to its serial console is logged on the host."""
+        return f"{self.path}.console"
 
     def libvirt_uri(self) -> str:
         """The host's system libvirt, reached over SSH."""
@@ -74,6 +82,7 @@ class KvmSettings:
     known_hosts: str | None
     kernel_args: str = ""
     initramfs: str | None = None
+    domain_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,7 +126,16 @@ def read_settings(env: Mapping[str, str], location: KvmLocation) -> KvmSettings:
         known_hosts=env.get("SSH_KNOWN_HOSTS") or None,
         kernel_args=env.get("KERNEL_ARGS", "").strip(),
         initramfs=(env.get("INITRAMFS_PATH") or "").strip().lstrip("/") or None,
+        domain_type=_domain_type(env),
     )
+
+
+def _domain_type(env: Mapping[str, str]) -> str | None:
+    value = env.get("DOMAIN_TYPE", "").strip()
+    if value and value not in DOMAIN_TYPES:
+        raise ExtensionError(f"DOMAIN_TYPE must be one of {', '.join(DOMAIN_TYPES)}, "
+                             f"not {value!r}")
+    return value or None
 
 
 def _parse_nic(text: str) -> Nic:
@@ -151,7 +169,10 @@ def domain_xml(location: KvmLocation, settings: KvmSettings, domain_type: str,
         "  <features><acpi/><apic/></features>",
         "  <devices>",
         *disks, *nics,
-        "    <serial type='pty'/><console type='pty'/>",
+        # A pty for `virsh console`, and a log of all it says for whoever was not attached.
+        f"    <serial type='pty'><log file={quoteattr(location.console_path)} append='off'/>"
+        "</serial>",
+        "    <console type='pty'/>",
         "  </devices>",
         "</domain>",
     ])

@@ -33,12 +33,25 @@ def guest_exists(conn, name: str) -> bool:
     return True
 
 
+def domain_types(conn) -> list[str]:
+    """The guest domain types the host offers (`kvm`, `qemu`, `test`)."""
+    return list(dict.fromkeys(re.findall(r"<domain type='([^']+)'", conn.getCapabilities())))
+
+
 def domain_type(conn) -> str:
     """`kvm` where the host offers it, else the first type it offers (`test`, `qemu`)."""
-    types = re.findall(r"<domain type='([^']+)'", conn.getCapabilities())
+    types = domain_types(conn)
     if not types:
         raise ExtensionError("the libvirt host offers no guest domain types")
     return "kvm" if "kvm" in types else types[0]
+
+
+def require_domain_type(conn, wanted: str, uri: str) -> None:
+    """Refuse a DOMAIN_TYPE the host does not offer, naming the ones it does."""
+    offered = domain_types(conn)
+    if wanted not in offered:
+        raise ExtensionError(f"DOMAIN_TYPE: {uri} offers no {wanted} guests (it offers "
+                             f"{', '.join(offered) or 'none'})")
 
 
 def network_exists(conn, name: str) -> bool:
@@ -53,14 +66,19 @@ def network_exists(conn, name: str) -> bool:
 
 
 def start_guest(uri: str, name: str, xml_for_type: Callable[[str], str],
-                autostart: bool) -> None:
-    """Define and start guest `name` from the XML for the host's domain type; undo on failure."""
+                autostart: bool, wanted_type: str | None = None) -> None:
+    """Define and start guest `name` from the XML for `wanted_type` or the host's best type.
+
+    Undone (destroyed and undefined) on failure.
+    """
     import libvirt
 
     conn = open_libvirt(uri)
     domain = None
     try:
-        xml = xml_for_type(domain_type(conn))
+        if wanted_type:
+            require_domain_type(conn, wanted_type, uri)
+        xml = xml_for_type(wanted_type or domain_type(conn))
         writeext.status(f"Defining guest {name} on {uri}")
         domain = conn.defineXML(xml)
         if autostart:

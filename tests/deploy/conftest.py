@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from distbuild import tokens
 from distbuild.definitions import Aliases, Definitions, DirectorySource, OfflineResolver
 from distbuild.deploy.systems import DefinitionsSystems
 from distbuild.trove.client import CacheClient
+from distbuild.worker.artifacts import SYSTEM_META_FORMAT
 from tests.trove_process import TroveProcess
 
 
@@ -83,7 +85,12 @@ def put_system(cache: ArtifactCache, definitions: Path, morph: str,
 
     The tarball is assembled here, standing in for what a worker builds.
     """
-    filename = engine_systems(definitions).system(morph).filename
+    system = engine_systems(definitions).system(morph)
+    filename = system.filename
+    # The metadata a worker writes into every system it assembles.
+    meta = json.dumps({"format": SYSTEM_META_FORMAT, "system": system.name}).encode()
+    files = {**(EXAMPLE_FILES if files is None else files),
+             f"baserock/{system.name}.meta": (0o644, meta)}
     with tempfile.TemporaryDirectory() as scratch:
         tarball = system_tarball(Path(scratch) / filename, files)
         cache.put(filename, tarball)

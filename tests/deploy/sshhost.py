@@ -28,10 +28,16 @@ class _Handle(paramiko.SFTPHandle):
 
 
 class _Filesystem(paramiko.SFTPServerInterface):
+    def __init__(self, server, *args, **kwargs):
+        super().__init__(server, *args, **kwargs)
+        self.owner = server.owner
+
     def open(self, path, flags, attr):
         mode = getattr(attr, "st_mode", None) or 0o644
         try:
             fd = os.open(path, flags, mode)
+            if self.owner and flags & os.O_CREAT:
+                os.fchown(fd, *self.owner)
         except OSError as e:
             return paramiko.SFTPServer.convert_errno(e.errno)
         writable = flags & (os.O_WRONLY | os.O_RDWR)
@@ -70,8 +76,8 @@ class _Filesystem(paramiko.SFTPServerInterface):
 
 
 class _Server(paramiko.ServerInterface):
-    def __init__(self, user: str, key: paramiko.PKey):
-        self.user, self.key = user, key
+    def __init__(self, user: str, key: paramiko.PKey, owner: tuple[int, int] | None):
+        self.user, self.key, self.owner = user, key, owner
 
     def get_allowed_auths(self, username):
         return "publickey"
@@ -98,10 +104,16 @@ class SSHHost:
     _transports: list[paramiko.Transport] = field(default_factory=list)
     _thread: threading.Thread | None = None
     connections: int = 0
+    owner: tuple[int, int] | None = None
 
     @classmethod
-    def start(cls, home: Path, user: str = "deployer") -> SSHHost:
-        """Make keys under `home`/.ssh, listen on 127.0.0.1, serve in a thread."""
+    def start(cls, home: Path, user: str = "deployer",
+              owner: tuple[int, int] | None = None) -> SSHHost:
+        """Make keys under `home`/.ssh, listen on 127.0.0.1, serve in a thread.
+
+        `owner` (uid, gid) owns the files clients make, as the login user
+        would on a real host (a libvirt session daemon of that user reads them).
+        """
         ssh = home / ".ssh"
         ssh.mkdir(parents=True, mode=0o700)
         host_key = paramiko.ECDSAKey.generate()
@@ -111,7 +123,7 @@ class SSHHost:
         port = sock.getsockname()[1]
         (ssh / "known_hosts").write_text(
             f"[127.0.0.1]:{port} {host_key.get_name()} {host_key.get_base64()}\n")
-        host = cls(home, user, port, sock)
+        host = cls(home, user, port, sock, owner=owner)
         host._thread = threading.Thread(target=host._serve, args=(host_key, client_key),
                                         daemon=True)
         host._thread.start()
@@ -129,7 +141,7 @@ class SSHHost:
             transport.set_subsystem_handler("sftp", paramiko.SFTPServer, _Filesystem)
             self._transports.append(transport)
             try:
-                transport.start_server(server=_Server(self.user, client_key))
+                transport.start_server(server=_Server(self.user, client_key, self.owner))
             except (paramiko.SSHException, EOFError, OSError):
                 # A client that rejects our host key hangs up mid-handshake.
                 transport.close()

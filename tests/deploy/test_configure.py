@@ -247,3 +247,34 @@ def test_fstab_refuses_a_short_line(rootfs, tmp_path):
     with pytest.raises(ExtensionFailed, match="fstab line '/dev/vdb /srv' needs at least"):
         configure("fstab", rootfs, {"FSTAB_SRC": "/dev/vdb /srv"}, tmp_path)
     assert not (rootfs / "etc" / "fstab").exists()
+
+
+def test_version_label_names_the_system_and_its_version(tmp_path):
+    root = tmp_path / "rootfs"
+    (root / "etc").mkdir(parents=True)
+    (root / "baserock").mkdir()
+    (root / "baserock" / "kvm-boot-x86_64.meta").write_text(
+        '{"format": "distbuild-system/1", "system": "kvm-boot-x86_64"}')
+    (root / "etc" / "os-release").write_text('NAME="x"\nIMAGE_VERSION=old\n')
+    lines = configure("version-label", root, {"VERSION_LABEL": "v2.1"}, tmp_path)
+    assert lines == ["[version-label.configure] kvm-boot-x86_64 version v2.1"]
+    assert (root / "etc" / "os-release").read_text() == \
+        'NAME="x"\nIMAGE_ID=kvm-boot-x86_64\nIMAGE_VERSION=v2.1\n'
+    configure("version-label", root, {}, tmp_path)
+    assert (root / "etc" / "os-release").read_text().endswith("IMAGE_VERSION=factory\n")
+
+
+@pytest.mark.parametrize("label, meta, message", [
+    ("bad label", True, "VERSION_LABEL 'bad label' may hold only"),
+    ("v1", False, "holds no system metadata"),
+])
+def test_version_label_refuses_and_writes_nothing(tmp_path, label, meta, message):
+    root = tmp_path / "rootfs"
+    (root / "etc").mkdir(parents=True)
+    (root / "baserock").mkdir()
+    if meta:
+        (root / "baserock" / "s.meta").write_text('{"format": "distbuild-system/1", "system": "s"}')
+    (root / "etc" / "os-release").write_text("NAME=x\n")
+    with pytest.raises(ExtensionFailed, match=message):
+        configure("version-label", root, {"VERSION_LABEL": label}, tmp_path)
+    assert (root / "etc" / "os-release").read_text() == "NAME=x\n"

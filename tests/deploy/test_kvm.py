@@ -183,6 +183,9 @@ NODE_XML = """\
     ("fresh", {"VCPUS": "many"}, "VCPUS must be a whole number"),
     ("fresh", {"RAM_SIZE": "lots"}, "RAM_SIZE must be a size"),
     ("fresh", {"UPGRADE": "yes"}, "upgrading a kvm guest is not supported"),
+    ("fresh", {"DOMAIN_TYPE": "xen"}, "DOMAIN_TYPE must be one of kvm, qemu, not 'xen'"),
+    ("fresh", {"DOMAIN_TYPE": "kvm"}, "DOMAIN_TYPE: test://.* offers no kvm guests "
+     "\\(it offers test\\)"),
     ("fresh", {"location": "kvm://host/guest/x.img"}, "is not kvm\\+ssh://"),
 ])
 def test_kvm_check_refuses(vmhost, tmp_path, guest, settings, message):
@@ -258,13 +261,19 @@ def test_guest_boots_the_systems_kernel_directly(vmhost, test_conn, tmp_path, mo
     assert os_xml.findtext("initrd") == f"{image}.initramfs"
     assert os_xml.findtext("cmdline") == \
         "root=/dev/vda rootfstype=ext4 rw console=ttyS0 quiet init=/sbin/init"
+    # The serial console is a pty for `virsh console`, logged to a file beside the image.
+    serial = ElementTree.fromstring(test_conn.lookupByName("booted").XMLDesc()).find(
+        "devices/serial")
+    assert serial.get("type") == "pty"
+    assert serial.find("log").attrib == {"file": f"{image}.console", "append": "off"}
 
 
-def test_kvm_check_refuses_a_leftover_kernel(vmhost, tmp_path):
-    (tmp_path / "vms" / "new.img.vmlinuz").write_text("old kernel")
+@pytest.mark.parametrize("leftover", ["vmlinuz", "console"])
+def test_kvm_check_refuses_a_leftover_kernel_or_console(vmhost, tmp_path, leftover):
+    (tmp_path / "vms" / f"new.img.{leftover}").write_text("old")
     check = require_extension("kvm", "check", MORPHS, "test")
-    with pytest.raises(ExtensionFailed, match=r"new\.img\.vmlinuz already exists"):
+    with pytest.raises(ExtensionFailed, match=rf"new\.img\.{leftover} already exists"):
         run_extension(check, [location(vmhost, "fresh", tmp_path / "vms" / "new.img")],
                       {"LIBVIRT_URI": "test:///default"}, cwd=PROJECT,
                       progress=lambda _: None, where="test", base_environ=base_env(vmhost))
-    assert (tmp_path / "vms" / "new.img.vmlinuz").read_text() == "old kernel"
+    assert (tmp_path / "vms" / f"new.img.{leftover}").read_text() == "old"
