@@ -27,6 +27,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import struct
 import tempfile
 import threading
 import time
@@ -42,6 +43,7 @@ from distbuild.worker.artifacts import ArtifactInfo, PackedArtifact, describe, p
 from distbuild.worker.errors import CorruptArtifact, MissingArtifact
 
 UNPACKED = ".unpacked"
+_FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS, _FS_TOPDIR_FL = 0x80086601, 0x40086602, 0x00020000
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 # Unpacked trees a step in this process has staged (a worker runs all its
@@ -116,6 +118,8 @@ class LocalArtifactCache:
         self.unpacked_dir = directory / UNPACKED
         self._sizes = self.unpacked_dir / ".sizes"
         self._check_boot()
+        if self.unpacked_dir.is_dir():  # made by an older worker: flag it now
+            _spread_subdirectories(self.unpacked_dir)
 
     def _check_boot(self) -> None:
         """Drop the unpacked trees if the machine rebooted since they were made."""
@@ -144,6 +148,7 @@ class LocalArtifactCache:
             if not self.unpacked_dir.is_dir():
                 tmp = self.directory / f".unpacked-new-{os.getpid()}-{threading.get_ident()}"
                 tmp.mkdir()
+                _spread_subdirectories(tmp)
                 (tmp / ".boot").write_text(_boot_id())
                 os.rename(tmp, self.unpacked_dir)
 
@@ -405,6 +410,30 @@ def _boot_id() -> str:
         return _BOOT_ID.read_text().strip()
     except OSError:
         return "unknown"
+
+
+def _spread_subdirectories(path: Path) -> None:
+    """Ask ext4 to place each tree made in `path` in a block group of its own choosing.
+
+    ext4 without a journal will not reuse an inode freed in the last 30 s:
+    creating a file scans past every such inode of its directory's group,
+    one buffer lookup each. Where steps keep deleting build trees beside
+    the cache, that made creating a file cost 300 µs instead of 40 (perf:
+    `recently_deleted` under `ext4_create`). The "top directory" flag
+    (chattr +T) makes the Orlov allocator spread `path`'s subdirectories
+    to groups with free inodes, away from the churn. Elsewhere: no-op.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        flags = struct.unpack("i", fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(4)))[0]
+        fcntl.ioctl(fd, _FS_IOC_SETFLAGS, struct.pack("i", flags | _FS_TOPDIR_FL))
+    except OSError:  # not ext2/3/4, or flags not settable here
+        pass
+    finally:
+        os.close(fd)
 
 
 def _entries(path: Path) -> list[os.DirEntry]:
