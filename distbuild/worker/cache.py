@@ -37,8 +37,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
+from distbuild import mounts
 from distbuild.files import locked
-from distbuild.worker import untar
+from distbuild.worker import erofs, untar
 from distbuild.worker.artifacts import ArtifactInfo, PackedArtifact, describe, pack
 from distbuild.worker.errors import CorruptArtifact, MissingArtifact
 
@@ -105,7 +106,8 @@ class DirectoryArtifactStore:
 class LocalArtifactCache:
     """The worker's own copies of artifacts, each checked once against its sha256."""
 
-    def __init__(self, directory: Path, source: ArtifactSource | None = None) -> None:
+    def __init__(self, directory: Path, source: ArtifactSource | None = None,
+                 images: bool | None = None) -> None:
         self.directory = directory
         self.source = source
         self.downloads = 0
@@ -117,6 +119,8 @@ class LocalArtifactCache:
         self._read_index()
         self.unpacked_dir = directory / UNPACKED
         self._sizes = self.unpacked_dir / ".sizes"
+        self._images = images
+        self._dev: int | None = None
         self._check_boot()
         if self.unpacked_dir.is_dir():  # made by an older worker: flag it now
             _spread_subdirectories(self.unpacked_dir)
@@ -155,12 +159,24 @@ class LocalArtifactCache:
     def unpacked(self, filename: str, sha256: str | None = None) -> Path:
         """A directory holding artifact `filename` unpacked, made on first use.
 
-        Nobody may write into it: stage it read-only or copy-on-write.
+        Where it is kept as an image, the directory shows it only in the
+        calling thread's mount namespace (see distbuild.mounts), mounted
+        here. Nobody may write into it: stage it read-only or copy-on-write.
         """
+        tree = self.prepare(filename, sha256)
+        image = self._image(filename)
+        if image.exists() and os.stat(tree).st_dev == self._unpacked_dev():
+            mounts.private_namespace()
+            mounts.mount_image(tree, image)
+        return tree
+
+    def prepare(self, filename: str, sha256: str | None = None) -> Path:
+        """Make `filename`'s tree (or image) if there is none yet, mounting nothing."""
         tree = self.unpacked_dir / filename
         if tree.is_dir():
             self._check_expected(filename, sha256)
             _touch(tree)
+            _touch(self._image(filename))  # the tree's own time, once mounted, is the image's
             return tree
         local = self.fetch(filename, sha256)
         self._make_unpacked_dir()
@@ -169,14 +185,39 @@ class LocalArtifactCache:
                 tmp = self.unpacked_dir / f".{filename}.{os.getpid()}.{threading.get_ident()}"
                 shutil.rmtree(tmp, ignore_errors=True)
                 try:
-                    unpacker = untar.Unpacker(tmp)
-                    unpacker.add(local, filename)
-                    unpacker.finish()
-                    self._record_size(filename, unpacker.disk_bytes)
+                    if self.images:
+                        # The image first, at its final name: the directory's
+                        # appearing says both are complete.
+                        tmp.mkdir()
+                        image = tmp.with_name(tmp.name + ".erofs")
+                        image.unlink(missing_ok=True)
+                        size = erofs.build(local, image, filename)
+                        os.replace(image, self._image(filename))
+                    else:
+                        unpacker = untar.Unpacker(tmp)
+                        unpacker.add(local, filename)
+                        unpacker.finish()
+                        size = unpacker.disk_bytes
+                    self._record_size(filename, size)
                     os.rename(tmp, tree)
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
         return tree
+
+    @property
+    def images(self) -> bool:
+        """Whether artifacts are kept as EROFS images (mounted to stage) rather than trees."""
+        if self._images is None:
+            self._images = mounts.available() and images_work()
+        return self._images
+
+    def _image(self, filename: str) -> Path:
+        return self.unpacked_dir / f"{filename}.erofs"
+
+    def _unpacked_dev(self) -> int:
+        if self._dev is None:
+            self._dev = os.stat(self.unpacked_dir).st_dev
+        return self._dev
 
     def known_empty(self, filename: str, sha256: str | None = None) -> bool:
         """Whether `filename` is an artifact holding nothing, known without downloading it.
@@ -336,7 +377,11 @@ class LocalArtifactCache:
             if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
                 continue
             name = entry.name
-            used[name] = max(used.get(name, 0.0), entry.stat().st_mtime)
+            try:
+                image_used = self._image(name).stat().st_mtime
+            except FileNotFoundError:
+                image_used = 0.0
+            used[name] = max(used.get(name, 0.0), entry.stat().st_mtime, image_used)
             sizes[name] = sizes.get(name, 0) + trees.get(name, 0)
         total = sum(sizes.values())
         deleted = []
@@ -358,9 +403,12 @@ class LocalArtifactCache:
     def _delete_tree(self, tree: Path) -> None:
         trash = self.unpacked_dir / f".trash-{tree.name}-{time.time_ns()}"
         try:
+            if os.stat(tree).st_dev != self._unpacked_dev():
+                mounts.unmount(tree)  # mounted in this thread's namespace (others' detach)
             os.rename(tree, trash)
-        except FileNotFoundError:
+        except (FileNotFoundError, mounts.MountError):
             return
+        self._image(tree.name).unlink(missing_ok=True)
         # Trees have read-only directories when their tarballs did.
         shutil.rmtree(trash, onerror=_force_remove)
 
@@ -403,6 +451,47 @@ def write_empty(dest: Path, filename: str) -> PackedArtifact:
     data, sha256 = _empty_artifact()
     dest.write_bytes(data)
     return PackedArtifact(filename, dest, sha256, len(data))
+
+
+_images_work: list[bool] = []
+
+
+def images_work() -> bool:
+    """Whether this process can mount an EROFS image from a file (tried once, in a thread)."""
+    if not mounts.available():
+        return False
+    if not _images_work:
+        if "erofs" not in _filesystems():
+            _images_work.append(False)
+            return False
+        result: list[bool] = []
+
+        def probe() -> None:
+            with tempfile.TemporaryDirectory(prefix="distbuild-erofs-") as tmp:
+                tarball, image = Path(tmp) / "empty.tgz", Path(tmp) / "empty.erofs"
+                tarball.write_bytes(_empty_artifact()[0])
+                erofs.build(tarball, image, "empty")
+                (Path(tmp) / "mnt").mkdir()
+                try:
+                    mounts.private_namespace()
+                    mounts.mount_image(Path(tmp) / "mnt", image)
+                    mounts.unmount(Path(tmp) / "mnt")
+                    result.append(True)
+                except mounts.MountError:
+                    result.append(False)
+
+        thread = threading.Thread(target=probe, name="erofs-probe")
+        thread.start()
+        thread.join()
+        _images_work.append(bool(result and result[0]))
+    return _images_work[0]
+
+
+def _filesystems() -> str:
+    try:
+        return Path("/proc/filesystems").read_text()
+    except OSError:
+        return ""
 
 
 def _boot_id() -> str:

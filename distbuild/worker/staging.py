@@ -31,6 +31,7 @@ root is unpacked from the tarballs, since integration writes into it.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -289,4 +290,9 @@ def link_tree(src: Path, dest: Path, dirs: dict[str, int]) -> None:
                 shutil.rmtree(target)
             elif os.path.lexists(target):
                 target.unlink()
-            os.link(os.path.join(dirpath, name), target, follow_symlinks=False)
+            try:
+                os.link(os.path.join(dirpath, name), target, follow_symlinks=False)
+            except OSError as e:
+                if e.errno != errno.EXDEV:  # a tree mounted from an image
+                    raise
+                shutil.copy2(os.path.join(dirpath, name), target, follow_symlinks=False)

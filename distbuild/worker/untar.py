@@ -99,6 +99,13 @@ class _Body:
             while piece:
                 piece = piece[os.write(fd, piece):]
 
+    def append_to(self, buf: bytearray) -> None:
+        """Add the data to `buf`."""
+        while self.left:
+            piece = self.stream.read(min(self.left, _READ))
+            self.left -= len(piece)
+            buf += piece
+
     def skip(self) -> None:
         while self.left:
             self.left -= len(self.stream.read(min(self.left, _READ)))
@@ -158,20 +165,13 @@ def extract(artifact: Path, dest: Path, filename: str) -> list[str]:
     return names
 
 
-class Unpacker:
-    """Unpacks tarballs one after another into one new directory; later members win."""
+class TarReader:
+    """Reads tarballs member by member and hands each to `entry` (which subclasses define)."""
 
-    def __init__(self, dest: Path) -> None:
-        dest.mkdir(parents=True)
-        self.dest = str(dest)
-        self.kinds: dict[str, int] = {"": _DIR}
-        self.dirs: list[tuple[str, int, int, int, int]] = []
-        self.names: list[str] = []
-        # Roughly what the tree takes on disk: 4 KiB blocks per file and directory.
-        self.disk_bytes = 0
+    names: list[str]
 
     def add(self, artifact: Path, filename: str) -> list[str]:
-        """Unpack one tarball; returns its member names."""
+        """Read one tarball into the destination; returns its member names."""
         self.names = []
         try:
             self._run(_Stream(_gunzip(artifact)))
@@ -179,13 +179,10 @@ class Unpacker:
             raise CorruptArtifact(f"cannot unpack artifact: {e}", filename) from None
         return self.names
 
-    def finish(self) -> None:
-        """Give the directories their modes, owners and times (last, so they could be filled)."""
-        for path, mode, uid, gid, mtime in reversed(self.dirs):
-            self.owner(path, uid, gid, follow=True)
-            os.chmod(path, mode)
-            os.utime(path, ns=(mtime, mtime))
-        self.dirs = []
+    def entry(self, name: str, kind: bytes, mode: int, uid: int, gid: int, mtime: int,
+              link: str, body: _Body, device: tuple[int, int]) -> None:
+        """One member; its data, if any, is read from `body` (or skipped after)."""
+        raise NotImplementedError
 
     def _run(self, stream: _Stream) -> None:
         pax_global: dict[str, str] = {}
@@ -231,8 +228,43 @@ class Unpacker:
             body.skip()
             stream.read(-size % _BLOCK)
 
+    @staticmethod
+    def relative(name: str) -> str:
+        """A member's name as a clean relative path ("" for the root); refuses leaving it."""
+        while name.startswith("./"):
+            name = name[2:]
+        name = name.rstrip("/")
+        if name in ("", "."):
+            return ""
+        parts = name.split("/")
+        if name.startswith("/") or ".." in parts:
+            raise _Corrupt(f"member {name!r} would land outside the destination")
+        return "/".join(p for p in parts if p not in ("", "."))
+
+
+class Unpacker(TarReader):
+    """Unpacks tarballs one after another into one new directory; later members win."""
+
+    def __init__(self, dest: Path) -> None:
+        dest.mkdir(parents=True)
+        self.dest = str(dest)
+        self.kinds: dict[str, int] = {"": _DIR}
+        self.dirs: list[tuple[str, int, int, int, int]] = []
+        self.names: list[str] = []
+        # Roughly what the tree takes on disk: 4 KiB blocks per file and directory.
+        self.disk_bytes = 0
+
+    def finish(self) -> None:
+        """Give the directories their modes, owners and times (last, so they could be filled)."""
+        for path, mode, uid, gid, mtime in reversed(self.dirs):
+            self.owner(path, uid, gid, follow=True)
+            os.chmod(path, mode)
+            os.utime(path, ns=(mtime, mtime))
+        self.dirs = []
+
     def entry(self, name: str, kind: bytes, mode: int, uid: int, gid: int, mtime: int,
               link: str, body: _Body, device: tuple[int, int]) -> None:
+        """Create one member on disk."""
         rel = self.relative(name)
         if not rel:
             return  # the root itself ("./")
@@ -285,17 +317,6 @@ class Unpacker:
         os.chmod(path, mode)
         os.utime(path, ns=(mtime, mtime))
         self.kinds[rel] = _OTHER
-
-    def relative(self, name: str) -> str:
-        while name.startswith("./"):
-            name = name[2:]
-        name = name.rstrip("/")
-        if name in ("", "."):
-            return ""
-        parts = name.split("/")
-        if name.startswith("/") or ".." in parts:
-            raise _Corrupt(f"member {name!r} would land outside the destination")
-        return "/".join(p for p in parts if p not in ("", "."))
 
     def parents(self, rel: str) -> None:
         parent = rel.rpartition("/")[0]
