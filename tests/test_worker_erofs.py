@@ -120,6 +120,6 @@ def test_an_image_shows_what_unpacking_makes(tmp_path):
 def test_a_tarball_leaving_its_root_makes_no_image(tmp_path):
     with tarfile.open(tmp_path / "bad.tgz", "w:gz") as tar:
         _add(tar, "../escape", data=b"x")
-    with pytest.raises(CorruptArtifact, match="bad.tgz.*outside|outside"):
+    with pytest.raises(CorruptArtifact, match="would land outside"):
         erofs.build(tmp_path / "bad.tgz", tmp_path / "bad.erofs", "bad.tgz")
     assert not (tmp_path / "bad.erofs").exists()

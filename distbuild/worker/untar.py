@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import os
 import stat
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
+
+from zlib_ng import zlib_ng
 
 from distbuild.worker.errors import CorruptArtifact
 
@@ -43,7 +44,7 @@ class _Corrupt(Exception):
 def _gunzip(path: Path) -> Iterator[bytes]:
     """The decompressed bytes of a (possibly multi-member) gzip file, in pieces."""
     with open(path, "rb") as f:
-        inflater = zlib.decompressobj(31)
+        inflater = zlib_ng.decompressobj(31)
         while True:
             data = f.read(_READ)
             if not data:
@@ -55,7 +56,7 @@ def _gunzip(path: Path) -> Iterator[bytes]:
                 if not inflater.eof:
                     break
                 data = inflater.unused_data
-                inflater = zlib.decompressobj(31)
+                inflater = zlib_ng.decompressobj(31)
 
 
 class _Stream:
@@ -175,7 +176,7 @@ class TarReader:
         self.names = []
         try:
             self._run(_Stream(_gunzip(artifact)))
-        except (_Corrupt, zlib.error, EOFError) as e:
+        except (_Corrupt, zlib_ng.error, EOFError) as e:
             raise CorruptArtifact(f"cannot unpack artifact: {e}", filename) from None
         return self.names
 
