@@ -9,13 +9,18 @@ to one index file (`index`: `SHA256 FILENAME` lines), which costs one
 write per artifact instead of a file and a rename each.
 
 Chunk artifacts are also kept unpacked, once, in `.unpacked/FILENAME/`, the
-first time a step stages them: staging layers those trees (see
-distbuild.worker.staging) instead of unpacking tarballs every step. The
-trees are never written to after they are made. `trim` counts a tree's
-size with its tarball's and deletes both together; trees a running step
-has staged are never deleted under it. After a reboot the trees are
-dropped and made again (they are not fsynced: a crash of the machine could
-leave a tree with files cut short; the tarballs are the checked originals).
+first time a step stages them (or when this worker built them): staging
+layers those trees (see distbuild.worker.staging) instead of unpacking
+tarballs every step. Where the worker can mount, a tree is an EROFS image
+(`.unpacked/FILENAME.erofs`, see distbuild.worker.erofs) mounted on the
+empty directory in the thread that stages it: one file written instead of
+one per member, which is what first-use staging cost. Elsewhere it is a
+real tree. Either is never written to after it is made. `trim` counts a
+tree's (or image's) size with its tarball's and deletes them together,
+least recently used first (an image's time is its last use); trees a
+running step has staged are never deleted under it. After a reboot the
+trees are dropped and made again (they are not fsynced: a crash of the
+machine could leave one cut short; the tarballs are the checked originals).
 
 `ArtifactSource` is what the local cache downloads from: the trove's cache
 client, or `DirectoryArtifactStore` (a plain directory, used by tests and

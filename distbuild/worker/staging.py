@@ -1,6 +1,7 @@
 """Staging areas and system roots made of unpacked artifacts, layered, never copied.
 
-Every input artifact is unpacked once per worker (`LocalArtifactCache.unpacked`).
+Every input artifact is unpacked once per worker (`LocalArtifactCache.unpacked`),
+as an EROFS image mounted read-only where the worker can mount.
 A step then layers those trees with overlayfs, in a mount namespace private
 to its thread (distbuild.mounts): a staging area of 50,000 files costs one
 mount, not 50,000 files written.
