@@ -541,13 +541,18 @@ def _entries(path: Path) -> list[os.DirEntry]:
 def _force_remove(function, path, excinfo) -> None:
     parent = os.path.dirname(path)
     try:
+        if os.path.ismount(path):  # an image still mounted in this thread's namespace
+            mounts.unmount(Path(path))
         os.chmod(parent, 0o700)
-        if os.path.isdir(path) and not os.path.islink(path):
+        if function is os.rmdir:
+            # What was inside is gone or could not go: never walk it again.
+            os.rmdir(path)
+        elif os.path.isdir(path) and not os.path.islink(path):
             os.chmod(path, 0o700)
             shutil.rmtree(path, onerror=_force_remove)
         else:
             os.unlink(path)
-    except OSError:
+    except (OSError, mounts.MountError):
         pass
 
 
