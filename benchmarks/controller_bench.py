@@ -141,7 +141,7 @@ def ms(values: list[float], q: float) -> float:
 class Farm:
     """A trove and a controller (`Network` with no real workers), and instant workers."""
 
-    def __init__(self, root: Path, workers: int, processes: int):
+    def __init__(self, root: Path, workers: int, processes: int, nice: int = 0):
         self.root = root
         self.net = Network(root / "state", workers=0)
         self.settings = self.net.start()
@@ -162,7 +162,7 @@ class Farm:
                  "--known-hosts", str(self.net.keys.known_hosts),
                  "--cache-url", self.settings["artifact_cache_url"],
                  "--names", ",".join(names[p::processes]), "--out", str(out)],
-                env=self.net.env))
+                env=self.net.env, preexec_fn=(lambda: os.nice(nice)) if nice else None))
         log = root / "state" / "logs" / "controller.log"
         deadline = time.monotonic() + 120
         while len(re.findall(r"worker fast-\d+: arch", log.read_text())) < workers:
@@ -186,9 +186,9 @@ class Farm:
 
 
 @contextlib.contextmanager
-def farm(workers: int, processes: int):
+def farm(workers: int, processes: int, nice: int = 0):
     with tempfile.TemporaryDirectory(prefix="controller-bench-") as tmp:
-        f = Farm(Path(tmp), workers, processes)
+        f = Farm(Path(tmp), workers, processes, nice)
         try:
             yield f
         finally:
@@ -196,10 +196,11 @@ def farm(workers: int, processes: int):
 
 
 def one_big_request(args) -> None:
-    with farm(args.workers, args.processes) as f:
+    with farm(args.workers, args.processes, args.worker_nice) as f:
         defs = f.root / "defs"
         write_definitions(defs, args.steps, args.seed)
         rss_before = rss_mb(f.pid)
+        load_before = f"{os.getloadavg()[0]:.2f}"
         sampler = Sampler(f.pid)
         sampler.start()
         spy = None if args.py_spy is None else subprocess.Popen(
@@ -243,7 +244,8 @@ def one_big_request(args) -> None:
     building = sampler.cpu_between(first, last)
     whole = sampler.cpu_between(start, end)
     print(f"{args.steps} steps, {args.workers} instant workers over SSH in {args.processes} "
-          f"processes; a shared machine: read medians and ratios")
+          f"processes at nice {args.worker_nice}; load average {load_before} before, "
+          f"{os.getloadavg()[0]:.2f} after; a shared machine: read medians and ratios")
     print(f"request wall {end - start:.1f} s (building {last - first:.1f} s, "
           f"{args.steps / (last - first):.0f} steps/s)")
     print(f"dispatch latency, job-finished sent -> next job-run sent, while work was queued, "
@@ -314,6 +316,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=100)
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--worker-nice", type=int, default=0, metavar="N",
+                        help="run the instant workers at nice N: on a real farm they are other "
+                             "machines, here they share the controller's cores")
     parser.add_argument("--memory", type=int, metavar="N",
                         help="send N small requests and follow the controller's RSS instead")
     parser.add_argument("--py-spy", type=Path, metavar="OUT",

@@ -45,6 +45,7 @@ from distbuild.scheduling_events import (
     StepQueued,
     StepRequeued,
 )
+from distbuild.scheduling_plan import PlannedRequest, StepInfo, Work, plan_request
 from distbuild.scheduling_queues import PRIORITIES, Pool, ReadyQueues, required_labels
 from distbuild.scheduling_workers import Worker, WorkerChanges
 
@@ -53,6 +54,7 @@ __all__ = [
     "Event",
     "JobCancelled",
     "JobStarted",
+    "PlannedRequest",
     "Pool",
     "RequestCancelled",
     "RequestFailed",
@@ -66,48 +68,14 @@ __all__ = [
     "StepJoined",
     "StepQueued",
     "StepRequeued",
+    "Work",
+    "plan_request",
     "required_labels",
     "steps_from_graph",
 ]
 
 if TYPE_CHECKING:
     from distbuild.definitions import BuildGraph
-
-
-@dataclass(frozen=True)
-class StepInfo:
-    """What scheduling needs to know of one graph node."""
-
-    node_id: str
-    cache_key: str
-    arch: str
-    depends: tuple[str, ...]  # node ids
-    priority: int  # nodes on the longest chain from here to the end of the graph
-    labels: frozenset[str] = frozenset()  # a worker must have all of these to run it
-
-
-
-
-@dataclass(eq=False, slots=True)
-class Work:
-    key: str
-    arch: str
-    deps: tuple[str, ...]  # keys
-    state: State = State.WAITING
-    dependents: set[str] = field(default_factory=set)
-    requests: dict[str, str] = field(default_factory=dict)  # request id -> node id
-    priority: int = 0
-    attempts: int = 0
-    handed_back: int = 0  # attempts a draining worker gave back: not failures
-    job: str | None = None
-    worker: str | None = None
-    unbuilt_deps: int = 0
-    holders: int = 0  # live requests whose graph has this key
-    labels: frozenset[str] = frozenset()
-
-    @property
-    def pool(self) -> Pool:
-        return (self.arch, self.labels)
 
 
 @dataclass(eq=False, slots=True)
@@ -154,26 +122,34 @@ class Scheduler(ReadyQueues, WorkerChanges):
     def add_request(self, request_id: str, steps: Iterable[StepInfo], targets: Iterable[str],
                     cached: set[str], priority: str = "normal") -> list[Event]:
         """Plan a request: `targets` are node ids to produce, `cached` the keys already built."""
-        if priority not in PRIORITIES:
-            raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}, not {priority!r}")
-        steps = list(steps)
-        by_id = {s.node_id: s for s in steps}
+        return self.add_planned(plan_request(request_id, steps, targets, cached, priority))
+
+    def add_planned(self, plan: PlannedRequest) -> list[Event]:
+        """Take over a request made by `plan_request`.
+
+        Its own work is taken by reference; only keys already held (shared with
+        requests in flight) are looked at one by one.
+        """
+        shared = plan.work.keys() & self.work.keys()
+        running = {k for k in shared if k in plan.cached
+                   and self.work[k].state == State.RUNNING}
+        if running:
+            # In the cache, but its job here is not confirmed yet: the request waits for
+            # the job, as for any other running work. Rare, so planned again here.
+            plan = plan_request(plan.request_id, plan.steps, plan.targets,
+                                plan.cached - running, plan.priority)
+        rid = plan.request_id
+        held = {k: self.work[k] for k in shared}
+        for work in held.values():
+            work.holders += 1  # first: a request finishing below cannot drop it
+        self.work.update(plan.work)
+        self.work.update(held)
+        in_order = sorted(shared, key=plan.position.__getitem__)
         events: list[Event] = []
-        keys: dict[str, None] = {}
-        created: list[Work] = []
-        for step in steps:
-            work = self.work.get(step.cache_key)
-            if work is None:
-                work = self.work[step.cache_key] = Work(
-                    step.cache_key, step.arch, tuple({by_id[d].cache_key: None
-                                                      for d in step.depends}),
-                    labels=frozenset(step.labels))
-                created.append(work)
-            if work.key not in keys:
-                # Held from here on, so that a request finishing below cannot drop it.
-                keys[work.key] = None
-                work.holders += 1
-            if step.cache_key in cached:
+        for key in in_order:
+            work, mine = held[key], plan.work[key]
+            work.priority = max(work.priority, mine.priority)
+            if key in plan.cached:
                 if work.state in (State.WAITING, State.READY, State.FAILED):
                     events += self._mark_built(work)[1]
             elif work.state in (State.BUILT, State.FAILED):
@@ -182,52 +158,36 @@ class Scheduler(ReadyQueues, WorkerChanges):
                     for dep_key in work.dependents:
                         self.work[dep_key].unbuilt_deps += 1
                 work.state, work.attempts, work.handed_back = State.WAITING, 0, 0
-            work.priority = max(work.priority, step.priority)
-        for work in created:
-            for dep in work.deps:
-                dep_work = self.work[dep]
-                dep_work.dependents.add(work.key)
-                if dep_work.state != State.BUILT:
-                    work.unbuilt_deps += 1
-        needed = self._needed(by_id, targets)
+        for key in in_order:
+            # This request's new work counted these as built exactly when they now are.
+            held[key].dependents |= plan.work[key].dependents
         self._seq += 1
-        request = Request(request_id, self._seq, set(needed), len(steps), list(keys),
-                          priority)
-        self.requests[request_id] = request
-        events.append(RequestPlanned(request_id, len(steps), len(needed)))
-        node_of = {s.cache_key: s.node_id for s in steps}
-        for key in needed:
-            work = self.work[key]
-            work.requests[request_id] = node_of[key]
+        request = Request(rid, self._seq, plan.needed, len(plan.steps), list(plan.work),
+                          plan.priority, ready=plan.ready)
+        self.requests[rid] = request
+        events.append(RequestPlanned(rid, len(plan.steps), len(plan.needed)))
+        for pool, heap in plan.ready.items():
+            if heap:
+                self._enter_ring(request, pool)
+        # Planned as if new: what it planned for keys already held is decided below instead
+        # (a heap entry for one goes stale, and is skipped when popped).
+        events += [e for e in plan.queued if e.key not in shared] if shared else plan.queued
+        for key in in_order:
+            if key not in plan.needed:
+                continue
+            work = held[key]
+            work.requests[rid] = plan.node_of[key]
             if work.state == State.RUNNING:
                 events.append(StepJoined(key, work.worker or "", work.attempts,
-                                         {request_id: node_of[key]}))
-        for key in needed:
-            work = self.work[key]
-            if work.state == State.READY:  # already queued for another request
+                                         {rid: plan.node_of[key]}))
+            elif work.state == State.READY:  # already queued for another request
                 self._queue(request, work)
             else:
                 events += self._promote(work)
-        if not needed:
-            self._detach(request_id)
-            events.append(RequestFinished(request_id))
+        if not plan.needed:
+            self._detach(rid)
+            events.append(RequestFinished(rid))
         return events + self.dispatch()
-
-    def _needed(self, by_id: dict[str, StepInfo], targets: Iterable[str]) -> list[str]:
-        """Unbuilt targets and every unbuilt node in their closures (staging needs them all)."""
-        needed: dict[str, None] = {}
-        stack = [t for t in targets if self.work[by_id[t].cache_key].state != State.BUILT]
-        seen: set[str] = set()
-        while stack:
-            nid = stack.pop()
-            if nid in seen:
-                continue
-            seen.add(nid)
-            key = by_id[nid].cache_key
-            if self.work[key].state != State.BUILT:
-                needed[key] = None
-            stack.extend(by_id[nid].depends)
-        return list(needed)
 
     def fail_request(self, request_id: str, reason: str) -> list[Event]:
         """Fail a request for a reason of its own (not a step's): it waited too long."""

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 from distbuild.scheduling_events import State
 
 if TYPE_CHECKING:
-    from distbuild.scheduling import Request, Work
+    from distbuild.scheduling import Request
+    from distbuild.scheduling_plan import Work
     from distbuild.scheduling_workers import Worker
 
 # Request priority classes, served strictly in this order.
@@ -85,19 +86,24 @@ class ReadyQueues:
         pool = work.pool
         heapq.heappush(request.ready.setdefault(pool, []), (-work.priority, work.key))
         if pool not in request.queued_in:
-            # It had nothing ready, so it missed its turns: it goes first. A chain of
-            # steps then starts each step on the next free slot, and finishes in its
-            # critical path however much else is queued.
-            request.queued_in.add(pool)
-            ring = self._rings.get((pool, request.priority))
-            if ring is None:
-                ring = self._rings[(pool, request.priority)] = deque()
-                known = self._pools.setdefault(work.arch, [])
-                if work.labels not in known:
-                    known.append(work.labels)
-                    known.sort(key=lambda labels: (-len(labels), sorted(labels)))
-                    self._eligible.clear()
-            ring.appendleft(request.id)
+            self._enter_ring(request, pool)
+
+    def _enter_ring(self, request: Request, pool: Pool) -> None:
+        """`request` has ready work in `pool` again (or for the first time)."""
+        # It had nothing ready, so it missed its turns: it goes first. A chain of
+        # steps then starts each step on the next free slot, and finishes in its
+        # critical path however much else is queued.
+        request.queued_in.add(pool)
+        ring = self._rings.get((pool, request.priority))
+        if ring is None:
+            ring = self._rings[(pool, request.priority)] = deque()
+            arch, labels = pool
+            known = self._pools.setdefault(arch, [])
+            if labels not in known:
+                known.append(labels)
+                known.sort(key=lambda labels: (-len(labels), sorted(labels)))
+                self._eligible.clear()
+        ring.appendleft(request.id)
 
     def _make_ready(self, work: Work) -> None:
         work.state = State.READY

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from distbuild.scheduling_events import Event, State, StepRequeued
 
 if TYPE_CHECKING:
-    from distbuild.scheduling import Work
+    from distbuild.scheduling_plan import Work
 
 
 @dataclass(eq=False, slots=True)

@@ -113,7 +113,9 @@ def spliced_upload(tmp_path, files, lie=None, extra=b"", pause=0.0):
 
 
 def test_a_spliced_upload_of_several_files_is_stored_and_verified(tmp_path):
-    files = {"a": os.urandom(5 << 20), "empty": b"", "b": os.urandom(1234567), "c": b"x"}
+    # Small files (held in memory, not spliced) before, between and after large ones.
+    files = {"s": b"small" * 9, "a": os.urandom(5 << 20), "empty": b"", "s2": b"small" * 9,
+             "b": os.urandom(1234567), "c": b"x"}
     store, upload, source, count = spliced_upload(tmp_path, files, pause=0.01)
     assert source.consumed == count
     assert upload.finish() is True

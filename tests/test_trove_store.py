@@ -113,3 +113,49 @@ def test_expired_pins_no_longer_protect(tmp_path):
     upload(store, KEY, body(KEY, [("x", b"x" * 100)]), piece=1000)
     store.pins.set("old", [KEY], ttl=10, now=0)
     assert store.collect(limit=0) == [KEY]
+
+
+EMPTY_TARBALL = b"\x1f\x8b" + b"\x00" * 43  # any small bytes several artifacts share
+SPLITS = ("bins", "devel", "doc", "libs")
+
+
+def test_identical_small_artifacts_are_stored_once_and_read_back_whole(tmp_path):
+    store = Store(tmp_path)
+    upload(store, KEY, body(KEY, [*((s, EMPTY_TARBALL) for s in SPLITS), ("misc", b"own")],
+                            b"log\n"), piece=1000)
+    upload(store, OTHER, body(OTHER, [("bins", EMPTY_TARBALL), ("misc", b"other")]),
+           piece=1000)
+    paths = [store.artifact_path(f"{KEY}.chunk.{s}") for s in SPLITS]
+    paths.append(store.artifact_path(f"{OTHER}.chunk.bins"))
+    assert {p.read_bytes() for p in paths} == {EMPTY_TARBALL}
+    # One inode on disk: written and fsynced once, linked since (the second upload too).
+    assert len({p.stat().st_ino for p in paths}) == 1
+    assert store.artifact_path(f"{KEY}.chunk.misc").stat().st_nlink == 1
+    assert sorted(os.listdir(store.source_dir(KEY))) == sorted(
+        [f"{KEY}.chunk.{s}" for s in (*SPLITS, "misc")] + ["build.log", "meta.json"])
+    assert store.entry(f"{KEY}.chunk.doc").size == len(EMPTY_TARBALL)
+
+
+def test_collect_drops_a_shared_copy_once_no_source_links_it(tmp_path):
+    store = Store(tmp_path)
+    upload(store, KEY, body(KEY, [(s, EMPTY_TARBALL) for s in SPLITS]), piece=1000)
+    shared = list((tmp_path / "shared").iterdir())
+    assert len(shared) == 1
+    store.pins.set("keep", [OTHER], ttl=60)
+    upload(store, OTHER, body(OTHER, [("bins", EMPTY_TARBALL)]), piece=1000)
+    assert store.collect(limit=len(EMPTY_TARBALL)) == [KEY]
+    assert shared[0].exists()  # OTHER still links it
+    store.pins.remove("keep")
+    assert store.collect(limit=0) == [OTHER]
+    assert list((tmp_path / "shared").iterdir()) == []
+
+
+def test_a_small_file_whose_bytes_differ_from_its_sha256_is_refused_not_linked(tmp_path):
+    store = Store(tmp_path)
+    upload(store, KEY, body(KEY, [(s, EMPTY_TARBALL) for s in SPLITS]), piece=1000)
+    lying = body(OTHER, [("bins", b"not the empty tarball")],
+                 lie=hashlib.sha256(EMPTY_TARBALL).hexdigest())
+    with pytest.raises(UploadError, match=f"sha256 mismatch for {OTHER}.chunk.bins"):
+        upload(store, OTHER, lying)
+    assert not store.has_source(OTHER)
+    assert list((tmp_path / "tmp").iterdir()) == []

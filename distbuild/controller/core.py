@@ -107,9 +107,10 @@ class Controller:
         if handler is None or message.link not in (link.role, "any"):
             raise DistbuildError(f"{message.type} is not a message a {link.role} may send",
                                  link.peer)
-        handler(self, link, message)
-        for observer in self.observers:
-            observer.message(link, message)
+        with self.state.batch():  # one commit for the handler's writes
+            handler(self, link, message)
+            for observer in self.observers:
+                observer.message(link, message)
 
     def worker_gone(self, name: str) -> None:
         """If worker `name` is still away, run its steps elsewhere."""

@@ -37,7 +37,7 @@ def request_planned(ctl: Controller, e: RequestPlanned) -> None:
 
 
 def step_queued(ctl: Controller, e: StepQueued) -> None:
-    ctl.state.node_state(e.key, "ready")
+    ctl.state.step_state(e.requests, "ready")
     for rid, nid in e.requests.items():
         ctl.tell(rid, m.StepReady(request_id=rid, step=nid, log_name=ctl.lognames[rid][nid]))
 
@@ -52,7 +52,7 @@ def job_started(ctl: Controller, e: JobStarted) -> None:
                    token=tokens.issue(ctl.secret, e.key, TOKEN_TTL))
     # Recorded before it is sent: a controller killed in between still knows of the job.
     ctl.state.attempt_started(e.job, e.key, e.worker, rid, e.attempt)
-    ctl.state.node_state(e.key, "running")
+    ctl.state.step_state(e.requests, "running")
     ctl.workers[e.worker].send(run)
     ctl.log(f"{nid} started on {e.worker} (job {e.job})")
     for rid, nid in e.requests.items():
@@ -80,7 +80,7 @@ def replay(ctl: Controller, link, rid: str, nid: str, job: str, worker: str, att
 def step_built(ctl: Controller, e: StepBuilt) -> None:
     result = ctl.job_results.pop(e.key, None)
     seconds = result.seconds if isinstance(result, m.JobFinished) else 0.0
-    ctl.state.node_state(e.key, "built")
+    ctl.state.step_state(e.requests, "built")
     for rid, nid in e.requests.items():
         ctl.tell(rid, m.StepFinished(request_id=rid, step=nid, worker=e.worker,
                                      seconds=seconds))
@@ -94,7 +94,7 @@ def step_requeued(ctl: Controller, e: StepRequeued) -> None:
     if e.job:
         ctl.state.attempt_ended(e.job, e.outcome, e.reason)
         ctl.logs.close(e.job)
-    ctl.state.node_state(e.key, "ready")
+    ctl.state.step_state(e.requests, "ready")
     for rid, nid in e.requests.items():
         ctl.tell(rid, m.StepRetrying(request_id=rid, step=nid, worker=e.worker,
                                      reason=e.reason))
@@ -103,7 +103,7 @@ def step_requeued(ctl: Controller, e: StepRequeued) -> None:
 def step_failed(ctl: Controller, e: StepFailed) -> None:
     result = ctl.job_results.pop(e.key, None)
     lines = result.last_lines if isinstance(result, m.JobFailed) else []
-    ctl.state.node_state(e.key, "failed")
+    ctl.state.step_state(e.requests, "failed")
     for rid, nid in e.requests.items():
         ctl.tell(rid, m.StepFailed(request_id=rid, step=nid, worker=e.worker,
                                    reason=e.reason, last_lines=lines))

@@ -105,20 +105,22 @@ class CacheChecks:
     def _answered(self, batch: dict[str, tuple[str, m.JobFinished]],
                   answer: dict[str, bool]) -> None:
         ctl = self.ctl
-        for job, (key, msg) in batch.items():
-            if answer.get(key):
-                ctl.logs.close(job)
-                ctl.state.attempt_ended(job, "built", worker_seconds=msg.seconds,
-                                        command_seconds=msg.command_seconds)
-                ctl.apply(ctl.scheduler.job_finished(job))
-            else:
-                job_failed(ctl, job, "the worker reported success but the artifact cache "
-                           "does not hold the step's artifacts")
+        with ctl.state.batch():  # one commit for the whole batch
+            for job, (key, msg) in batch.items():
+                if answer.get(key):
+                    ctl.logs.close(job)
+                    ctl.state.attempt_ended(job, "built", worker_seconds=msg.seconds,
+                                            command_seconds=msg.command_seconds)
+                    ctl.apply(ctl.scheduler.job_finished(job))
+                else:
+                    job_failed(ctl, job, "the worker reported success but the artifact "
+                               "cache does not hold the step's artifacts")
 
     def _unanswered(self, batch: dict[str, tuple[str, m.JobFinished]], failure) -> None:
-        for job in batch:
-            job_failed(self.ctl, job, f"could not confirm the artifacts: "
-                       f"{failure.getErrorMessage()}")
+        with self.ctl.state.batch():
+            for job in batch:
+                job_failed(self.ctl, job, f"could not confirm the artifacts: "
+                           f"{failure.getErrorMessage()}")
 
     def _done(self, result) -> None:
         self.busy = False

@@ -50,6 +50,38 @@ class LinkHandler(Protocol):
     def link_closed(self, link: LinkProtocol, reason: str) -> None: ...
 
 
+class Heartbeats:
+    """One timer for every open link of a port: a link's own timer would cost a reactor
+    call each second for each of a farm's hundreds of workers.
+
+    Each tick beats a tenth of the links, so each link beats once a second and the
+    pings of links that connected together do not all leave in one reactor turn.
+    """
+
+    SLICES = 10
+
+    def __init__(self, clock: IReactorTime):
+        self.links: dict[LinkProtocol, None] = {}
+        self._turn = 0
+        self._loop = task.LoopingCall(self._tick)
+        self._loop.clock = clock
+
+    def add(self, link: LinkProtocol) -> None:
+        self.links[link] = None
+        if not self._loop.running:
+            self._loop.start(1.0 / self.SLICES, now=False)
+
+    def discard(self, link: LinkProtocol) -> None:
+        self.links.pop(link, None)
+        if not self.links and self._loop.running:
+            self._loop.stop()
+
+    def _tick(self) -> None:
+        self._turn = (self._turn + 1) % self.SLICES
+        for link in list(self.links)[self._turn::self.SLICES]:
+            link.beat()
+
+
 class LinkProtocol(TwistedProtocol):
     """One client on one channel: handshake, heartbeats, then messages to the handler.
 
@@ -61,7 +93,8 @@ class LinkProtocol(TwistedProtocol):
 
     def __init__(self, role: str, handler: LinkHandler, user: str, clock: IReactorTime,
                  dead_after: float = DEAD_AFTER_SECONDS,
-                 trove: Mapping[str, str] | None = None):
+                 trove: Mapping[str, str] | None = None,
+                 heartbeats: Heartbeats | None = None):
         self.role = role
         self.trove = dict(trove or {})
         self.handler = handler
@@ -72,9 +105,10 @@ class LinkProtocol(TwistedProtocol):
         self.open = False
         self._last_heard = 0.0
         self._seq = 0
-        self._heartbeat: task.LoopingCall | None = None
+        self._heartbeats = heartbeats or Heartbeats(clock)
         self._closed_reason = "link closed"
         self._buffer = b""
+        self._out: list[bytes] = []  # encoded, for the end of this reactor turn
         self._closing = False
         self.connected_at = 0.0  # wall-clock time, for farm views
         self.labels: list[str] = []  # a worker's, from its worker-ready
@@ -92,12 +126,11 @@ class LinkProtocol(TwistedProtocol):
     def connectionMade(self) -> None:
         self._last_heard = self.clock.seconds()
         self.connected_at = time.time()
-        self._heartbeat = task.LoopingCall(self._beat)
-        self._heartbeat.clock = self.clock
-        self._heartbeat.start(1.0, now=False)
         self._last_ping = self._last_heard
+        self._heartbeats.add(self)
 
-    def _beat(self) -> None:
+    def beat(self) -> None:
+        """Called every second: ping the peer now and then, close the link if it went quiet."""
         now = self.clock.seconds()
         if now - self._last_heard > self.dead_after:
             self.close(f"no heartbeat for {self.dead_after:.0f} s")
@@ -160,8 +193,18 @@ class LinkProtocol(TwistedProtocol):
                           **self.trove))
 
     def send(self, message: Message) -> None:
-        if self.transport is not None:
-            self.transport.write(encode(message))
+        if self.transport is None:
+            return
+        if not self._out:
+            # Sent together at the end of this reactor turn: the messages of one step
+            # to an initiator (ready, started, finished, progress) share an SSH packet.
+            self.clock.callLater(0, self._flush)
+        self._out.append(encode(message))
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if out and self.transport is not None:
+            self.transport.write(b"".join(out))
 
     def refuse(self, reason: str) -> None:
         self.send(Refused(reason=reason))
@@ -170,12 +213,12 @@ class LinkProtocol(TwistedProtocol):
     def close(self, reason: str) -> None:
         self._closed_reason = reason
         self._closing = True
+        self._flush()
         if self.transport is not None:
             self.transport.loseConnection()
 
     def connectionLost(self, reason=None) -> None:
-        if self._heartbeat is not None and self._heartbeat.running:
-            self._heartbeat.stop()
+        self._heartbeats.discard(self)
         if self.open:
             self.open = False
             self.handler.link_closed(self, self._closed_reason)
@@ -255,9 +298,10 @@ def link_factory(role: str, handler: LinkHandler, host_key: Path, authorized_key
     key = ssh.load_host_key(host_key)
     ssh.read_authorized_keys(authorized_keys)  # a missing or broken file fails at start-up
     announced = {k: v for k, v in (trove or {}).items() if k in TROVE_FIELDS and v}
+    heartbeats = Heartbeats(clock)
 
     def make_protocol(user: str) -> LinkProtocol:
-        return LinkProtocol(role, handler, user, clock, dead_after, announced)
+        return LinkProtocol(role, handler, user, clock, dead_after, announced, heartbeats)
 
     f = factory.SSHFactory()
     f.protocol = ssh.server_transport()

@@ -25,7 +25,7 @@ from distbuild.definitions import (
 from distbuild.errors import DistbuildError
 from distbuild.lognames import log_names
 from distbuild.protocol import messages as m
-from distbuild.scheduling import PRIORITIES, steps_from_graph
+from distbuild.scheduling import PRIORITIES, PlannedRequest, plan_request, steps_from_graph
 from distbuild.scheduling_labels import waiting_for_labels
 
 if TYPE_CHECKING:
@@ -41,6 +41,8 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     _dicts: dict[str, dict] = field(default_factory=dict, repr=False)
     saved: str = field(default="", repr=False)  # to_json(), made while planning
+    # The scheduler's per-step work for it, made while planning (for `cached` as built).
+    scheduling: PlannedRequest | None = field(default=None, repr=False)
 
     def node_dict(self, nid: str) -> dict:
         """Node `nid` as protocol data, made once: every job of the request sends closures."""
@@ -120,10 +122,17 @@ def plan(ctl: Controller, rid: str, msg: m.BuildRequest) -> Plan:
     for nid in graph.order:
         result.node_dict(nid)
     result.saved = result.to_json()  # for the state database; also large, also made here
+    result.scheduling = plan_request(rid, steps_from_graph(graph, ctl.settings.step_labels),
+                                     targets, result.cached, msg.priority)
     return result
 
 
 def planned(ctl: Controller, rid: str, result: Plan) -> None:
+    with ctl.state.batch():  # the nodes, the plan and the first steps ready: one commit
+        _planned(ctl, rid, result)
+
+
+def _planned(ctl: Controller, rid: str, result: Plan) -> None:
     if rid not in ctl.watchers:
         ctl.unpin(rid)  # cancelled while graphing, after its pin was made
         return
@@ -141,8 +150,11 @@ def schedule(ctl: Controller, rid: str, result: Plan, built: set[str]) -> None:
     """Hand a planned request to the scheduler; `built` are the keys known to be built."""
     ctl.plans[rid] = result
     ctl.lognames[rid] = log_names(result.graph.order)
-    steps = steps_from_graph(result.graph, ctl.settings.step_labels)
-    ctl.apply(ctl.scheduler.add_request(rid, steps, result.targets, built, result.priority))
+    planned_here, result.scheduling = result.scheduling, None
+    if planned_here is None or built is not result.cached:
+        planned_here = plan_request(rid, steps_from_graph(result.graph, ctl.settings.step_labels),
+                                    result.targets, built, result.priority)
+    ctl.apply(ctl.scheduler.add_planned(planned_here))
 
 
 def plan_failed(ctl: Controller, rid: str, failure) -> None:

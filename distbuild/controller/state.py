@@ -4,14 +4,22 @@ A restarted controller resumes from here: the requests still active, each
 with the plan it was building (its graph as JSON), and the attempts that
 were running. Attempt rows are only ever added, and an attempt's outcome is
 written once (`running` until then): the table is the network's history.
-Each change is its own short transaction; the volume is a few rows per step.
+
+A change outside `batch()` is its own transaction. The controller runs each
+message handler and each batch of cache answers in `batch()`: one commit for
+all its writes (a handful per step), made before the handler returns to the
+reactor. Twisted only writes to sockets from the reactor loop, so no message
+that reports a change (a job-run, a step-finished) leaves the process before
+the change is committed: a SIGKILL loses both or neither.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +113,20 @@ class ControllerState:
                             "worker_seconds, command_seconds FROM attempts_v1 ORDER BY started")
             self.db.execute("DROP TABLE attempts_v1")
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Make the writes inside one transaction, committed at the end (nested: the outer one)."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            # Committed even if the handler raised: written alone, each change would
+            # have been kept too.
+            self.db.execute("COMMIT")
+
     def next_job(self, cache_key: str) -> str:
         """A job id never used before in this network: KEY[:16]-N, N counting every attempt."""
         self._attempts_made += 1
@@ -126,8 +148,7 @@ class ControllerState:
     def planned(self, request_id: str, nodes: list[tuple[str, str, str]], total: int,
                 unbuilt: int) -> None:
         """Record the graph: (node id, cache key, state) for every node."""
-        with self.db:
-            self.db.execute("BEGIN")
+        with self.batch():
             self.db.executemany(
                 "INSERT OR REPLACE INTO nodes (request_id, node_id, cache_key, state) "
                 "VALUES (?, ?, ?, ?)", [(request_id, *n) for n in nodes])
@@ -140,14 +161,18 @@ class ControllerState:
             "UPDATE nodes SET state=? WHERE cache_key=? AND request_id IN "
             "(SELECT id FROM requests WHERE state IN (?, ?))", (state, cache_key, *ACTIVE))
 
+    def step_state(self, requests: Mapping[str, str], state: str) -> None:
+        """Set the state of one step in each request of `requests` (request id -> node id)."""
+        self.db.executemany("UPDATE nodes SET state=? WHERE request_id=? AND node_id=?",
+                            [(state, rid, nid) for rid, nid in requests.items()])
+
     def progress(self, request_id: str, built: int) -> None:
         self.db.execute("UPDATE requests SET built=? WHERE id=?", (built, request_id))
 
     def ended(self, request_id: str, state: str, reason: str = "",
               artifacts: list[str] | None = None) -> None:
         """A request finished, failed or was cancelled."""
-        with self.db:
-            self.db.execute("BEGIN")
+        with self.batch():
             self.db.execute(
                 "UPDATE requests SET state=?, reason=?, artifacts=?, ended=? WHERE id=?",
                 (state, reason, json.dumps(artifacts or []), time.time(), request_id))

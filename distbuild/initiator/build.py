@@ -114,14 +114,23 @@ def run(args: argparse.Namespace) -> int:
     snap = snapshot.take(Path.cwd(), [args.initiator_step_output_dir])
     system = _relative_to(Path(args.system), snap.top)
     snapshot.require_file(snap, system)
-    link = open_link(s)
+    # The settings' own trove URL and repository win over the controller's welcome,
+    # so with both known the trove can be asked about the snapshot while connecting.
+    probe = (snapshot.TroveProbe(snap, snapshot.probe_url(s.trove_git_url, s.definitions_repo))
+             if s.trove_git_url and s.definitions_repo else None)
+    try:
+        link = open_link(s)
+    except BaseException:
+        if probe is not None:
+            probe.close()
+        raise
     try:
         s = with_trove(s, link.welcome)
         repo = s.definitions_repo or "distbuild/definitions"
         announced_key = link.welcome.trove_ssh_host_key if link.welcome else ""
         with link.kept_alive():
             snapshot.push(snap, repo, s.trove_ssh_url, s.identity, s.known_hosts,
-                          announced_key, s.trove_git_url)
+                          announced_key, s.trove_git_url, probe)
         if snap.has_changes:
             say(f"Uncommitted changes are included as commit {snap.commit[:12]} "
                 f"on top of {snap.head[:12]}")
@@ -135,6 +144,9 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         link.close()
         raise
+    finally:
+        if probe is not None:
+            probe.close()
     return Follower(link, StepLogs(args.initiator_step_output_dir), s, args).run()
 
 

@@ -46,11 +46,16 @@ class _GitFailed(SnapshotError):
         self.stderr = stderr
 
 
-def _git(args: list[str], cwd: Path, env: dict | None = None, what: str = "") -> str:
+def _git_env(env: dict | None = None) -> dict:
     full = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     full["GIT_TERMINAL_PROMPT"] = "0"
     full.update(env or {})
-    proc = subprocess.run(["git", *args], cwd=cwd, env=full, capture_output=True, text=True)
+    return full
+
+
+def _git(args: list[str], cwd: Path, env: dict | None = None, what: str = "") -> str:
+    proc = subprocess.run(["git", *args], cwd=cwd, env=_git_env(env), capture_output=True,
+                          text=True)
     if proc.returncode != 0:
         lines = [x for x in proc.stderr.strip().splitlines() if x.strip()]
         reason = lines[-1].removeprefix("fatal: ") if lines else f"exit {proc.returncode}"
@@ -69,12 +74,12 @@ def take(path: Path, leave_out: list[Path] | None = None) -> Snapshot:
     `leave_out` (such as --initiator-step-output-dir) that lies inside the checkout.
     """
     try:
-        top = Path(_git(["rev-parse", "--show-toplevel"], path))
-    except SnapshotError:
-        raise SnapshotError("not a git checkout; run distbuild in a checkout of your "
-                            "definitions", str(path)) from None
-    head = _git(["rev-parse", "--verify", "-q", "HEAD^{commit}"], top,
-                what="finding HEAD (does the repository have a commit yet?)")
+        # One git for all three in the usual case; apart, to say which one failed.
+        top_text, head, head_tree = _git(["rev-parse", "--show-toplevel", "HEAD^{commit}",
+                                          "HEAD^{tree}"], path).splitlines()
+        top = Path(top_text)
+    except (SnapshotError, ValueError):
+        top, head, head_tree = _top_and_head(path)
     excludes = [f":(exclude,glob)**/{LOG_FILES}"]
     for folder in leave_out or []:
         inside = _inside(folder, top)
@@ -86,7 +91,7 @@ def take(path: Path, leave_out: list[Path] | None = None) -> Snapshot:
         _git(["add", "-A", "--", ".", *excludes], top, env,
              what="recording uncommitted changes")
         tree = _git(["write-tree"], top, env)
-    if tree == _git(["rev-parse", "HEAD^{tree}"], top):
+    if tree == head_tree:
         return Snapshot(top, head, head)
     dates = _git(["log", "-1", "--format=%aD%n%cD", "HEAD"], top).splitlines()
     env = {"GIT_AUTHOR_NAME": "distbuild", "GIT_AUTHOR_EMAIL": "distbuild@localhost",
@@ -95,6 +100,18 @@ def take(path: Path, leave_out: list[Path] | None = None) -> Snapshot:
     commit = _git(["commit-tree", tree, "-p", head, "-m",
                    f"distbuild: uncommitted changes on top of {head[:12]}"], top, env)
     return Snapshot(top, commit, head)
+
+
+def _top_and_head(path: Path) -> tuple[Path, str, str]:
+    """The checkout's top, HEAD's commit and its tree, each asked alone for its error."""
+    try:
+        top = Path(_git(["rev-parse", "--show-toplevel"], path))
+    except SnapshotError:
+        raise SnapshotError("not a git checkout; run distbuild in a checkout of your "
+                            "definitions", str(path)) from None
+    head = _git(["rev-parse", "--verify", "-q", "HEAD^{commit}"], top,
+                what="finding HEAD (does the repository have a commit yet?)")
+    return top, head, _git(["rev-parse", "HEAD^{tree}"], top)
 
 
 def _inside(folder: Path, top: Path) -> str | None:
@@ -117,16 +134,22 @@ def require_file(snapshot: Snapshot, path: str) -> None:
 
 
 def push(snapshot: Snapshot, repo: str, trove_ssh_url: str, identity: Path,
-         known_hosts: Path, announced_key: str = "", trove_git_url: str = "") -> str:
+         known_hosts: Path, announced_key: str = "", trove_git_url: str = "",
+         probe: TroveProbe | None = None) -> str:
     """Push the snapshot to repository `repo` on the trove; returns the ref it is under.
 
     `announced_key` is the trove's host key as the controller announced it: it is
     trusted when known_hosts names no key for the trove (and checked otherwise).
-    With `trove_git_url`, a snapshot the trove already holds is not pushed again.
+    With `trove_git_url`, a snapshot the trove already holds is not pushed again
+    (`probe` is that question asked earlier, if it was asked of the same URL).
     """
     ref = f"{SNAPSHOT_REFS}/{snapshot.commit}"
-    if trove_git_url and _on_trove(snapshot, f"{trove_git_url.rstrip('/')}/{repo}", ref):
-        return ref
+    if trove_git_url:
+        url = probe_url(trove_git_url, repo)
+        if probe is None or probe.url != url:
+            probe = TroveProbe(snapshot, url)
+        if probe.held():
+            return ref
     parsed = urllib.parse.urlsplit(trove_ssh_url)
     if parsed.scheme != "ssh" or not parsed.hostname:
         raise ConfigError("trove_ssh_url must look like ssh://git@HOST:PORT", trove_ssh_url)
@@ -142,18 +165,45 @@ def push(snapshot: Snapshot, repo: str, trove_ssh_url: str, identity: Path,
                      identity, known_hosts)
 
 
-def _on_trove(snapshot: Snapshot, url: str, ref: str) -> bool:
-    """Whether the trove's read-only git port already has `ref` at the snapshot's commit.
+def probe_url(trove_git_url: str, repo: str) -> str:
+    """The git URL of definitions repository `repo` on the trove's read-only port."""
+    return f"{trove_git_url.rstrip('/')}/{repo}"
+
+
+class TroveProbe:
+    """Whether the trove's read-only git port already has the snapshot's ref at its commit.
 
     A repeated build of the same state then costs one git-protocol round trip
     instead of two SSH handshakes (the host-key probe and git's own) and a push.
-    Any failure here just means "push as usual".
+    The `git ls-remote` starts at once, so it can run while the initiator connects
+    to the controller; any failure just means "push as usual".
     """
-    try:
-        out = _git(["ls-remote", url, ref], snapshot.top)
-    except SnapshotError:
-        return False
-    return any(line.split("\t") == [snapshot.commit, ref] for line in out.splitlines())
+
+    def __init__(self, snapshot: Snapshot, url: str):
+        self.url = url
+        self.commit = snapshot.commit
+        self.ref = f"{SNAPSHOT_REFS}/{snapshot.commit}"
+        try:
+            self._proc: subprocess.Popen | None = subprocess.Popen(
+                ["git", "ls-remote", url, self.ref], cwd=snapshot.top, env=_git_env(),
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                text=True)
+        except OSError:
+            self._proc = None
+
+    def held(self) -> bool:
+        """Wait for the answer: True if the trove holds the ref at the snapshot's commit."""
+        if self._proc is None:
+            return False
+        out, _ = self._proc.communicate()
+        return self._proc.returncode == 0 and any(
+            line.split("\t") == [self.commit, self.ref] for line in out.splitlines())
+
+    def close(self) -> None:
+        """Stop the probe if nobody asked for its answer."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
 
 
 def _push(snapshot: Snapshot, target: str, identity: Path, known_hosts: Path) -> str:

@@ -28,6 +28,7 @@ from pathlib import Path
 from distbuild import files
 from distbuild.errors import TroveError
 from distbuild.trove import names
+from distbuild.trove.blobs import SHARE_MAX, SharedFiles
 from distbuild.trove.splice import SocketSource
 
 META = "meta.json"
@@ -35,6 +36,8 @@ LOG = "build.log"
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_ARTIFACTS_PER_SOURCE = 1000
 _PREALLOCATE_FROM = 1 << 20
+# Small files an upload keeps in memory until it is sealed (see SharedFiles), at most.
+_HELD_BYTES = 1 << 20
 
 
 class UploadError(TroveError):
@@ -156,6 +159,7 @@ class Store:
         self.tmp = self.root / "tmp"
         self.fsync = fsync
         self.pins = Pins()
+        self.shared = SharedFiles(self.root / "shared", _fsync_one if fsync else None)
         for d in (self.sources, self.tmp):
             d.mkdir(parents=True, exist_ok=True)
         # Leftovers of uploads or removals interrupted by a crash are garbage.
@@ -231,7 +235,10 @@ class Store:
         names.check_key(key)
         return Upload(self, key)
 
-    def _commit(self, upload: Upload) -> bool:
+    def _place(self, upload: Upload) -> bool:
+        """Rename a sealed upload into place, durably; False if the source was there.
+
+        Safe off the event loop: it only touches the disk (the first rename wins)."""
         final = self.source_dir(upload.key)
         final.parent.mkdir(exist_ok=True)
         try:
@@ -239,14 +246,16 @@ class Store:
         except OSError:
             if final.is_dir():
                 shutil.rmtree(upload.dir, ignore_errors=True)
-                if upload.key not in self._sizes:
-                    self._sizes[upload.key] = upload.manifest.total_size
                 return False
             raise
         if self.fsync:
             _fsync_path(final.parent)
-        self._sizes[upload.key] = upload.manifest.total_size
         return True
+
+    def _record(self, upload: Upload, stored: bool) -> None:
+        """Count a placed upload's source as stored (on the thread that owns the store)."""
+        if stored or upload.key not in self._sizes:
+            self._sizes[upload.key] = upload.manifest.total_size
 
     def remove(self, key: str) -> None:
         """Take source `key` out of the store at once; its bytes are deleted after."""
@@ -280,6 +289,8 @@ class Store:
             total -= self._sizes.get(key, 0)
             self.remove(key)
             removed.append(key)
+        if removed:
+            self.shared.collect()
         return removed
 
 
@@ -340,10 +351,12 @@ def _meta_size(meta: dict) -> int:
 _FSYNC_POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fsync")
 
 
-def _fsync_path(path: Path) -> None:
-    """fsync a file, or a directory's files (in parallel) and then the directory."""
+def _fsync_path(path: Path, durable: Iterable[str] = ()) -> None:
+    """fsync a file, or a directory's files (in parallel, but for the names in
+    `durable`, whose bytes are on disk already) and then the directory."""
     if path.is_dir():
-        files = [child for child in path.iterdir() if child.is_file()]
+        skip = set(durable)
+        files = [child for child in path.iterdir() if child.is_file() and child.name not in skip]
         list(_FSYNC_POOL.map(_fsync_one, files))
     _fsync_one(path)
 
@@ -456,6 +469,21 @@ class _Verifier:
         return h.hexdigest()
 
 
+class _SmallFile:
+    """A small file of an upload, held in memory until the upload is sealed."""
+
+    def __init__(self, entry: FileEntry):
+        self.entry = entry
+        self.data = bytearray()
+
+    def write(self, piece: memoryview) -> int:
+        self.data += piece
+        return len(piece)
+
+    def close(self) -> None:
+        pass
+
+
 class Upload:
     """One source being received: a manifest line, then each declared file's bytes in order.
 
@@ -476,8 +504,12 @@ class Upload:
         self._index = 0
         self._file = None
         self._verifier: _Verifier | None = None
+        self._hashed: list[FileEntry] = []  # files the verifier hashes, in its order
+        self._small: list[_SmallFile] = []  # files held in memory, written at seal
+        self._held = 0
         self._left = 0
         self._closed = False
+        self._placed: bool | None = None  # once renamed into place: whether it was new
 
     def write(self, data: bytes) -> None:
         """Feed the next bytes of the request body."""
@@ -499,9 +531,10 @@ class Upload:
         timeout) propagates as splice.SocketEnded."""
         end = self.received + count
         while self.received < end and self.error is None and not self._closed:
-            if self._file is None:
-                # The manifest line, or bytes past the declared files (an error).
-                self.write(source.recv(min(end - self.received, 1 << 16)))
+            if self._file is None or isinstance(self._file, _SmallFile):
+                # The manifest line, a small file, or bytes past the declared files.
+                limit = self._left if self._file is not None else 1 << 16
+                self.write(source.recv(min(end - self.received, limit)))
                 continue
             try:
                 moved = source.splice_to(self._file.fileno(), min(end - self.received,
@@ -529,7 +562,6 @@ class Upload:
             except ValueError:
                 raise UploadError("manifest is not valid JSON", self.key) from None
             self.manifest = Manifest.parse(self.key, parsed)
-            self._verifier = _Verifier(f"sha256-{self.key[:12]}", writeback=self.store.fsync)
             self._open_next()
         while len(data):
             if self._file is None:
@@ -545,7 +577,8 @@ class Upload:
     def _advance(self, count: int) -> None:
         """`count` more bytes of the current file are on disk."""
         self._left -= count
-        self._verifier.wrote(self.manifest.files[self._index].size - self._left)
+        if not isinstance(self._file, _SmallFile):
+            self._verifier.wrote(self.manifest.files[self._index].size - self._left)
         if self._left == 0:
             self._close_current()
             self._open_next()
@@ -554,13 +587,27 @@ class Upload:
         # Zero-length files are complete as soon as they are opened.
         while self._index < len(self.manifest.files):
             entry = self.manifest.files[self._index]
+            if entry.size <= SHARE_MAX and self._held + entry.size <= _HELD_BYTES:
+                # Most are copies of bytes the store has: linked at seal, never written.
+                self._held += entry.size
+                self._file = _SmallFile(entry)
+                self._small.append(self._file)
+                self._left = entry.size
+                if entry.size:
+                    return
+                self._close_current()
+                continue
             path = self.dir / entry.filename
+            if self._verifier is None:
+                self._verifier = _Verifier(f"sha256-{self.key[:12]}",
+                                           writeback=self.store.fsync)
             self._file = open(path, "wb", buffering=0)  # noqa: SIM115 - stays open across write() calls
             if entry.size >= _PREALLOCATE_FROM and _fallocate is not None:
                 # A full disk fails the upload now, not gigabytes later; and
                 # the filesystem need not find room page by page (~3% faster).
                 _fallocate(self._file.fileno(), entry.size)
             self._verifier.add(path, entry.size)
+            self._hashed.append(entry)
             self._left = entry.size
             if entry.size:
                 return
@@ -589,29 +636,43 @@ class Upload:
             self._check_digests()
         if self.error is not None:
             raise self.error
+        durable = self.store.shared.place(self.dir, [(f.entry, f.data) for f in self._small])
         meta = {"key": self.key, **self.manifest.to_json(), "uploaded": time.time()}
         (self.dir / META).write_text(json.dumps(meta, indent=1))
         if self.store.fsync:
-            _fsync_path(self.dir)
+            _fsync_path(self.dir, durable)
         self._closed = True
 
     def _check_digests(self) -> None:
-        try:
-            got = self._verifier.digests()
-        except OSError as e:
-            self._fail(UploadError(f"cannot hash upload: {e}", self.key, 507))
-            return
-        finally:
-            self._verifier.stop()
-        for entry, digest in zip(self.manifest.files, got, strict=True):
-            if digest != entry.sha256:
+        got = {f.entry.filename: hashlib.sha256(f.data).hexdigest() for f in self._small}
+        if self._verifier is not None:
+            try:
+                got.update(zip((e.filename for e in self._hashed), self._verifier.digests(),
+                               strict=True))
+            except OSError as e:
+                self._fail(UploadError(f"cannot hash upload: {e}", self.key, 507))
+                return
+            finally:
+                self._verifier.stop()
+        for entry in self.manifest.files:
+            if got[entry.filename] != entry.sha256:
                 self._fail(UploadError(f"sha256 mismatch for {entry.filename}: declared "
-                                       f"{entry.sha256}, received {digest}", self.key))
+                                       f"{entry.sha256}, received {got[entry.filename]}",
+                                       self.key))
                 return
 
+    def place(self) -> None:
+        """Rename a sealed upload into place and make that durable; may run off the event
+        loop (the fsync of the directory it lands in then does not hold up the trove)."""
+        if self._placed is None:
+            self._placed = self.store._place(self)
+
     def commit(self) -> bool:
-        """Rename a sealed upload into place (on the thread that owns the store)."""
-        return self.store._commit(self)
+        """Place a sealed upload (if not yet) and count it stored (on the thread that owns
+        the store); True if stored, False if the source was already there."""
+        self.place()
+        self.store._record(self, self._placed)
+        return self._placed
 
     def abort(self) -> None:
         """Forget everything received so far."""

@@ -132,7 +132,7 @@ class UploadSink(RefusedBody):
         return self.upload.received
 
     def seal(self) -> defer.Deferred:
-        """Fires (on the event loop) once every byte is stored and synced, or fails."""
+        """Fires (on the event loop) once every byte is stored, synced and in place, or fails."""
         self.body_done = True
         self.sealed = defer.Deferred()
         self.queue.put(_SEAL)
@@ -153,6 +153,7 @@ class UploadSink(RefusedBody):
             if item is _SEAL:
                 try:
                     self.upload.seal()
+                    self.upload.place()
                 except Exception as e:  # handed to the event loop as the answer
                     self.upload.abort()
                     self.reactor.callFromThread(self.sealed.errback, e)

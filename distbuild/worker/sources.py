@@ -93,16 +93,20 @@ class GitSources:
             if not self._has_commit(mirror, commit):
                 if on_line is not None:
                     on_line(f"Fetching {url}")
+                # Objects stay in the pack they came in, however few: every step's
+                # build directory links the mirror's object files, and a loose
+                # object is a directory and a file to make and delete each time.
                 status = runprocess.run(
-                    ["git", "-C", str(mirror), "fetch", "-q", "--prune", "--tags", url,
-                     "+refs/heads/*:refs/heads/*"],
+                    ["git", "-C", str(mirror), "-c", "fetch.unpackLimit=1", "fetch", "-q",
+                     "--prune", "--tags", url, "+refs/heads/*:refs/heads/*"],
                     on_line=on_line, cancel=cancel, env=_env())
                 if status != 0:
                     raise SourceError(f"cannot fetch repository {url} (git fetch exited "
                                       f"with status {status}): does it exist?", url)
                 if not self._has_commit(mirror, commit):
                     # Not on any branch or tag: servers that allow it send it by name.
-                    runprocess.run(["git", "-C", str(mirror), "fetch", "-q", url, commit],
+                    runprocess.run(["git", "-C", str(mirror), "-c", "fetch.unpackLimit=1",
+                                    "fetch", "-q", url, commit],
                                    on_line=on_line, cancel=cancel, env=_env())
                 if not self._has_commit(mirror, commit):
                     raise SourceError(f"commit {commit} is not in repository {url}", url)
@@ -154,7 +158,9 @@ class GitSources:
 def _link_clone(mirror: Path, dest: Path) -> None:
     """What `git clone --no-checkout MIRROR DEST` makes, with the object files hard-linked."""
     git = dest / ".git"
-    for d in ("objects", "refs/heads", "refs/tags", "refs/remotes/origin"):
+    # Every directory made here is one more to delete after the step (slow on a busy
+    # disk): git makes refs/heads and the like itself when it needs them.
+    for d in ("objects", "refs"):
         (git / d).mkdir(parents=True)
     objects = mirror / "objects"
     for dirpath, dirnames, filenames in os.walk(objects):
@@ -178,6 +184,8 @@ def _link_clone(mirror: Path, dest: Path) -> None:
     (git / "HEAD").write_text("ref: refs/heads/master\n")
     (git / "config").write_text(
         "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n"
+        # No reflog: logs/HEAD would be two more files per step that nothing reads.
+        "\tlogAllRefUpdates = false\n"
         f'[remote "origin"]\n\turl = {mirror}\n'
         "\tfetch = +refs/heads/*:refs/remotes/origin/*\n")
 
