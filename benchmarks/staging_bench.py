@@ -24,6 +24,7 @@ Usage: benchmarks/staging_bench.py [--chunks 200] [--files 250]
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import tempfile
@@ -128,10 +129,27 @@ def gnu_tar_figures(work_dirs: list[Path], tmp: Path, prefix: str) -> tuple[floa
     return unpack, time.monotonic() - started
 
 
+def step_phases(work_dirs: list[Path], chunks: int) -> list[str]:
+    """The staging and system steps' own timing lines, from their build logs."""
+    wanted = ("staged ", "assembled ", "-rootfs: ")
+    lines = []
+    for work in work_dirs:
+        for log in sorted(work.glob("**/*.build-log")):
+            text = log.read_text(errors="replace")
+            if f"staged {chunks} " not in text and "assembled " not in text:
+                continue
+            lines += [line.strip() for line in text.splitlines()
+                      if any(w in line for w in wanted) and "staged 0 " not in line]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=200)
     parser.add_argument("--files", type=int, default=250)
+    parser.add_argument("--py-spy", metavar="PREFIX",
+                        help="profile each worker through the first build into PREFIX-NAME.txt "
+                             "(py-spy raw format, one stack per thread)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="distbuild-staging-bench-") as tmp:
         base = Path(tmp)
@@ -142,15 +160,24 @@ def main() -> None:
             write_definitions(defs, args.chunks, args.files, ["stage"])
             workers = {c.name: c.proc.pid for c in bench.net.components
                        if c.name.startswith("worker-")}
+            spies = [subprocess.Popen(["py-spy", "record", "-p", str(pid), "-r", "200",
+                                       "--threads", "-f", "raw", "-o",
+                                       f"{args.py_spy}-{name}.txt"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                     for name, pid in workers.items()] if args.py_spy else []
             watch = RssWatch(workers)
             started = time.monotonic()
             bench.build_output(defs)
             whole = time.monotonic() - started
             rss = watch.done()
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)
+                spy.wait()
             steps = bench.step_seconds()
             write_definitions(defs, args.chunks, args.files, ["stage", "stage-again"])
             bench.build_output(defs, "stage-again")
             again = bench.step_seconds()
+            phases = step_phases([base / "state" / name for name in workers], args.chunks)
             unpack, pack = gnu_tar_figures(
                 [base / "state" / name for name in workers], base, "ref")
         finally:
@@ -168,6 +195,8 @@ def main() -> None:
           "(goal <= 3.0 s)")
     print(f"  side by side, GNU tar -xzf of the {args.chunks} artifacts: {unpack:.2f} s; "
           f"tar -czf of the result: {pack:.2f} s")
+    for line in phases:
+        print(f"  from the steps' logs: {line[-110:]}")
     for name, (idle, peak) in sorted(rss.items()):
         mark = " (assembled the system)" if name == system[0] else ""
         print(f"{name} RSS: idle {idle / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB, "

@@ -9,13 +9,18 @@ to one index file (`index`: `SHA256 FILENAME` lines), which costs one
 write per artifact instead of a file and a rename each.
 
 Chunk artifacts are also kept unpacked, once, in `.unpacked/FILENAME/`, the
-first time a step stages them: staging layers those trees (see
-distbuild.worker.staging) instead of unpacking tarballs every step. The
-trees are never written to after they are made. `trim` counts a tree's
-size with its tarball's and deletes both together; trees a running step
-has staged are never deleted under it. After a reboot the trees are
-dropped and made again (they are not fsynced: a crash of the machine could
-leave a tree with files cut short; the tarballs are the checked originals).
+first time a step stages them (or when this worker built them): staging
+layers those trees (see distbuild.worker.staging) instead of unpacking
+tarballs every step. Where the worker can mount, a tree is an EROFS image
+(`.unpacked/FILENAME.erofs`, see distbuild.worker.erofs) mounted on the
+empty directory in the thread that stages it: one file written instead of
+one per member, which is what first-use staging cost. Elsewhere it is a
+real tree. Either is never written to after it is made. `trim` counts a
+tree's (or image's) size with its tarball's and deletes them together,
+least recently used first (an image's time is its last use); trees a
+running step has staged are never deleted under it. After a reboot the
+trees are dropped and made again (they are not fsynced: a crash of the
+machine could leave one cut short; the tarballs are the checked originals).
 
 `ArtifactSource` is what the local cache downloads from: the trove's cache
 client, or `DirectoryArtifactStore` (a plain directory, used by tests and
@@ -27,6 +32,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import struct
 import tempfile
 import threading
 import time
@@ -36,12 +42,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
+from distbuild import mounts
 from distbuild.files import locked
-from distbuild.worker import untar
+from distbuild.worker import erofs, untar
 from distbuild.worker.artifacts import ArtifactInfo, PackedArtifact, describe, pack
 from distbuild.worker.errors import CorruptArtifact, MissingArtifact
 
 UNPACKED = ".unpacked"
+_FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS, _FS_TOPDIR_FL = 0x80086601, 0x40086602, 0x00020000
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 # Unpacked trees a step in this process has staged (a worker runs all its
@@ -103,7 +111,8 @@ class DirectoryArtifactStore:
 class LocalArtifactCache:
     """The worker's own copies of artifacts, each checked once against its sha256."""
 
-    def __init__(self, directory: Path, source: ArtifactSource | None = None) -> None:
+    def __init__(self, directory: Path, source: ArtifactSource | None = None,
+                 images: bool | None = None) -> None:
         self.directory = directory
         self.source = source
         self.downloads = 0
@@ -115,7 +124,11 @@ class LocalArtifactCache:
         self._read_index()
         self.unpacked_dir = directory / UNPACKED
         self._sizes = self.unpacked_dir / ".sizes"
+        self._images = images
+        self._dev: int | None = None
         self._check_boot()
+        if self.unpacked_dir.is_dir():  # made by an older worker: flag it now
+            _spread_subdirectories(self.unpacked_dir)
 
     def _check_boot(self) -> None:
         """Drop the unpacked trees if the machine rebooted since they were made."""
@@ -144,18 +157,31 @@ class LocalArtifactCache:
             if not self.unpacked_dir.is_dir():
                 tmp = self.directory / f".unpacked-new-{os.getpid()}-{threading.get_ident()}"
                 tmp.mkdir()
+                _spread_subdirectories(tmp)
                 (tmp / ".boot").write_text(_boot_id())
                 os.rename(tmp, self.unpacked_dir)
 
     def unpacked(self, filename: str, sha256: str | None = None) -> Path:
         """A directory holding artifact `filename` unpacked, made on first use.
 
-        Nobody may write into it: stage it read-only or copy-on-write.
+        Where it is kept as an image, the directory shows it only in the
+        calling thread's mount namespace (see distbuild.mounts), mounted
+        here. Nobody may write into it: stage it read-only or copy-on-write.
         """
+        tree = self.prepare(filename, sha256)
+        image = self._image(filename)
+        if image.exists() and os.stat(tree).st_dev == self._unpacked_dev():
+            mounts.private_namespace()
+            mounts.mount_image(tree, image)
+        return tree
+
+    def prepare(self, filename: str, sha256: str | None = None) -> Path:
+        """Make `filename`'s tree (or image) if there is none yet, mounting nothing."""
         tree = self.unpacked_dir / filename
         if tree.is_dir():
             self._check_expected(filename, sha256)
             _touch(tree)
+            _touch(self._image(filename))  # the tree's own time, once mounted, is the image's
             return tree
         local = self.fetch(filename, sha256)
         self._make_unpacked_dir()
@@ -164,14 +190,39 @@ class LocalArtifactCache:
                 tmp = self.unpacked_dir / f".{filename}.{os.getpid()}.{threading.get_ident()}"
                 shutil.rmtree(tmp, ignore_errors=True)
                 try:
-                    unpacker = untar.Unpacker(tmp)
-                    unpacker.add(local, filename)
-                    unpacker.finish()
-                    self._record_size(filename, unpacker.disk_bytes)
+                    if self.images:
+                        # The image first, at its final name: the directory's
+                        # appearing says both are complete.
+                        tmp.mkdir()
+                        image = tmp.with_name(tmp.name + ".erofs")
+                        image.unlink(missing_ok=True)
+                        size = erofs.build(local, image, filename)
+                        os.replace(image, self._image(filename))
+                    else:
+                        unpacker = untar.Unpacker(tmp)
+                        unpacker.add(local, filename)
+                        unpacker.finish()
+                        size = unpacker.disk_bytes
+                    self._record_size(filename, size)
                     os.rename(tmp, tree)
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
         return tree
+
+    @property
+    def images(self) -> bool:
+        """Whether artifacts are kept as EROFS images (mounted to stage) rather than trees."""
+        if self._images is None:
+            self._images = mounts.available() and images_work()
+        return self._images
+
+    def _image(self, filename: str) -> Path:
+        return self.unpacked_dir / f"{filename}.erofs"
+
+    def _unpacked_dev(self) -> int:
+        if self._dev is None:
+            self._dev = os.stat(self.unpacked_dir).st_dev
+        return self._dev
 
     def known_empty(self, filename: str, sha256: str | None = None) -> bool:
         """Whether `filename` is an artifact holding nothing, known without downloading it.
@@ -331,7 +382,11 @@ class LocalArtifactCache:
             if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
                 continue
             name = entry.name
-            used[name] = max(used.get(name, 0.0), entry.stat().st_mtime)
+            try:
+                image_used = self._image(name).stat().st_mtime
+            except FileNotFoundError:
+                image_used = 0.0
+            used[name] = max(used.get(name, 0.0), entry.stat().st_mtime, image_used)
             sizes[name] = sizes.get(name, 0) + trees.get(name, 0)
         total = sum(sizes.values())
         deleted = []
@@ -353,9 +408,12 @@ class LocalArtifactCache:
     def _delete_tree(self, tree: Path) -> None:
         trash = self.unpacked_dir / f".trash-{tree.name}-{time.time_ns()}"
         try:
+            if os.stat(tree).st_dev != self._unpacked_dev():
+                mounts.unmount(tree)  # mounted in this thread's namespace (others' detach)
             os.rename(tree, trash)
-        except FileNotFoundError:
+        except (FileNotFoundError, mounts.MountError):
             return
+        self._image(tree.name).unlink(missing_ok=True)
         # Trees have read-only directories when their tarballs did.
         shutil.rmtree(trash, onerror=_force_remove)
 
@@ -400,11 +458,76 @@ def write_empty(dest: Path, filename: str) -> PackedArtifact:
     return PackedArtifact(filename, dest, sha256, len(data))
 
 
+_images_work: list[bool] = []
+
+
+def images_work() -> bool:
+    """Whether this process can mount an EROFS image from a file (tried once, in a thread)."""
+    if not mounts.available():
+        return False
+    if not _images_work:
+        if "erofs" not in _filesystems():
+            _images_work.append(False)
+            return False
+        result: list[bool] = []
+
+        def probe() -> None:
+            with tempfile.TemporaryDirectory(prefix="distbuild-erofs-") as tmp:
+                tarball, image = Path(tmp) / "empty.tgz", Path(tmp) / "empty.erofs"
+                tarball.write_bytes(_empty_artifact()[0])
+                erofs.build(tarball, image, "empty")
+                (Path(tmp) / "mnt").mkdir()
+                try:
+                    mounts.private_namespace()
+                    mounts.mount_image(Path(tmp) / "mnt", image)
+                    mounts.unmount(Path(tmp) / "mnt")
+                    result.append(True)
+                except mounts.MountError:
+                    result.append(False)
+
+        thread = threading.Thread(target=probe, name="erofs-probe")
+        thread.start()
+        thread.join()
+        _images_work.append(bool(result and result[0]))
+    return _images_work[0]
+
+
+def _filesystems() -> str:
+    try:
+        return Path("/proc/filesystems").read_text()
+    except OSError:
+        return ""
+
+
 def _boot_id() -> str:
     try:
         return _BOOT_ID.read_text().strip()
     except OSError:
         return "unknown"
+
+
+def _spread_subdirectories(path: Path) -> None:
+    """Ask ext4 to place each tree made in `path` in a block group of its own choosing.
+
+    ext4 without a journal will not reuse an inode freed in the last 30 s:
+    creating a file scans past every such inode of its directory's group,
+    one buffer lookup each. Where steps keep deleting build trees beside
+    the cache, that made creating a file cost 300 µs instead of 40 (perf:
+    `recently_deleted` under `ext4_create`). The "top directory" flag
+    (chattr +T) makes the Orlov allocator spread `path`'s subdirectories
+    to groups with free inodes, away from the churn. Elsewhere: no-op.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        flags = struct.unpack("i", fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(4)))[0]
+        fcntl.ioctl(fd, _FS_IOC_SETFLAGS, struct.pack("i", flags | _FS_TOPDIR_FL))
+    except OSError:  # not ext2/3/4, or flags not settable here
+        pass
+    finally:
+        os.close(fd)
 
 
 def _entries(path: Path) -> list[os.DirEntry]:
@@ -418,13 +541,18 @@ def _entries(path: Path) -> list[os.DirEntry]:
 def _force_remove(function, path, excinfo) -> None:
     parent = os.path.dirname(path)
     try:
+        if os.path.ismount(path):  # an image still mounted in this thread's namespace
+            mounts.unmount(Path(path))
         os.chmod(parent, 0o700)
-        if os.path.isdir(path) and not os.path.islink(path):
+        if function is os.rmdir:
+            # What was inside is gone or could not go: never walk it again.
+            os.rmdir(path)
+        elif os.path.isdir(path) and not os.path.islink(path):
             os.chmod(path, 0o700)
             shutil.rmtree(path, onerror=_force_remove)
         else:
             os.unlink(path)
-    except OSError:
+    except (OSError, mounts.MountError):
         pass
 
 

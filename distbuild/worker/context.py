@@ -135,19 +135,33 @@ class StepContext:
         (which need not be downloaded at all: see `LocalArtifactCache.known_empty`).
 
         Those not yet unpacked here are downloaded and unpacked a few at a
-        time: most of that time is the kernel creating files, which threads
-        overlap.
+        time, each source's artifacts by one thread (whether one is empty
+        may take one query per source): most of the time is waiting for the
+        network and the kernel, which threads overlap.
         """
-        empty = {w for w in wanted if self.cache.known_empty(*w)}
-        missing = [w for w in wanted if w not in empty and not self.cache.is_unpacked(w[0])]
-        if len(missing) > 1:
-            def unpack(item: tuple[str, str | None]) -> None:
-                self.cancel.check()
-                self.cache.unpacked(*item)
+        todo: dict[str, list[tuple[str, str | None]]] = {}
+        for w in wanted:
+            if not self.cache.is_unpacked(w[0]):
+                todo.setdefault(w[0][:64], []).append(w)
 
+        def prepare(items: list[tuple[str, str | None]]) -> list[tuple[str, str | None]]:
+            empty = []
+            for item in items:
+                self.cancel.check()
+                if self.cache.known_empty(*item):
+                    empty.append(item)
+                else:
+                    self.cache.prepare(*item)  # mounted, if an image, by input_tree
+            return empty
+
+        empty: set[tuple[str, str | None]] = set()
+        if len(todo) > 1:
             with ThreadPoolExecutor(_UNPACK_THREADS, thread_name_prefix="unpack") as pool:
-                for _ in pool.map(unpack, missing):
-                    pass
+                for found in pool.map(prepare, todo.values()):
+                    empty.update(found)
+        else:
+            for items in todo.values():
+                empty.update(prepare(items))
         trees = []
         for filename, sha256 in wanted:
             if (filename, sha256) in empty:

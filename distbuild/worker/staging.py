@@ -1,6 +1,7 @@
 """Staging areas and system roots made of unpacked artifacts, layered, never copied.
 
-Every input artifact is unpacked once per worker (`LocalArtifactCache.unpacked`).
+Every input artifact is unpacked once per worker (`LocalArtifactCache.unpacked`),
+as an EROFS image mounted read-only where the worker can mount.
 A step then layers those trees with overlayfs, in a mount namespace private
 to its thread (distbuild.mounts): a staging area of 50,000 files costs one
 mount, not 50,000 files written.
@@ -31,6 +32,7 @@ root is unpacked from the tarballs, since integration writes into it.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -289,4 +291,9 @@ def link_tree(src: Path, dest: Path, dirs: dict[str, int]) -> None:
                 shutil.rmtree(target)
             elif os.path.lexists(target):
                 target.unlink()
-            os.link(os.path.join(dirpath, name), target, follow_symlinks=False)
+            try:
+                os.link(os.path.join(dirpath, name), target, follow_symlinks=False)
+            except OSError as e:
+                if e.errno != errno.EXDEV:  # a tree mounted from an image
+                    raise
+                shutil.copy2(os.path.join(dirpath, name), target, follow_symlinks=False)

