@@ -91,3 +91,23 @@ def test_duplicate_build_depends_are_one_dependency(tmp_path):
     nodes = {n["id"]: n for n in json.loads(proc.stdout)["nodes"]}
     assert nodes["chunk:base/b"]["depends"] == ["chunk:base/a"]
     assert nodes["chunk:apps/c"]["depends"] == ["stratum:base"]
+
+
+def test_a_loaded_tree_is_freed_without_the_cyclic_collector(tmp_path):
+    """A long-lived controller plans many trees: each must go when its plan is made,
+    not wait (with the git objects it read) for the cyclic collector's rare full pass."""
+    import gc
+    import weakref
+
+    write_tree(tmp_path, {**BASE_FILES, **TYPOS})
+    gc.collect()
+    gc.disable()
+    try:
+        defs = Definitions(DirectorySource(tmp_path))
+        graph = build_graph(defs, "systems/s.morph")
+        warnings, gone = defs.warnings, weakref.ref(defs)
+        del defs
+        assert gone() is None, "the definitions are only freed by a cyclic GC pass"
+    finally:
+        gc.enable()
+    assert warnings == WARNINGS and graph.system.name == "s"

@@ -105,9 +105,14 @@ def plan(ctl: Controller, rid: str, msg: m.BuildRequest) -> Plan:
         raise DistbuildError(f"definitions must come from this network's trove "
                              f"({trove}), not {repo}", "build-request")
     path = ctl.mirrors.ensure(repo, msg.definitions_commit)
-    defs = Definitions(GitSource(path, msg.definitions_commit),
-                       strict=msg.strict or ctl.settings.strict_definitions)
-    graph = build_graph(defs, msg.system, ctl.resolver, ctl.aliases)
+    source = GitSource(path, msg.definitions_commit)
+    try:
+        defs = Definitions(source, strict=msg.strict or ctl.settings.strict_definitions)
+        graph = build_graph(defs, msg.system, ctl.resolver, ctl.aliases)
+    finally:
+        # GitPython's config readers make a cycle with the repository, which would
+        # keep its git processes until the cyclic collector's next full pass.
+        source.close()
     targets = components(graph, msg.components) if msg.components else [graph.system.id]
     keys = sorted({n.cache_key for n in graph.nodes.values()})
     # Garbage collection must not remove what this build stages from, until it ends.

@@ -220,11 +220,18 @@ class Definitions:
         )
 
     def _warner(self) -> Warn | None:
-        return None if self.strict else self._warn
+        if self.strict:
+            return None
+        # A closure over the list, not a bound method: a Document holding one would
+        # make a cycle with this object, and a controller's planned trees (with the
+        # git objects they read) would wait for the cyclic collector's rare full pass.
+        warnings = self.warnings
 
-    def _warn(self, line: str) -> None:
-        if line not in self.warnings:
-            self.warnings.append(line)
+        def warn(line: str) -> None:
+            if line not in warnings:
+                warnings.append(line)
+
+        return warn
 
     # -- morphologies ---------------------------------------------------------------------
 

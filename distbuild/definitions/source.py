@@ -97,3 +97,7 @@ class GitSource:
 
     def describe(self) -> str:
         return self._name
+
+    def close(self) -> None:
+        """End the `git cat-file` processes GitPython keeps open for this repository."""
+        self._repo.close()
