@@ -66,3 +66,20 @@ def test_shapes_used_on_the_wire():
     assert decode(encode(run), "c").step == {"id": "chunk:s/c"}
     assert decode(encode(StepOutput(request_id="r", step="s", lines=["a", "b"])), "c").lines == [
         "a", "b"]
+
+
+def test_a_pre_encoded_closure_goes_on_the_wire_as_its_items_would():
+    """A closure given with its JSON text decodes to the same message as one given as dicts."""
+    import json
+
+    from distbuild.protocol.codec import Encoded
+
+    nodes = [{"id": f"chunk-{i}", "cache_key": "k" * 64, "weird": "\"\\\n\u00e9"} for i in range(3)]
+    texts = [json.dumps(n, separators=(",", ":")) for n in nodes]
+    fields = dict(job="j1", step={"id": "top"}, trove_git_url="git://127.0.0.1/",
+                  artifact_cache_url="http://127.0.0.1:1/", token="t", verify=True)
+    plain = encode(JobRun(closure=list(nodes), **fields))
+    spliced = encode(JobRun(closure=Encoded(nodes, texts), **fields))
+    assert json.loads(spliced) == json.loads(plain)
+    assert decode(spliced, "peer") == JobRun(closure=nodes, **fields)
+    assert spliced.endswith(b"}\n") and spliced.count(b"\n") == 1

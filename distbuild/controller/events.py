@@ -46,7 +46,7 @@ def job_started(ctl: Controller, e: JobStarted) -> None:
     rid, nid = next(iter(e.requests.items()))
     plan = ctl.plans[rid]
     run = m.JobRun(job=e.job, step=plan.node_dict(nid),
-                   closure=[plan.node_dict(d) for d in plan.graph.closure(nid)],
+                   closure=plan.closure(nid),
                    trove_git_url=ctl.settings.trove_git_url,
                    artifact_cache_url=ctl.settings.artifact_cache_url,
                    token=tokens.issue(ctl.secret, e.key, TOKEN_TTL))

@@ -25,6 +25,7 @@ from distbuild.definitions import (
 from distbuild.errors import DistbuildError
 from distbuild.lognames import log_names
 from distbuild.protocol import messages as m
+from distbuild.protocol.codec import Encoded
 from distbuild.scheduling import PRIORITIES, PlannedRequest, plan_request, steps_from_graph
 from distbuild.scheduling_labels import waiting_for_labels
 
@@ -40,6 +41,7 @@ class Plan:
     priority: str = "normal"
     warnings: list[str] = field(default_factory=list)
     _dicts: dict[str, dict] = field(default_factory=dict, repr=False)
+    _texts: dict[str, str] = field(default_factory=dict, repr=False)  # node id -> its JSON
     saved: str = field(default="", repr=False)  # to_json(), made while planning
     # The scheduler's per-step work for it, made while planning (for `cached` as built).
     scheduling: PlannedRequest | None = field(default=None, repr=False)
@@ -50,6 +52,15 @@ class Plan:
         if data is None:
             data = self._dicts[nid] = node_to_dict(self.graph.nodes[nid])
         return data
+
+    def closure(self, nid: str) -> Encoded:
+        """The node dicts of everything `nid` needs, with their JSON made once per node."""
+        nids = self.graph.closure(nid)
+        texts = self._texts
+        for d in nids:
+            if d not in texts:
+                texts[d] = json.dumps(self.node_dict(d), separators=(",", ":"))
+        return Encoded([self.node_dict(d) for d in nids], [texts[d] for d in nids])
 
     def to_json(self) -> str:
         """The plan as the state database keeps it, for a restarted controller."""

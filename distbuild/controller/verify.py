@@ -166,7 +166,7 @@ class Verifier:
         settings = self.ctl.settings
         link.send(m.JobRun(
             job=check.job, step=plan.node_dict(check.step),
-            closure=[plan.node_dict(d) for d in plan.graph.closure(check.step)],
+            closure=plan.closure(check.step),
             trove_git_url=settings.trove_git_url, artifact_cache_url=settings.artifact_cache_url,
             token="", verify=True))
         self.ctl.log(f"verification {check.id}: {check.step} started on {check.worker} "

@@ -24,14 +24,34 @@ class ProtocolError(DistbuildError):
     """A peer sent something that is not a valid message."""
 
 
+class Encoded(list):
+    """A list of JSON values that also carries its JSON text, which `encode` uses as is.
+
+    A job's closure is the same node dicts job after job; encoding each once and
+    joining the texts keeps sending a job from growing with the depth of the graph.
+    """
+
+    def __init__(self, items: list, texts: list[str]):
+        super().__init__(items)
+        self.json = "[" + ",".join(texts) + "]"
+
+
 def encode(message: Message) -> bytes:
     """One JSON line, `type` first; ProtocolError if it would be over the peer's limit."""
     # Fields hold JSON values only (decode builds them from JSON), so a shallow copy is
     # enough: asdict would deep-copy a job's whole closure for every job.
-    body = {"type": message.type}
+    body: dict[str, Any] = {"type": message.type}
+    spliced = []
     for name in _names(type(message)):
-        body[name] = getattr(message, name)
-    data = json.dumps(body, separators=(",", ":")).encode("utf-8") + b"\n"
+        value = getattr(message, name)
+        if isinstance(value, Encoded):
+            spliced.append(f',"{name}":{value.json}')
+        else:
+            body[name] = value
+    text = json.dumps(body, separators=(",", ":"))
+    if spliced:
+        text = text[:-1] + "".join(spliced) + "}"
+    data = text.encode("utf-8") + b"\n"
     if len(data) > MAX_LINE:
         raise ProtocolError(f"{message.type} of {len(data)} bytes is over the "
                             f"{MAX_LINE}-byte limit; not sent", "this end")
