@@ -6,14 +6,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
 
 from distbuild import keygen, ssh
 from tests.conftest import PROJECT
-from tests.trove_process import terminate
+from tests.trove_process import terminate, wait_started
 
 
 class ControllerProcess:
@@ -49,12 +48,8 @@ class ControllerProcess:
                 [sys.executable, "-m", "distbuild", "controller", "--config", str(self.config),
                  "--ready-file", str(self.ready_file)],
                 stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while not self.ready_file.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"controller did not start:\n{self.log()}")
-            time.sleep(0.05)
+        wait_started(self.proc, self.ready_file, timeout, self.stop,
+                     lambda: f"controller did not start:\n{self.log()}")
         self.info = json.loads(self.ready_file.read_text())
         host_key = ssh.public_key_of(self.keys.controller_host_key)
         self.keys.known_hosts.write_text("".join(

@@ -16,11 +16,10 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from tests.network_process import processes_with
-from tests.trove_process import pid_alive, terminate, wait_gone
+from tests.trove_process import pid_alive, terminate, wait_gone, wait_started
 
 USER = "nobody"
 
@@ -64,12 +63,8 @@ class LibvirtSession:
                 ["setpriv", f"--reuid={self.owner[0]}", f"--regid={self.owner[1]}",
                  f"--groups={kvm}", "libvirtd"], env=env, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while not self.socket.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"libvirtd did not start:\n{self.log.read_text()}")
-            time.sleep(0.05)
+        wait_started(self.proc, self.socket, timeout, self.stop,
+                     lambda: f"libvirtd did not start:\n{self.log.read_text()}")
         return self
 
     def qemu_pids(self) -> list[int]:

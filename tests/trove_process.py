@@ -59,12 +59,8 @@ class TroveProcess:
             args += ["--config", str(self.config)]
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while not self.ready_file.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"trove did not start:\n{self.log()}")
-            time.sleep(0.05)
+        wait_started(self.proc, self.ready_file, timeout, self.stop,
+                     lambda: f"trove did not start:\n{self.log()}")
         self.info = json.loads(self.ready_file.read_text())
         return self
 
@@ -84,6 +80,17 @@ class TroveProcess:
         daemon = self.info.get("git_daemon_pid")
         if daemon:
             wait_gone(daemon)
+
+
+def wait_started(proc: subprocess.Popen, ready: Path, timeout: float, stop, failure) -> None:
+    """Wait for `proc` to create `ready`; if it exits or `timeout` passes, `stop()` and fail
+    with `failure()` (a message that shows the process's log)."""
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop()
+            raise AssertionError(failure())
+        time.sleep(0.05)
 
 
 def terminate(proc: subprocess.Popen | None, timeout: float = 10) -> None:
