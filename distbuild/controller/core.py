@@ -12,6 +12,7 @@ from typing import Any
 
 from distbuild import tokens
 from distbuild.controller import events, farm, follow, jobs, requests, schedules, verify
+from distbuild.controller.collector import PlanFreezer
 from distbuild.controller.joblogs import JobLogs
 from distbuild.controller.observers import Observer
 from distbuild.controller.requests import Plan, pin_name
@@ -61,6 +62,7 @@ class Controller:
         self.cache_checks = jobs.CacheChecks(self)
         self.verifier = verify.Verifier(self)
         self.schedules = schedules.Schedules(self)
+        self.freezer = PlanFreezer()
 
     # -- links ---------------------------------------------------------------------------
 
@@ -161,6 +163,7 @@ class Controller:
         self.plans.pop(rid, None)
         self.lognames.pop(rid, None)
         self.unpin(rid)
+        self.freezer.ended(rid)
 
     def unpin(self, rid: str) -> None:
         """Release request `rid`'s cache pin (in a thread; a failure is logged)."""

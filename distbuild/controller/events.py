@@ -30,6 +30,7 @@ def request_planned(ctl: Controller, e: RequestPlanned) -> None:
     cached = {n.id: n.cache_key for n in plan.graph.nodes.values()
               if n.cache_key in plan.cached}
     ctl.state.planned(e.request_id, [], e.total, e.unbuilt)
+    ctl.freezer.planned(e.request_id, e.total)
     ctl.tell(e.request_id, m.GraphingFinished(
         request_id=e.request_id, total=e.total, unbuilt=e.unbuilt,
         system_cache_key=plan.graph.system.cache_key, cached=cached,
