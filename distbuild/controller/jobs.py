@@ -10,6 +10,7 @@ cancelled there. Its jobs it does not list run again elsewhere.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING
 
 from twisted.python.failure import Failure
@@ -79,13 +80,20 @@ class CacheChecks:
     """Confirms finished jobs with the cache: one query in flight, for all that came meanwhile.
 
     At farm rates a query per job would keep the thread pool busy with HTTP;
-    batched, the cost per job falls as the rate rises.
+    batched, the cost per job falls as the rate rises. An answer is applied
+    APPLY_PER_TURN jobs per reactor turn: applied whole (hundreds of jobs, each
+    step built told to its initiators), it would hold back every worker's
+    job-finished, and so its next job-run, until it was done.
     """
+
+    APPLY_PER_TURN = 16
 
     def __init__(self, ctl: Controller):
         self.ctl = ctl
         self.waiting: dict[str, tuple[str, m.JobFinished]] = {}  # job -> (key, message)
+        self.answered: deque[tuple[str, m.JobFinished, bool]] = deque()
         self.busy = False
+        self._applying = False  # a turn is to apply more of `answered`
 
     def add(self, key: str, msg: m.JobFinished) -> None:
         """Check that the cache holds `key`, which job `msg.job` reports built."""
@@ -104,17 +112,30 @@ class CacheChecks:
 
     def _answered(self, batch: dict[str, tuple[str, m.JobFinished]],
                   answer: dict[str, bool]) -> None:
+        self.answered.extend((job, msg, bool(answer.get(key)))
+                             for job, (key, msg) in batch.items())
+        if not self._applying:
+            self._apply()
+
+    def _apply(self) -> None:
         ctl = self.ctl
-        with ctl.state.batch():  # one commit for the whole batch
-            for job, (key, msg) in batch.items():
-                if answer.get(key):
-                    ctl.logs.close(job)
-                    ctl.state.attempt_ended(job, "built", worker_seconds=msg.seconds,
-                                            command_seconds=msg.command_seconds)
-                    ctl.apply(ctl.scheduler.job_finished(job))
-                else:
-                    job_failed(ctl, job, "the worker reported success but the artifact "
-                               "cache does not hold the step's artifacts")
+        self._applying = False
+        try:
+            with ctl.state.batch():  # one commit for the turn's share
+                for _ in range(min(self.APPLY_PER_TURN, len(self.answered))):
+                    job, msg, present = self.answered.popleft()
+                    if present:
+                        ctl.logs.close(job)
+                        ctl.state.attempt_ended(job, "built", worker_seconds=msg.seconds,
+                                                command_seconds=msg.command_seconds)
+                        ctl.apply(ctl.scheduler.job_finished(job))
+                    else:
+                        job_failed(ctl, job, "the worker reported success but the "
+                                   "artifact cache does not hold the step's artifacts")
+        finally:
+            if self.answered:
+                self._applying = True
+                ctl.reactor.callLater(0, self._apply)
 
     def _unanswered(self, batch: dict[str, tuple[str, m.JobFinished]], failure) -> None:
         with self.ctl.state.batch():

@@ -67,6 +67,7 @@ def serve(settings: ControllerSettings, ready_file: Path | None = None) -> int:
     """Listen for initiators and workers and run the reactor (only `cli` calls this)."""
     from twisted.internet import error, reactor
 
+    from distbuild.controller.checkpoints import Checkpointer
     from distbuild.controller.core import Controller
     from distbuild.controller.dashboard import listen as listen_dashboard
     from distbuild.controller.labels import LabelWaits
@@ -74,6 +75,9 @@ def serve(settings: ControllerSettings, ready_file: Path | None = None) -> int:
     from distbuild.controller.restart import resume
 
     controller = Controller(settings, reactor)
+    checkpointer = Checkpointer(controller.state.path, log=_log)
+    controller.state.checkpoint_elsewhere()
+    checkpointer.start()
     dashboard_port = listen_dashboard(controller, reactor)
     resume(controller)
     LabelWaits(controller).start()
@@ -110,6 +114,7 @@ def serve(settings: ControllerSettings, ready_file: Path | None = None) -> int:
     # the cyclic collector's full passes, which otherwise stall the reactor longer.
     gc.freeze()
     reactor.callWhenRunning(announce)
+    reactor.addSystemEventTrigger("before", "shutdown", checkpointer.stop)
     reactor.addSystemEventTrigger("before", "shutdown", controller.state.close)
     reactor.addSystemEventTrigger("before", "shutdown", controller.logs.close_all)
     _log(f"starting with {json.dumps({k: str(v) for k, v in asdict(settings).items()})}")

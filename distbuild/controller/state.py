@@ -81,6 +81,7 @@ class ControllerState:
     """The controller's durable record of requests, nodes and attempts."""
 
     def __init__(self, path: Path | str):
+        self.path = Path(path)
         self.db = sqlite3.connect(str(path), isolation_level=None)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -126,6 +127,10 @@ class ControllerState:
             # Committed even if the handler raised: written alone, each change would
             # have been kept too.
             self.db.execute("COMMIT")
+
+    def checkpoint_elsewhere(self) -> None:
+        """Stop SQLite's checkpoints inside commits: a `checkpoints.Checkpointer` makes them."""
+        self.db.execute("PRAGMA wal_autocheckpoint=0")
 
     def next_job(self, cache_key: str) -> str:
         """A job id never used before in this network: KEY[:16]-N, N counting every attempt."""
