@@ -196,6 +196,17 @@ def farm(workers: int, processes: int, nice: int = 0):
 
 
 def one_big_request(args) -> None:
+    trace_fd, trace_name = tempfile.mkstemp(prefix="controller-turns-", suffix=".json")
+    os.close(trace_fd)
+    os.environ["DISTBUILD_TURN_TRACE"] = trace_name  # read by the controller at start
+    try:
+        _one_big_request(args, Path(trace_name))
+    finally:
+        os.environ.pop("DISTBUILD_TURN_TRACE", None)
+        Path(trace_name).unlink(missing_ok=True)
+
+
+def _one_big_request(args, trace_file: Path) -> None:
     with farm(args.workers, args.processes, args.worker_nice) as f:
         defs = f.root / "defs"
         write_definitions(defs, args.steps, args.seed)
@@ -237,8 +248,9 @@ def one_big_request(args) -> None:
     # dispatch. Count the gaps where at least one job per worker was still to
     # start after the slot was freed, so ready work was waiting.
     starts = sorted(a[2] for a in attempts)
-    busy = [gap for t, gap in gaps
-            if len(starts) - bisect.bisect_right(starts, t) >= args.workers]
+    busy_at = [(t, gap) for t, gap in gaps
+               if len(starts) - bisect.bisect_right(starts, t) >= args.workers]
+    busy = [gap for _, gap in busy_at]
     first = min(r["first"] for r in results if "first" in r)
     last = max(r["last"] for r in results if "last" in r)
     building = sampler.cpu_between(first, last)
@@ -260,6 +272,41 @@ def one_big_request(args) -> None:
     print(f"controller CPU per step: building {building / args.steps * 1000:.3f} ms, whole "
           f"request incl. graphing {whole / args.steps * 1000:.3f} ms (goal <= 1 ms)")
     print(f"controller RSS: {rss_before:.0f} MB before the request, {rss_after:.0f} MB after")
+    print_turns(trace_file, first, last, busy_at)
+
+
+def print_turns(trace_file: Path, first: float, last: float,
+                busy_at: list[tuple[float, float]]) -> None:
+    """Where the controller's time went while building: its reactor's turns, the GC's passes."""
+    if not trace_file.stat().st_size:
+        print("controller turns: no record (the controller did not stop cleanly)")
+        return
+    trace = json.loads(trace_file.read_text())
+    turns = [t for t in trace["turns"] if first <= t[0] <= last]
+    long = [t for t in turns if t[1] > 0.020]
+    print(f"controller reactor while building: {len(turns)} turns, longest "
+          f"{max(t[1] for t in turns) * 1000:.1f} ms; {len(long)} over 20 ms, in them "
+          f"{sum(t[2] for t in long):.2f} s of CPU and {sum(t[3] for t in long):.2f} s "
+          f"waiting for a CPU (all turns: {sum(t[2] for t in turns):.2f} s CPU, "
+          f"{sum(t[3] for t in turns):.2f} s waiting)")
+    passes = [p for p in trace["gc"] if first <= p[0] <= last]
+    young = [p[2] for p in passes if p[1] < 2]
+    full = [p[2] for p in passes if p[1] == 2]
+    print(f"  GC passes while building: {len(young)} young (longest "
+          f"{max(young, default=0) * 1000:.1f} ms), {len(full)} full (longest "
+          f"{max(full, default=0) * 1000:.1f} ms)")
+    # What the slow dispatches (over 20 ms) overlapped: a full GC pass, or a long turn
+    # that was mostly the controller's CPU, or mostly waiting for one.
+    slow = [(t, t + gap) for t, gap in busy_at if gap > 0.020]
+    spans = {"a full GC pass": [(p[0], p[0] + p[2]) for p in passes if p[1] == 2],
+             "a long turn, mostly CPU": [(t[0], t[0] + t[1]) for t in long if t[2] >= t[3]],
+             "a long turn, mostly waiting for a CPU": [(t[0], t[0] + t[1]) for t in long
+                                                       if t[2] < t[3]]}
+    parts = []
+    for what, found in spans.items():
+        hit = sum(1 for a, b in slow if any(x < b and y > a for x, y in found))
+        parts.append(f"{hit} {what}")
+    print(f"  the {len(slow)} dispatches over 20 ms overlapped: {', '.join(parts)}")
 
 
 def many_small_requests(args) -> None:

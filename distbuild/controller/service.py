@@ -74,6 +74,10 @@ def serve(settings: ControllerSettings, ready_file: Path | None = None) -> int:
     from distbuild.controller.links import link_factory
     from distbuild.controller.restart import resume
 
+    if os.environ.get("DISTBUILD_TURN_TRACE"):  # benchmarks/controller_bench.py
+        from distbuild.controller.turntrace import install
+
+        install(reactor, os.environ["DISTBUILD_TURN_TRACE"])
     controller = Controller(settings, reactor)
     checkpointer = Checkpointer(controller.state.path, log=_log)
     controller.state.checkpoint_elsewhere()
