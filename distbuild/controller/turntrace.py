@@ -76,4 +76,4 @@ class TurnTrace:
 def install(reactor, path: str) -> None:
     """Trace `reactor` (an epoll reactor) and write the record to `path` when it stops."""
     trace = TurnTrace(reactor, Path(path))
-    reactor.addSystemEventTrigger("after", "shutdown", trace.write)
+    reactor.addSystemEventTrigger("before", "shutdown", trace.write)
