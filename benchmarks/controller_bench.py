@@ -296,12 +296,18 @@ def print_turns(trace_file: Path, first: float, last: float,
           f"{max(young, default=0) * 1000:.1f} ms), {len(full)} full (longest "
           f"{max(full, default=0) * 1000:.1f} ms)")
     # What the slow dispatches (over 20 ms) overlapped: a full GC pass, or a long turn
-    # that was mostly the controller's CPU, or mostly waiting for one.
+    # that was mostly the controller's CPU, mostly waiting for one, or mostly neither
+    # (blocked: on the disk, or on the GIL held by another of its threads).
     slow = [(t, t + gap) for t, gap in busy_at if gap > 0.020]
-    spans = {"a full GC pass": [(p[0], p[0] + p[2]) for p in passes if p[1] == 2],
-             "a long turn, mostly CPU": [(t[0], t[0] + t[1]) for t in long if t[2] >= t[3]],
-             "a long turn, mostly waiting for a CPU": [(t[0], t[0] + t[1]) for t in long
-                                                       if t[2] < t[3]]}
+
+    def mostly(turn) -> str:
+        blocked = turn[1] - turn[2] - turn[3]
+        return max((turn[2], "CPU"), (turn[3], "waiting for a CPU"), (blocked, "blocked"))[1]
+
+    spans = {"a full GC pass": [(p[0], p[0] + p[2]) for p in passes if p[1] == 2]}
+    for what in ("CPU", "waiting for a CPU", "blocked"):
+        spans[f"a long turn, mostly {what}"] = [(t[0], t[0] + t[1]) for t in long
+                                               if mostly(t) == what]
     parts = []
     for what, found in spans.items():
         hit = sum(1 for a, b in slow if any(x < b and y > a for x, y in found))
