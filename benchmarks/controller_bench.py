@@ -141,8 +141,7 @@ def ms(values: list[float], q: float) -> float:
 class Farm:
     """A trove and a controller (`Network` with no real workers), and instant workers."""
 
-    def __init__(self, root: Path, workers: int, processes: int, nice: int = 0,
-                 controller_nice: int | None = None):
+    def __init__(self, root: Path, workers: int, processes: int, nice: int = 0):
         self.root = root
         self.net = Network(root / "state", workers=0)
         self.settings = self.net.start()
@@ -154,8 +153,6 @@ class Farm:
         self.net._run_import("delta/bench-source", source, self.config)
         run = json.loads((root / "state" / "run" / "controller.json").read_text())
         self.pid = run["pid"]
-        if controller_nice is not None:  # its reactor thread (Linux: the thread of that id)
-            os.setpriority(os.PRIO_PROCESS, self.pid, controller_nice)
         names = [f"fast-{i}" for i in range(workers)]
         self.outs = [root / f"fast-{p}.json" for p in range(processes)]
         for p, out in enumerate(self.outs):
@@ -189,9 +186,9 @@ class Farm:
 
 
 @contextlib.contextmanager
-def farm(workers: int, processes: int, nice: int = 0, controller_nice: int | None = None):
+def farm(workers: int, processes: int, nice: int = 0):
     with tempfile.TemporaryDirectory(prefix="controller-bench-") as tmp:
-        f = Farm(Path(tmp), workers, processes, nice, controller_nice)
+        f = Farm(Path(tmp), workers, processes, nice)
         try:
             yield f
         finally:
@@ -210,7 +207,7 @@ def one_big_request(args) -> None:
 
 
 def _one_big_request(args, trace_file: Path) -> None:
-    with farm(args.workers, args.processes, args.worker_nice, args.controller_nice) as f:
+    with farm(args.workers, args.processes, args.worker_nice) as f:
         defs = f.root / "defs"
         write_definitions(defs, args.steps, args.seed)
         rss_before = rss_mb(f.pid)
@@ -259,9 +256,7 @@ def _one_big_request(args, trace_file: Path) -> None:
     building = sampler.cpu_between(first, last)
     whole = sampler.cpu_between(start, end)
     print(f"{args.steps} steps, {args.workers} instant workers over SSH in {args.processes} "
-          f"processes at nice {args.worker_nice}"
-          + (f", controller at nice {args.controller_nice}" if args.controller_nice is not None
-             else "") + f"; load average {load_before} before, "
+          f"processes at nice {args.worker_nice}; load average {load_before} before, "
           f"{os.getloadavg()[0]:.2f} after; a shared machine: read medians and ratios")
     print(f"request wall {end - start:.1f} s (building {last - first:.1f} s, "
           f"{args.steps / (last - first):.0f} steps/s)")
@@ -377,9 +372,6 @@ def main() -> int:
     parser.add_argument("--worker-nice", type=int, default=0, metavar="N",
                         help="run the instant workers at nice N: on a real farm they are other "
                              "machines, here they share the controller's cores")
-    parser.add_argument("--controller-nice", type=int, metavar="N",
-                        help="set the controller's reactor thread to nice N (below 0 needs "
-                             "root): what is left of the latency is then the controller's own")
     parser.add_argument("--memory", type=int, metavar="N",
                         help="send N small requests and follow the controller's RSS instead")
     parser.add_argument("--py-spy", type=Path, metavar="OUT",
