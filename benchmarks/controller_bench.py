@@ -15,7 +15,11 @@ controller sending that worker its next `job-run` (the controller records
 the send in its attempts table; same clock), and as the workers saw it
 (until they had decoded the next `job-run`, which adds their own load); the
 controller process's CPU time (utime + stime from /proc) per step, over the
-building phase and over the whole request including graphing.
+building phase and over the whole request including graphing. Then where
+the controller's time went while building, from the record it writes when
+DISTBUILD_TURN_TRACE is set (controller/turntrace.py): its reactor turns
+(CPU, or waiting for a CPU), its GC passes, and which of them each dispatch
+over 20 ms overlapped.
 Goals (issue 11): latency p99 <= 20 ms, CPU per step <= 1 ms.
 
 With --memory N it instead sends N small requests (5 chunks, a stratum and a
