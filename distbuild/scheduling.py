@@ -18,7 +18,10 @@ Every call costs what it changes, not what is queued: each work counts its
 unbuilt dependencies, each request keeps a heap of its ready steps per pool,
 each (pool, class) a ring of requests with ready steps, and each group a heap
 of workers by free slots. Work that no live request's graph holds is
-forgotten, so memory follows the requests in flight.
+forgotten, so memory follows the requests in flight: a request that ends
+gives up its running work at once, and the rest of its work in slices, a few
+hundred keys per later call (`tidy`), so ending a big request is not one long
+call either.
 """
 
 from __future__ import annotations
@@ -45,9 +48,14 @@ from distbuild.scheduling_events import (
     StepQueued,
     StepRequeued,
 )
+from distbuild.scheduling_index import WorkIndex
 from distbuild.scheduling_plan import PlannedRequest, StepInfo, Work, plan_request
 from distbuild.scheduling_queues import PRIORITIES, Pool, ReadyQueues, required_labels
 from distbuild.scheduling_workers import Worker, WorkerChanges
+
+# Keys of ended requests' work forgotten per dispatching call (about 0.1 ms: a
+# request's work is spread over memory, a microsecond or two a key).
+TIDY_SLICE = 64
 
 __all__ = [
     "PRIORITIES",
@@ -69,6 +77,7 @@ __all__ = [
     "StepQueued",
     "StepRequeued",
     "Work",
+    "WorkIndex",
     "plan_request",
     "required_labels",
     "steps_from_graph",
@@ -84,9 +93,10 @@ class Request:
     seq: int
     needed: set[str]  # keys this request must see built
     total: int
-    keys: list[str]  # every key of its graph, built or not: what it holds in memory
+    work: dict[str, Work]  # every key of its graph, built or not: what it holds in memory
     priority: str = "normal"
     built: set[str] = field(default_factory=set)
+    running: set[str] = field(default_factory=set)  # its needed keys running now
     ready: dict[Pool, list[tuple[int, str]]] = field(default_factory=dict)  # pool -> heap
     queued_in: set[Pool] = field(default_factory=set)  # pools whose ring holds this request
 
@@ -100,7 +110,11 @@ class Scheduler(ReadyQueues, WorkerChanges):
         # Job ids must be unique for the network's whole life: the controller
         # passes a generator backed by its database.
         self.job_id = job_id or self._next_job_id
-        self.work: dict[str, Work] = {}
+        # Requests that ended whose work is not all tidied yet, and that work.
+        self._ended: set[str] = set()
+        self._untidy: deque[tuple[str, dict[str, Work]]] = deque()
+        self._untidy_keys = 0
+        self.work = WorkIndex(self._ended)
         self.requests: dict[str, Request] = {}
         self.workers: dict[str, Worker] = {}
         self.jobs: dict[str, str] = {}  # job id -> key
@@ -127,28 +141,33 @@ class Scheduler(ReadyQueues, WorkerChanges):
     def add_planned(self, plan: PlannedRequest) -> list[Event]:
         """Take over a request made by `plan_request`.
 
-        Its own work is taken by reference; only keys already held (shared with
-        requests in flight) are looked at one by one.
+        Its own work is taken by reference, merged into the index shard by
+        shard; only keys already held (shared with requests in flight) are
+        looked at one by one, and its ready steps' events passed on.
         """
-        shared = plan.work.keys() & self.work.keys()
-        running = {k for k in shared if k in plan.cached
-                   and self.work[k].state == State.RUNNING}
+        rid = plan.request_id
+        if rid in self._ended:
+            self.tidy()  # its id is back while its last run's work is tidied: finish that
+        held = self.work.held(plan.parts)
+        running = {k for k, work in held.items() if k in plan.cached
+                   and work.state == State.RUNNING}
         if running:
             # In the cache, but its job here is not confirmed yet: the request waits for
             # the job, as for any other running work. Rare, so planned again here.
             plan = plan_request(plan.request_id, plan.steps, plan.targets,
                                 plan.cached - running, plan.priority)
-        rid = plan.request_id
-        held = {k: self.work[k] for k in shared}
-        for work in held.values():
-            work.holders += 1  # first: a request finishing below cannot drop it
-        self.work.update(plan.work)
-        self.work.update(held)
-        in_order = sorted(shared, key=plan.position.__getitem__)
+        mine = {key: plan.work[key] for key in held}  # what the plan made for those keys
+        if plan.needed:
+            for work in held.values():
+                work.holders += 1
+            self.work.merge(plan.parts, held)
+            plan.work.update(held)  # the request's own view: the work as held
+        # (A request with nothing to build holds nothing: it ends in this call.)
+        in_order = sorted(held, key=plan.position.__getitem__)
         events: list[Event] = []
         for key in in_order:
-            work, mine = held[key], plan.work[key]
-            work.priority = max(work.priority, mine.priority)
+            work = held[key]
+            work.priority = max(work.priority, mine[key].priority)
             if key in plan.cached:
                 if work.state in (State.WAITING, State.READY, State.FAILED):
                     events += self._mark_built(work)[1]
@@ -158,11 +177,14 @@ class Scheduler(ReadyQueues, WorkerChanges):
                     for dep_key in work.dependents:
                         self.work[dep_key].unbuilt_deps += 1
                 work.state, work.attempts, work.handed_back = State.WAITING, 0, 0
+        if not plan.needed:
+            return [*events, RequestPlanned(rid, len(plan.steps), 0), RequestFinished(rid),
+                    *self.dispatch()]
         for key in in_order:
             # This request's new work counted these as built exactly when they now are.
-            held[key].dependents |= plan.work[key].dependents
+            held[key].dependents |= mine[key].dependents
         self._seq += 1
-        request = Request(rid, self._seq, plan.needed, len(plan.steps), list(plan.work),
+        request = Request(rid, self._seq, plan.needed, len(plan.steps), plan.work,
                           plan.priority, ready=plan.ready)
         self.requests[rid] = request
         events.append(RequestPlanned(rid, len(plan.steps), len(plan.needed)))
@@ -170,36 +192,38 @@ class Scheduler(ReadyQueues, WorkerChanges):
             if heap:
                 self._enter_ring(request, pool)
         # Planned as if new: what it planned for keys already held is decided below instead
-        # (a heap entry for one goes stale, and is skipped when popped).
-        events += [e for e in plan.queued if e.key not in shared] if shared else plan.queued
+        # (a heap entry for one then names the held work, which is checked when popped).
+        events += [e for e in plan.queued if e.key not in held] if held else plan.queued
         for key in in_order:
             if key not in plan.needed:
                 continue
             work = held[key]
             work.requests[rid] = plan.node_of[key]
             if work.state == State.RUNNING:
+                request.running.add(key)
                 events.append(StepJoined(key, work.worker or "", work.attempts,
                                          {rid: plan.node_of[key]}))
             elif work.state == State.READY:  # already queued for another request
                 self._queue(request, work)
             else:
                 events += self._promote(work)
-        if not plan.needed:
-            self._detach(rid)
-            events.append(RequestFinished(rid))
         return events + self.dispatch()
 
     def fail_request(self, request_id: str, reason: str) -> list[Event]:
         """Fail a request for a reason of its own (not a step's): it waited too long."""
         if request_id not in self.requests:
             return []
-        return [*self._detach(request_id), RequestFailed(request_id, reason, "")]
+        events = [*self._detach(request_id), RequestFailed(request_id, reason, "")]
+        self._tidy_some()
+        return events
 
     def cancel_request(self, request_id: str) -> list[Event]:
         """Drop a request; work no other request needs is cancelled."""
         if request_id not in self.requests:
             return []
-        return [*self._detach(request_id), RequestCancelled(request_id)]
+        events = [*self._detach(request_id), RequestCancelled(request_id)]
+        self._tidy_some()
+        return events
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -222,12 +246,61 @@ class Scheduler(ReadyQueues, WorkerChanges):
                 work.attempts += 1
                 job = self.job_id(work.key)
                 work.state, work.job, work.worker = State.RUNNING, job, worker.name
+                self._running(self.work.clean(work))
                 worker.jobs.add(job)
                 self._slot_freed(worker)
                 self.jobs[job] = work.key
                 events.append(JobStarted(job, work.key, worker.name, work.attempts,
                                          dict(work.requests)))
+        self._tidy_some()
         return events
+
+    def tidy(self, limit: int | None = None) -> bool:
+        """Forget up to `limit` keys (all if None) of ended requests' work; True if some are left.
+
+        Every call that dispatches does a slice of this; a controller may call it when idle.
+        """
+        untidy = self._untidy
+        while untidy and (limit is None or limit > 0):
+            rid, own = untidy[0]
+            n = len(own) if limit is None else min(limit, len(own))
+            for _ in range(n):
+                self._forget(rid, *own.popitem())
+            self._untidy_keys -= n
+            if limit is not None:
+                limit -= n
+            if not own:
+                untidy.popleft()
+                self._ended.discard(rid)
+        return bool(untidy)
+
+    def _tidy_some(self) -> None:
+        if self._untidy:
+            # More per call while much is left, so memory stays bounded however fast
+            # requests end.
+            self.tidy(TIDY_SLICE + self._untidy_keys // 1024)
+
+    def _forget(self, rid: str, key: str, work: Work) -> None:
+        """Ended request `rid` no longer holds `key`; with no holder left, it is dropped."""
+        work.requests.pop(rid, None)
+        if work.state == State.READY and not work.requests:
+            work.state = State.WAITING  # ready for nobody: queued for no one
+        work.holders -= 1
+        if work.holders == 0:
+            # No live request's graph has it: a later one finds it through the cache.
+            self.work.drop(key)
+            for dep in work.deps:
+                below = self.work.get(dep)
+                if below is not None:
+                    below.dependents.discard(key)
+
+    def _running(self, work: Work) -> None:
+        for rid in work.requests:
+            self.requests[rid].running.add(work.key)
+
+    def _not_running(self, work: Work) -> None:
+        for rid in self.work.clean(work).requests:
+            self.requests[rid].running.discard(work.key)
 
     def job_requests(self, job: str) -> dict[str, str]:
         """Which requests (request id -> node id) follow this job's output."""
@@ -275,6 +348,7 @@ class Scheduler(ReadyQueues, WorkerChanges):
             return None  # a job we already gave up on (cancelled, or its worker left)
         work = self.work[key]
         self._take_back(work.worker, job)
+        self._not_running(work)
         return work
 
     # -- internals -------------------------------------------------------------------------
@@ -298,7 +372,8 @@ class Scheduler(ReadyQueues, WorkerChanges):
             self._slot_freed(worker)
 
     def _promote(self, work: Work) -> list[Event]:
-        if work.state == State.WAITING and work.requests and work.unbuilt_deps == 0:
+        if work.state == State.WAITING and work.unbuilt_deps == 0 and \
+                self.work.clean(work).requests:
             self._make_ready(work)
             return [StepQueued(work.key, dict(work.requests))]
         return []
@@ -308,7 +383,7 @@ class Scheduler(ReadyQueues, WorkerChanges):
         work.state = State.BUILT
         progress: dict[str, tuple[int, int]] = {}
         finished = []
-        for rid in list(work.requests):
+        for rid in list(self.work.clean(work).requests):
             request = self.requests[rid]
             request.built.add(work.key)
             progress[rid] = (len(request.built), len(request.needed))
@@ -326,6 +401,7 @@ class Scheduler(ReadyQueues, WorkerChanges):
 
     def _fail(self, work: Work, worker: str, reason: str) -> list[Event]:
         work.state = State.FAILED
+        self.work.clean(work)
         events: list[Event] = [StepFailed(work.key, worker, reason, dict(work.requests))]
         for rid in list(work.requests):
             events += self._detach(rid)
@@ -333,34 +409,29 @@ class Scheduler(ReadyQueues, WorkerChanges):
         return events
 
     def _detach(self, request_id: str) -> list[Event]:
-        """Forget a request; running work that nobody needs any more is cancelled."""
+        """Forget a request; running work that nobody needs any more is cancelled.
+
+        What it costs now is what it runs: the rest of its work still lists it
+        until `tidy` gets there (reads through the index no longer see it).
+        """
         request = self.requests.pop(request_id)
         for pool in request.queued_in:  # a ring no slot of its pool visits would keep it
             self._rings[(pool, request.priority)].remove(request_id)
         events: list[Event] = []
-        for key in request.needed:
-            work = self.work[key]
+        for key in sorted(request.running):
+            work = request.work[key]
             work.requests.pop(request_id, None)
-            if work.requests:
+            if work.requests or work.state != State.RUNNING or not work.job:
                 continue
-            if work.state == State.RUNNING and work.job:
-                self.jobs.pop(work.job, None)
-                if work.worker in self.workers:  # a lost worker has nothing to cancel
-                    events.append(JobCancelled(work.job, key, work.worker))
-                    self._take_back(work.worker, work.job)
-                work.job = work.worker = None
-                work.state = State.WAITING
-            elif work.state == State.READY:
-                work.state = State.WAITING
-        for key in request.keys:
-            work = self.work[key]
-            work.holders -= 1
-            if work.holders == 0:
-                # No live request's graph has it: a later one finds it through the cache.
-                del self.work[key]
-                for dep in work.deps:
-                    if dep in self.work:
-                        self.work[dep].dependents.discard(key)
+            self.jobs.pop(work.job, None)
+            if work.worker in self.workers:  # a lost worker has nothing to cancel
+                events.append(JobCancelled(work.job, key, work.worker))
+                self._take_back(work.worker, work.job)
+            work.job = work.worker = None
+            work.state = State.WAITING
+        self._ended.add(request_id)
+        self._untidy.append((request_id, request.work))
+        self._untidy_keys += len(request.work)
         return events
 
 

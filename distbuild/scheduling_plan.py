@@ -4,9 +4,11 @@
 key, dependents, unbuilt dependencies, the steps to build, the ready heaps and
 their events) as if the scheduler held nothing else. It needs no scheduler,
 so it can run anywhere, also off the controller's reactor thread.
-`Scheduler.add_planned` then takes the result by reference and reconciles
-only the keys it already holds (shared with other requests), so adding a
-request costs its overlap with the work in flight, not its size.
+`Scheduler.add_planned` then takes the result by reference (split by index
+shard here) and reconciles only the keys it already holds (shared with other
+requests), so adding a request costs its overlap with the work in flight and
+its ready steps, not its size. A plan is for the process that made it (the
+shards follow `hash`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from distbuild.scheduling_events import State, StepQueued
+from distbuild.scheduling_index import partition
 from distbuild.scheduling_queues import PRIORITIES, Pool
 
 
@@ -63,6 +66,7 @@ class PlannedRequest:
     targets: list[str]
     cached: set[str]
     work: dict[str, Work]  # key -> its work, in graph order, held once (by this request)
+    parts: dict[int, dict[str, Work]]  # the same split by index shard (`partition`)
     position: dict[str, int]  # key -> its place in `work`
     node_of: dict[str, str]  # key -> node id
     needed: set[str]  # keys to build: every unbuilt one the targets need
@@ -107,7 +111,7 @@ def plan_request(request_id: str, steps: Iterable[StepInfo], targets: Iterable[s
             queued.append(StepQueued(key, {request_id: node_of[key]}))
     for heap in ready.values():
         heapq.heapify(heap)
-    return PlannedRequest(request_id, priority, steps, targets, cached, work,
+    return PlannedRequest(request_id, priority, steps, targets, cached, work, partition(work),
                           {key: i for i, key in enumerate(work)}, node_of, set(needed),
                           ready, queued)
 

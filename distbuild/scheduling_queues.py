@@ -40,7 +40,6 @@ def required_labels(node_id: str, patterns: Iterable[tuple[str, frozenset[str]]]
 class ReadyQueues:
     """Scheduler methods that queue ready work and pick it for a free slot."""
 
-    work: dict[str, Work]
     requests: dict[str, Request]
     _rings: dict[tuple[Pool, str], deque[str]]
     _pools: dict[str, list[frozenset[str]]]
@@ -70,10 +69,10 @@ class ReadyQueues:
             heap = request.ready.get(pool, [])
             work = None
             while heap and work is None:
-                work = self.work.get(heapq.heappop(heap)[1])
+                work = request.work.get(heapq.heappop(heap)[1])
                 if work is None or work.state != State.READY or \
                         request.id not in work.requests:
-                    work = None  # taken meanwhile, through another request, or dropped
+                    work = None  # taken meanwhile, or through another request
             if heap:
                 ring.append(request.id)  # back of the line: the others take their turn
             else:

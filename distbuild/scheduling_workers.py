@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from distbuild.scheduling_events import Event, State, StepRequeued
 
 if TYPE_CHECKING:
-    from distbuild.scheduling_plan import Work
+    from distbuild.scheduling_index import WorkIndex
 
 
 @dataclass(eq=False, slots=True)
@@ -47,7 +47,7 @@ class WorkerChanges:
 
     workers: dict[str, Worker]
     jobs: dict[str, str]
-    work: dict[str, Work]
+    work: WorkIndex
     retry_limit: int
 
     def add_worker(self, name: str, arch: str, slots: int, held: Iterable[str] = (),
@@ -109,6 +109,7 @@ class WorkerChanges:
         work.state, work.job, work.worker = State.RUNNING, job, worker
         work.attempts = max(work.attempts, attempt)
         self.jobs[job] = key
+        self._running(work)
         return True
 
     def hand_back(self, job: str, reason: str) -> list[Event]:
@@ -119,6 +120,7 @@ class WorkerChanges:
         work = self.work[key]
         worker = work.worker or ""
         self._take_back(work.worker, job)
+        self._not_running(work)
         work.job = work.worker = None
         work.handed_back += 1
         if not work.requests:
@@ -139,6 +141,7 @@ class WorkerChanges:
             if key is None:
                 continue  # cancelled while handling an earlier job of this worker
             work = self.work[key]
+            self._not_running(work)
             work.job = work.worker = None
             if not work.requests:
                 work.state = State.WAITING
