@@ -147,8 +147,10 @@ def drive(module, total: int, seed: int, budget: float | None,
         args = (f"req{r}", steps, targets, set()) + (("normal",) if new_api else ())
         if hasattr(module, "plan_request"):
             # The per-step work, done before the scheduler call (the controller does it
-            # on the reactor thread too, right before): timed on its own.
-            planned = timer.outside("request planned", module.plan_request, *args)
+            # in its planning thread), with the look at which keys the scheduler holds
+            # already where the scheduler takes that: timed on its own.
+            ahead = (sched.work,) if hasattr(module, "WorkIndex") else ()
+            planned = timer.outside("request planned", module.plan_request, *args, *ahead)
             note(timer("request added", sched.add_planned, planned))
         else:
             note(timer("request added", sched.add_request, *args))

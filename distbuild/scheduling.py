@@ -34,6 +34,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from distbuild.scheduling_events import (
+    BUILT,
+    FAILED,
+    READY,
+    RUNNING,
+    WAITING,
     Event,
     JobCancelled,
     JobStarted,
@@ -124,7 +129,8 @@ class Scheduler(ReadyQueues, WorkerChanges):
         self._free: dict[Pool, list[tuple[int, str, int, Worker]]] = {}
         # arch -> the label sets its pools require, most labels first.
         self._pools: dict[str, list[frozenset[str]]] = {}
-        self._eligible: dict[Pool, list[Pool]] = {}  # worker group -> pools it serves
+        # Worker group -> the rings it takes from, in order: (pool, ring).
+        self._eligible: dict[Pool, list[tuple[Pool, deque[str]]]] = {}
         self._tiebreak = itertools.count()
 
     def _next_job_id(self, key: str) -> str:
@@ -148,9 +154,9 @@ class Scheduler(ReadyQueues, WorkerChanges):
         rid = plan.request_id
         if rid in self._ended:
             self.tidy()  # its id is back while its last run's work is tidied: finish that
-        held = self.work.held(plan.parts)
+        held = self.work.held(plan.parts, plan.work, plan.seen)
         running = {k for k, work in held.items() if k in plan.cached
-                   and work.state == State.RUNNING}
+                   and work.state is RUNNING}
         if running:
             # In the cache, but its job here is not confirmed yet: the request waits for
             # the job, as for any other running work. Rare, so planned again here.
@@ -160,8 +166,8 @@ class Scheduler(ReadyQueues, WorkerChanges):
         if plan.needed:
             for work in held.values():
                 work.holders += 1
-            self.work.merge(plan.parts, held)
             plan.work.update(held)  # the request's own view: the work as held
+            self.work.merge(plan.parts, held, plan.work)
         # (A request with nothing to build holds nothing: it ends in this call.)
         in_order = sorted(held, key=plan.position.__getitem__)
         events: list[Event] = []
@@ -169,14 +175,14 @@ class Scheduler(ReadyQueues, WorkerChanges):
             work = held[key]
             work.priority = max(work.priority, mine[key].priority)
             if key in plan.cached:
-                if work.state in (State.WAITING, State.READY, State.FAILED):
+                if work.state in (WAITING, READY, FAILED):
                     events += self._mark_built(work)[1]
-            elif work.state in (State.BUILT, State.FAILED):
+            elif work.state in (BUILT, FAILED):
                 # The cache no longer has it (or it failed for an earlier request): try again.
-                if work.state == State.BUILT:
+                if work.state is BUILT:
                     for dep_key in work.dependents:
                         self.work[dep_key].unbuilt_deps += 1
-                work.state, work.attempts, work.handed_back = State.WAITING, 0, 0
+                work.state, work.attempts, work.handed_back = WAITING, 0, 0
         if not plan.needed:
             return [*events, RequestPlanned(rid, len(plan.steps), 0), RequestFinished(rid),
                     *self.dispatch()]
@@ -199,11 +205,11 @@ class Scheduler(ReadyQueues, WorkerChanges):
                 continue
             work = held[key]
             work.requests[rid] = plan.node_of[key]
-            if work.state == State.RUNNING:
+            if work.state is RUNNING:
                 request.running.add(key)
                 events.append(StepJoined(key, work.worker or "", work.attempts,
                                          {rid: plan.node_of[key]}))
-            elif work.state == State.READY:  # already queued for another request
+            elif work.state is READY:  # already queued for another request
                 self._queue(request, work)
             else:
                 events += self._promote(work)
@@ -232,9 +238,9 @@ class Scheduler(ReadyQueues, WorkerChanges):
         events: list[Event] = []
         for free in self._free.values():
             while free:
-                _, _, _, worker = free[0]
-                if self.workers.get(worker.name) is not worker or -free[0][0] != worker.free \
-                        or worker.away or worker.draining:
+                worker = free[0][3]
+                if worker.away or worker.draining or -free[0][0] != worker.free \
+                        or self.workers.get(worker.name) is not worker:
                     # A stale entry (the worker left or its count changed), or a worker
                     # that takes nothing new: on its return it is a new Worker entry.
                     heapq.heappop(free)
@@ -244,14 +250,16 @@ class Scheduler(ReadyQueues, WorkerChanges):
                     break  # the group's other workers could take no more than this one
                 heapq.heappop(free)
                 work.attempts += 1
-                job = self.job_id(work.key)
-                work.state, work.job, work.worker = State.RUNNING, job, worker.name
-                self._running(self.work.clean(work))
+                key, job = work.key, self.job_id(work.key)
+                work.state, work.job, work.worker = RUNNING, job, worker.name
+                requests = self.work.clean(work).requests
+                for rid in requests:
+                    self.requests[rid].running.add(key)
                 worker.jobs.add(job)
-                self._slot_freed(worker)
-                self.jobs[job] = work.key
-                events.append(JobStarted(job, work.key, worker.name, work.attempts,
-                                         dict(work.requests)))
+                if worker.slots > len(worker.jobs):
+                    self._slot_freed(worker)
+                self.jobs[job] = key
+                events.append(JobStarted(job, key, worker.name, work.attempts, dict(requests)))
         self._tidy_some()
         return events
 
@@ -283,8 +291,8 @@ class Scheduler(ReadyQueues, WorkerChanges):
     def _forget(self, rid: str, key: str, work: Work) -> None:
         """Ended request `rid` no longer holds `key`; with no holder left, it is dropped."""
         work.requests.pop(rid, None)
-        if work.state == State.READY and not work.requests:
-            work.state = State.WAITING  # ready for nobody: queued for no one
+        if work.state is READY and not work.requests:
+            work.state = WAITING  # ready for nobody: queued for no one
         work.holders -= 1
         if work.holders == 0:
             # No live request's graph has it: a later one finds it through the cache.
@@ -372,7 +380,7 @@ class Scheduler(ReadyQueues, WorkerChanges):
             self._slot_freed(worker)
 
     def _promote(self, work: Work) -> list[Event]:
-        if work.state == State.WAITING and work.unbuilt_deps == 0 and \
+        if work.state is WAITING and work.unbuilt_deps == 0 and \
                 self.work.clean(work).requests:
             self._make_ready(work)
             return [StepQueued(work.key, dict(work.requests))]
@@ -380,7 +388,7 @@ class Scheduler(ReadyQueues, WorkerChanges):
 
     def _mark_built(self, work: Work) -> tuple[dict[str, tuple[int, int]], list[Event]]:
         """Record `work` as built: progress per request, and what that makes ready or finished."""
-        work.state = State.BUILT
+        work.state = BUILT
         progress: dict[str, tuple[int, int]] = {}
         finished = []
         for rid in list(self.work.clean(work).requests):
@@ -400,7 +408,7 @@ class Scheduler(ReadyQueues, WorkerChanges):
         return progress, events
 
     def _fail(self, work: Work, worker: str, reason: str) -> list[Event]:
-        work.state = State.FAILED
+        work.state = FAILED
         self.work.clean(work)
         events: list[Event] = [StepFailed(work.key, worker, reason, dict(work.requests))]
         for rid in list(work.requests):
@@ -421,14 +429,14 @@ class Scheduler(ReadyQueues, WorkerChanges):
         for key in sorted(request.running):
             work = request.work[key]
             work.requests.pop(request_id, None)
-            if work.requests or work.state != State.RUNNING or not work.job:
+            if work.requests or work.state is not RUNNING or not work.job:
                 continue
             self.jobs.pop(work.job, None)
             if work.worker in self.workers:  # a lost worker has nothing to cancel
                 events.append(JobCancelled(work.job, key, work.worker))
                 self._take_back(work.worker, work.job)
             work.job = work.worker = None
-            work.state = State.WAITING
+            work.state = WAITING
         self._ended.add(request_id)
         self._untidy.append((request_id, request.work))
         self._untidy_keys += len(request.work)
