@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
+import os
 import random
 import statistics
 import subprocess
@@ -84,8 +85,12 @@ def request_steps(r: int, n: int, rng: random.Random,
     return steps, targets
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
 class Timer:
-    def __init__(self, budget: float | None):
+    def __init__(self, budget: float | None, clock=time.perf_counter):
+        self.clock = clock
         self.calls: dict[str, list[float]] = defaultdict(list)
         self.others: dict[str, list[float]] = defaultdict(list)
         self.budget = budget
@@ -96,24 +101,24 @@ class Timer:
 
     def _gc(self, phase: str, info: dict) -> None:
         if phase == "start":
-            self._gc_start = time.perf_counter()
+            self._gc_start = self.clock()
         else:
-            self.gc_seconds += time.perf_counter() - self._gc_start
+            self.gc_seconds += self.clock() - self._gc_start
             self.gc_full += info["generation"] == 2
 
     def __call__(self, kind: str, fn, *args):
-        start = time.perf_counter()
+        start = self.clock()
         out = fn(*args)
-        elapsed = time.perf_counter() - start
+        elapsed = self.clock() - start
         self.calls[kind].append(elapsed)
         self.spent += elapsed
         return out
 
     def outside(self, kind: str, fn, *args):
         """Time a call that is not the scheduler's: reported, but not in its totals."""
-        start = time.perf_counter()
+        start = self.clock()
         out = fn(*args)
-        self.others[kind].append(time.perf_counter() - start)
+        self.others[kind].append(self.clock() - start)
         return out
 
     @property
@@ -122,11 +127,11 @@ class Timer:
 
 
 def drive(module, total: int, seed: int, budget: float | None,
-          labelled: bool = False) -> tuple[Timer, int, bool]:
+          labelled: bool = False, clock=time.perf_counter) -> tuple[Timer, int, bool]:
     """Queue `total` steps, then drain them; returns the timings and the steps built."""
     rng = random.Random(seed)
     sched = module.Scheduler(retry_limit=2)
-    timer = Timer(budget)
+    timer = Timer(budget, clock)
     new_api = hasattr(module, "PRIORITIES")
     running: deque[JobStarted] = deque()
 
@@ -227,6 +232,9 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--labels", action="store_true",
                         help="also run the new scheduler with worker labels")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="time calls by the wall clock, or by this thread's CPU time "
+                             "(steadier on a machine busy with other work)")
     parser.add_argument("--one", nargs=2, metavar=("LABEL", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -236,12 +244,13 @@ def main() -> None:
         start = time.perf_counter()
         timer, done, complete = drive(module, total, args.seed,
                                       None if label != "old" else args.baseline_budget,
-                                      labelled=label == "lab")
+                                      labelled=label == "lab", clock=CLOCKS[args.clock])
         report(label, total, timer, done, complete, time.perf_counter() - start)
         print(f"per step: {timer.spent / total * 1e6:.1f} us")
         return
-    print(f"{REQUESTS} requests, {WORKERS} one-slot workers, seed {args.seed}; the machine is "
-          "shared with other work, so read ratios and medians")
+    print(f"{REQUESTS} requests, {WORKERS} one-slot workers, seed {args.seed}, {args.clock} "
+          f"clock; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; the machine "
+          "may be shared with other work, so read ratios and medians")
     per_step = {}
     for total in (int(s) for s in args.sizes.split(",")):
         labels = ("new",) + (() if args.no_baseline else ("old",)) + (
@@ -249,6 +258,7 @@ def main() -> None:
         for label in labels:
             out = subprocess.run(
                 [sys.executable, __file__, "--one", label, str(total), "--seed", str(args.seed),
+                 "--clock", args.clock,
                  "--baseline-rev", args.baseline_rev,
                  "--baseline-budget", str(args.baseline_budget)],
                 check=True, capture_output=True, text=True).stdout
