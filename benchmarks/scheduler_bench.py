@@ -7,6 +7,12 @@ base), 500 one-slot workers. Every call is timed: a worker joining, a request
 added, a slot freed, a step finished or failed, a worker leaving. Workers
 finish their jobs in the order they got them; every 2,000 completions a
 worker leaves and rejoins, and a few steps fail (each fails its request).
+Each request is planned (`plan_request`, which the controller runs in its
+planning thread, with its look at the keys held) just before it is added;
+that is timed apart. The first requests land on idle workers and start
+their ready steps in the call: the report also gives the calls that start
+no job, and the cost per job started. `--clock cpu` times by the thread's
+CPU time, steadier on a machine busy with other work.
 
 The baseline is the scheduler as it was before issue 11, loaded from git
 (`--baseline-rev`), run in the same process on the same input. It looks at
@@ -93,6 +99,8 @@ class Timer:
         self.clock = clock
         self.calls: dict[str, list[float]] = defaultdict(list)
         self.others: dict[str, list[float]] = defaultdict(list)
+        self.full_gc_in: dict[str, int] = defaultdict(int)
+        self.jobs_started: list[int] = []  # by each "request added" call, in order
         self.budget = budget
         self.spent = 0.0
         self.gc_seconds, self.gc_full = 0.0, 0
@@ -107,9 +115,12 @@ class Timer:
             self.gc_full += info["generation"] == 2
 
     def __call__(self, kind: str, fn, *args):
+        full = self.gc_full
         start = self.clock()
         out = fn(*args)
         elapsed = self.clock() - start
+        if self.gc_full != full:
+            self.full_gc_in[kind] += 1  # a full pass ran inside this call (counted in it)
         self.calls[kind].append(elapsed)
         self.spent += elapsed
         return out
@@ -135,8 +146,10 @@ def drive(module, total: int, seed: int, budget: float | None,
     new_api = hasattr(module, "PRIORITIES")
     running: deque[JobStarted] = deque()
 
-    def note(events) -> None:
+    def note(events) -> int:
+        before = len(running)
         running.extend(e for e in events if type(e).__name__ == "JobStarted")
+        return len(running) - before
 
     def labels(w: str) -> tuple:
         return (label_of(int(w[1:]), True),) if labelled else ()
@@ -156,9 +169,9 @@ def drive(module, total: int, seed: int, budget: float | None,
             # already where the scheduler takes that: timed on its own.
             ahead = (sched.work,) if hasattr(module, "WorkIndex") else ()
             planned = timer.outside("request planned", module.plan_request, *args, *ahead)
-            note(timer("request added", sched.add_planned, planned))
+            timer.jobs_started.append(note(timer("request added", sched.add_planned, planned)))
         else:
-            note(timer("request added", sched.add_request, *args))
+            timer.jobs_started.append(note(timer("request added", sched.add_request, *args)))
         if timer.out_of_time:
             return timer, 0, False
     del plans
@@ -213,8 +226,21 @@ def report(label: str, total: int, timer: Timer, done: int, complete: bool,
           f"{statistics.median(every) * 1000:.3f} ms, p99 {ms(every, 0.99):.3f} ms, "
           f"max {max(every) * 1000:.2f} ms")
     for kind, ts in timer.calls.items():
+        full = timer.full_gc_in.get(kind)
         print(f"       {kind:15} n={len(ts):>6}  p50 {statistics.median(ts) * 1000:7.3f} ms  "
-              f"p99 {ms(ts, 0.99):7.3f} ms  max {max(ts) * 1000:8.2f} ms")
+              f"p99 {ms(ts, 0.99):7.3f} ms  max {max(ts) * 1000:8.2f} ms"
+              + (f"  ({full} with a full GC pass)" if full else ""))
+    adds = timer.calls.get("request added", [])
+    idle = [t for t, n in zip(adds, timer.jobs_started, strict=True) if n == 0]
+    busy = [(t, n) for t, n in zip(adds, timer.jobs_started, strict=True) if n]
+    if idle and busy:
+        # The first requests land on idle workers and start their ready steps in the
+        # call: that part costs per job started, not per step queued.
+        print(f"         of which starting no job: n={len(idle)}, p50 "
+              f"{statistics.median(idle) * 1000:.3f} ms, max {max(idle) * 1000:.3f} ms; "
+              f"starting jobs: n={len(busy)}, up to {max(n for _, n in busy)} jobs in one call, "
+              f"max {max(t for t, _ in busy) * 1000:.3f} ms, "
+              f"{sum(t for t, _ in busy) / sum(n for _, n in busy) * 1e6:.1f} us per job started")
     for kind, ts in timer.others.items():
         print(f"       {kind:15} n={len(ts):>6}  p50 {statistics.median(ts) * 1000:7.3f} ms  "
               f"p99 {ms(ts, 0.99):7.3f} ms  max {max(ts) * 1000:8.2f} ms  (pure, before "
