@@ -233,12 +233,13 @@ def report(label: str, total: int, timer: Timer, done: int, complete: bool,
     adds = timer.calls.get("request added", [])
     idle = [t for t, n in zip(adds, timer.jobs_started, strict=True) if n == 0]
     busy = [(t, n) for t, n in zip(adds, timer.jobs_started, strict=True) if n]
-    if idle and busy:
+    if busy:
         # The first requests land on idle workers and start their ready steps in the
         # call: that part costs per job started, not per step queued.
         print(f"         of which starting no job: n={len(idle)}, p50 "
-              f"{statistics.median(idle) * 1000:.3f} ms, max {max(idle) * 1000:.3f} ms; "
-              f"starting jobs: n={len(busy)}, up to {max(n for _, n in busy)} jobs in one call, "
+              f"{statistics.median(idle or [0]) * 1000:.3f} ms, max "
+              f"{max(idle or [0]) * 1000:.3f} ms; starting jobs: n={len(busy)}, up to "
+              f"{max(n for _, n in busy)} jobs in one call, "
               f"max {max(t for t, _ in busy) * 1000:.3f} ms, "
               f"{sum(t for t, _ in busy) / sum(n for _, n in busy) * 1e6:.1f} us per job started")
     for kind, ts in timer.others.items():
