@@ -61,6 +61,8 @@ from distbuild.scheduling_workers import Worker, WorkerChanges
 # Keys of ended requests' work forgotten per dispatching call (about 0.05 ms: a
 # request's work is spread over memory, a microsecond or two a key).
 TIDY_SLICE = 32
+# Keys of added requests' work moved into the index's shards per dispatching call.
+SETTLE_SLICE = 128
 
 __all__ = [
     "PRIORITIES",
@@ -213,7 +215,11 @@ class Scheduler(ReadyQueues, WorkerChanges):
                 self._queue(request, work)
             else:
                 events += self._promote(work)
-        return events + self.dispatch()
+        # No settling of the index here: adding a request costs its shared keys and its
+        # ready steps; requests added back to back leave it to the calls that follow.
+        events += self._start_jobs()
+        self._tidy_some(settle=False)
+        return events
 
     def fail_request(self, request_id: str, reason: str) -> list[Event]:
         """Fail a request for a reason of its own (not a step's): it waited too long."""
@@ -235,6 +241,11 @@ class Scheduler(ReadyQueues, WorkerChanges):
 
     def dispatch(self) -> list[Event]:
         """Give ready work to free slots: by class, requests in turn, longest path first."""
+        events = self._start_jobs()
+        self._tidy_some()
+        return events
+
+    def _start_jobs(self) -> list[Event]:
         events: list[Event] = []
         for free in self._free.values():
             while free:
@@ -260,7 +271,6 @@ class Scheduler(ReadyQueues, WorkerChanges):
                     self._slot_freed(worker)
                 self.jobs[job] = key
                 events.append(JobStarted(job, key, worker.name, work.attempts, dict(requests)))
-        self._tidy_some()
         return events
 
     def tidy(self, limit: int | None = None) -> bool:
@@ -282,11 +292,14 @@ class Scheduler(ReadyQueues, WorkerChanges):
                 self._ended.discard(rid)
         return bool(untidy)
 
-    def _tidy_some(self) -> None:
+    def _tidy_some(self, settle: bool = True) -> None:
         if self._untidy:
             # More per call while much is left, so memory stays bounded however fast
             # requests end.
             self.tidy(TIDY_SLICE + self._untidy_keys // 1024)
+        if settle and self.work.waiting_keys:
+            # Lookups look in the batches waiting too: more per call while many wait.
+            self.work.settle(SETTLE_SLICE + self.work.waiting_keys // 1024)
 
     def _forget(self, rid: str, key: str, work: Work) -> None:
         """Ended request `rid` no longer holds `key`; with no holder left, it is dropped."""

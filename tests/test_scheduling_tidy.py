@@ -1,8 +1,10 @@
-"""A request that ends gives up its work in slices (`tidy`); plans that looked ahead at the index."""
+"""A request that ends gives up its work in slices (`tidy`); a request added waits in a batch
+until later calls move it into the index (`settle`); plans that looked ahead at the index."""
 
 import math
 
 from distbuild.scheduling import (
+    SETTLE_SLICE,
     TIDY_SLICE,
     JobCancelled,
     JobStarted,
@@ -166,3 +168,32 @@ def test_a_plan_that_looked_ahead_builds_what_was_forgotten_after_its_look():
     while farm.running:
         farm.step()
     assert "r2" in farm.finished and RequestFinished("r2") not in events
+
+
+def test_a_request_added_is_found_while_it_waits_to_be_settled_and_after():
+    sched = Scheduler()
+    sched.add_worker("w", "x86_64", 1)
+    steps = wide("k", 3 * SETTLE_SLICE)
+    keys = {s.cache_key for s in steps}
+    sched.add_request("r", steps, ids(steps), set())
+    assert sched.work.waiting_keys == len(steps)  # adding it moved none of it
+    assert set(sched.work) == keys and len(sched.work) == len(steps)
+    assert all(sched.work[s.cache_key].requests == {"r": s.node_id} for s in steps)
+    calls = 0
+    while sched.work.waiting_keys:
+        sched.add_worker(f"arm{calls}", "armv7lhf", 1)  # dispatches (nothing): settles a slice
+        calls += 1
+    assert calls <= 3
+    assert set(sched.work) == keys and all(k in sched.work for k in keys)
+
+
+def test_work_forgotten_before_it_was_settled_does_not_come_back():
+    sched = Scheduler()
+    steps = wide("k", 3 * SETTLE_SLICE)
+    sched.add_request("r", steps, ids(steps), set())
+    sched.cancel_request("r")
+    sched.tidy()  # all of it forgotten while its batch still waits
+    assert sched.work == {} and sched.work.waiting_keys == 0
+    for n in range(4):
+        sched.add_worker(f"w{n}", "x86_64", 1)
+    assert sched.work == {}
