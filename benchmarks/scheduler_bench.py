@@ -7,6 +7,12 @@ base), 500 one-slot workers. Every call is timed: a worker joining, a request
 added, a slot freed, a step finished or failed, a worker leaving. Workers
 finish their jobs in the order they got them; every 2,000 completions a
 worker leaves and rejoins, and a few steps fail (each fails its request).
+Each request is planned (`plan_request`, which the controller runs in its
+planning thread, with its look at the keys held) just before it is added;
+that is timed apart. The first requests land on idle workers and start
+their ready steps in the call: the report also gives the calls that start
+no job, and the cost per job started. `--clock cpu` times by the thread's
+CPU time, steadier on a machine busy with other work.
 
 The baseline is the scheduler as it was before issue 11, loaded from git
 (`--baseline-rev`), run in the same process on the same input. It looks at
@@ -27,6 +33,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
+import os
 import random
 import statistics
 import subprocess
@@ -84,10 +91,16 @@ def request_steps(r: int, n: int, rng: random.Random,
     return steps, targets
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
 class Timer:
-    def __init__(self, budget: float | None):
+    def __init__(self, budget: float | None, clock=time.perf_counter):
+        self.clock = clock
         self.calls: dict[str, list[float]] = defaultdict(list)
         self.others: dict[str, list[float]] = defaultdict(list)
+        self.full_gc_in: dict[str, int] = defaultdict(int)
+        self.jobs_started: list[int] = []  # by each "request added" call, in order
         self.budget = budget
         self.spent = 0.0
         self.gc_seconds, self.gc_full = 0.0, 0
@@ -96,24 +109,27 @@ class Timer:
 
     def _gc(self, phase: str, info: dict) -> None:
         if phase == "start":
-            self._gc_start = time.perf_counter()
+            self._gc_start = self.clock()
         else:
-            self.gc_seconds += time.perf_counter() - self._gc_start
+            self.gc_seconds += self.clock() - self._gc_start
             self.gc_full += info["generation"] == 2
 
     def __call__(self, kind: str, fn, *args):
-        start = time.perf_counter()
+        full = self.gc_full
+        start = self.clock()
         out = fn(*args)
-        elapsed = time.perf_counter() - start
+        elapsed = self.clock() - start
+        if self.gc_full != full:
+            self.full_gc_in[kind] += 1  # a full pass ran inside this call (counted in it)
         self.calls[kind].append(elapsed)
         self.spent += elapsed
         return out
 
     def outside(self, kind: str, fn, *args):
         """Time a call that is not the scheduler's: reported, but not in its totals."""
-        start = time.perf_counter()
+        start = self.clock()
         out = fn(*args)
-        self.others[kind].append(time.perf_counter() - start)
+        self.others[kind].append(self.clock() - start)
         return out
 
     @property
@@ -122,16 +138,18 @@ class Timer:
 
 
 def drive(module, total: int, seed: int, budget: float | None,
-          labelled: bool = False) -> tuple[Timer, int, bool]:
+          labelled: bool = False, clock=time.perf_counter) -> tuple[Timer, int, bool]:
     """Queue `total` steps, then drain them; returns the timings and the steps built."""
     rng = random.Random(seed)
     sched = module.Scheduler(retry_limit=2)
-    timer = Timer(budget)
+    timer = Timer(budget, clock)
     new_api = hasattr(module, "PRIORITIES")
     running: deque[JobStarted] = deque()
 
-    def note(events) -> None:
+    def note(events) -> int:
+        before = len(running)
         running.extend(e for e in events if type(e).__name__ == "JobStarted")
+        return len(running) - before
 
     def labels(w: str) -> tuple:
         return (label_of(int(w[1:]), True),) if labelled else ()
@@ -147,11 +165,13 @@ def drive(module, total: int, seed: int, budget: float | None,
         args = (f"req{r}", steps, targets, set()) + (("normal",) if new_api else ())
         if hasattr(module, "plan_request"):
             # The per-step work, done before the scheduler call (the controller does it
-            # on the reactor thread too, right before): timed on its own.
-            planned = timer.outside("request planned", module.plan_request, *args)
-            note(timer("request added", sched.add_planned, planned))
+            # in its planning thread), with the look at which keys the scheduler holds
+            # already where the scheduler takes that: timed on its own.
+            ahead = (sched.work,) if hasattr(module, "WorkIndex") else ()
+            planned = timer.outside("request planned", module.plan_request, *args, *ahead)
+            timer.jobs_started.append(note(timer("request added", sched.add_planned, planned)))
         else:
-            note(timer("request added", sched.add_request, *args))
+            timer.jobs_started.append(note(timer("request added", sched.add_request, *args)))
         if timer.out_of_time:
             return timer, 0, False
     del plans
@@ -206,8 +226,22 @@ def report(label: str, total: int, timer: Timer, done: int, complete: bool,
           f"{statistics.median(every) * 1000:.3f} ms, p99 {ms(every, 0.99):.3f} ms, "
           f"max {max(every) * 1000:.2f} ms")
     for kind, ts in timer.calls.items():
+        full = timer.full_gc_in.get(kind)
         print(f"       {kind:15} n={len(ts):>6}  p50 {statistics.median(ts) * 1000:7.3f} ms  "
-              f"p99 {ms(ts, 0.99):7.3f} ms  max {max(ts) * 1000:8.2f} ms")
+              f"p99 {ms(ts, 0.99):7.3f} ms  max {max(ts) * 1000:8.2f} ms"
+              + (f"  ({full} with a full GC pass)" if full else ""))
+    adds = timer.calls.get("request added", [])
+    idle = [t for t, n in zip(adds, timer.jobs_started, strict=True) if n == 0]
+    busy = [(t, n) for t, n in zip(adds, timer.jobs_started, strict=True) if n]
+    if busy:
+        # The first requests land on idle workers and start their ready steps in the
+        # call: that part costs per job started, not per step queued.
+        print(f"         of which starting no job: n={len(idle)}, p50 "
+              f"{statistics.median(idle or [0]) * 1000:.3f} ms, max "
+              f"{max(idle or [0]) * 1000:.3f} ms; starting jobs: n={len(busy)}, up to "
+              f"{max(n for _, n in busy)} jobs in one call, "
+              f"max {max(t for t, _ in busy) * 1000:.3f} ms, "
+              f"{sum(t for t, _ in busy) / sum(n for _, n in busy) * 1e6:.1f} us per job started")
     for kind, ts in timer.others.items():
         print(f"       {kind:15} n={len(ts):>6}  p50 {statistics.median(ts) * 1000:7.3f} ms  "
               f"p99 {ms(ts, 0.99):7.3f} ms  max {max(ts) * 1000:8.2f} ms  (pure, before "
@@ -225,6 +259,9 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--labels", action="store_true",
                         help="also run the new scheduler with worker labels")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="time calls by the wall clock, or by this thread's CPU time "
+                             "(steadier on a machine busy with other work)")
     parser.add_argument("--one", nargs=2, metavar=("LABEL", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -234,12 +271,13 @@ def main() -> None:
         start = time.perf_counter()
         timer, done, complete = drive(module, total, args.seed,
                                       None if label != "old" else args.baseline_budget,
-                                      labelled=label == "lab")
+                                      labelled=label == "lab", clock=CLOCKS[args.clock])
         report(label, total, timer, done, complete, time.perf_counter() - start)
         print(f"per step: {timer.spent / total * 1e6:.1f} us")
         return
-    print(f"{REQUESTS} requests, {WORKERS} one-slot workers, seed {args.seed}; the machine is "
-          "shared with other work, so read ratios and medians")
+    print(f"{REQUESTS} requests, {WORKERS} one-slot workers, seed {args.seed}, {args.clock} "
+          f"clock; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; the machine "
+          "may be shared with other work, so read ratios and medians")
     per_step = {}
     for total in (int(s) for s in args.sizes.split(",")):
         labels = ("new",) + (() if args.no_baseline else ("old",)) + (
@@ -247,6 +285,7 @@ def main() -> None:
         for label in labels:
             out = subprocess.run(
                 [sys.executable, __file__, "--one", label, str(total), "--seed", str(args.seed),
+                 "--clock", args.clock,
                  "--baseline-rev", args.baseline_rev,
                  "--baseline-budget", str(args.baseline_budget)],
                 check=True, capture_output=True, text=True).stdout

@@ -18,6 +18,12 @@ class State(enum.Enum):
     FAILED = "failed"
 
 
+# Looking a member up on an Enum class costs a descriptor call, and comparing with
+# == a Python-level method: the scheduler's hot paths use these, with `is`.
+WAITING, READY, RUNNING, BUILT, FAILED = (State.WAITING, State.READY, State.RUNNING,
+                                          State.BUILT, State.FAILED)
+
+
 @dataclass(frozen=True)
 class RequestPlanned:
     request_id: str

@@ -4,9 +4,11 @@
 key, dependents, unbuilt dependencies, the steps to build, the ready heaps and
 their events) as if the scheduler held nothing else. It needs no scheduler,
 so it can run anywhere, also off the controller's reactor thread.
-`Scheduler.add_planned` then takes the result by reference and reconciles
-only the keys it already holds (shared with other requests), so adding a
-request costs its overlap with the work in flight, not its size.
+`Scheduler.add_planned` then takes the result by reference (split by index
+shard here) and reconciles only the keys it already holds (shared with other
+requests), so adding a request costs its overlap with the work in flight and
+its ready steps, not its size. A plan is for the process that made it (the
+shards follow `hash`).
 """
 
 from __future__ import annotations
@@ -14,9 +16,14 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from distbuild.scheduling_events import State, StepQueued
+from distbuild.scheduling_events import BUILT, READY, WAITING, State, StepQueued
+from distbuild.scheduling_index import partition
 from distbuild.scheduling_queues import PRIORITIES, Pool
+
+if TYPE_CHECKING:
+    from distbuild.scheduling_index import WorkIndex
 
 
 @dataclass(frozen=True)
@@ -36,7 +43,7 @@ class Work:
     key: str
     arch: str
     deps: tuple[str, ...]  # keys
-    state: State = State.WAITING
+    state: State = WAITING
     dependents: set[str] = field(default_factory=set)
     requests: dict[str, str] = field(default_factory=dict)  # request id -> node id
     priority: int = 0
@@ -63,16 +70,24 @@ class PlannedRequest:
     targets: list[str]
     cached: set[str]
     work: dict[str, Work]  # key -> its work, in graph order, held once (by this request)
+    parts: list[dict[str, Work]]  # the same split by index shard (`partition`)
     position: dict[str, int]  # key -> its place in `work`
     node_of: dict[str, str]  # key -> node id
     needed: set[str]  # keys to build: every unbuilt one the targets need
     ready: dict[Pool, list[tuple[int, str]]]  # heaps of the needed work nothing holds up
     queued: list[StepQueued]  # the events for those
+    # (index generation, keys it held then): which keys are shared, looked at ahead.
+    seen: tuple[int, set[str]] | None = None
 
 
 def plan_request(request_id: str, steps: Iterable[StepInfo], targets: Iterable[str],
-                 cached: set[str], priority: str = "normal") -> PlannedRequest:
-    """Plan a request: `targets` are node ids to produce, `cached` the keys already built."""
+                 cached: set[str], priority: str = "normal",
+                 held_by: WorkIndex | None = None) -> PlannedRequest:
+    """Plan a request: `targets` are node ids to produce, `cached` the keys already built.
+
+    With `held_by` (the scheduler's `work`; this may run on another thread), the keys
+    it holds already are looked up here, so `add_planned` need only check them.
+    """
     if priority not in PRIORITIES:
         raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}, not {priority!r}")
     steps, targets = list(steps), list(targets)
@@ -84,7 +99,7 @@ def plan_request(request_id: str, steps: Iterable[StepInfo], targets: Iterable[s
             work[step.cache_key] = Work(
                 step.cache_key, step.arch,
                 tuple({by_id[d].cache_key: None for d in step.depends}),
-                State.BUILT if step.cache_key in cached else State.WAITING,
+                BUILT if step.cache_key in cached else WAITING,
                 priority=step.priority, holders=1, labels=frozenset(step.labels))
         else:
             w.priority = max(w.priority, step.priority)
@@ -92,7 +107,7 @@ def plan_request(request_id: str, steps: Iterable[StepInfo], targets: Iterable[s
         for dep in w.deps:
             below = work[dep]
             below.dependents.add(w.key)
-            if below.state != State.BUILT:
+            if below.state is not BUILT:
                 w.unbuilt_deps += 1
     node_of = {s.cache_key: s.node_id for s in steps}
     needed = _needed(by_id, work, targets)
@@ -102,21 +117,22 @@ def plan_request(request_id: str, steps: Iterable[StepInfo], targets: Iterable[s
         w = work[key]
         w.requests[request_id] = node_of[key]
         if w.unbuilt_deps == 0:
-            w.state = State.READY
+            w.state = READY
             ready.setdefault(w.pool, []).append((-w.priority, key))
             queued.append(StepQueued(key, {request_id: node_of[key]}))
     for heap in ready.values():
         heapq.heapify(heap)
-    return PlannedRequest(request_id, priority, steps, targets, cached, work,
+    parts = partition(work)
+    return PlannedRequest(request_id, priority, steps, targets, cached, work, parts,
                           {key: i for i, key in enumerate(work)}, node_of, set(needed),
-                          ready, queued)
+                          ready, queued, held_by.seen(parts) if held_by is not None else None)
 
 
 def _needed(by_id: dict[str, StepInfo], work: dict[str, Work],
             targets: list[str]) -> list[str]:
     """Unbuilt targets and every unbuilt node in their closures (staging needs them all)."""
     needed: dict[str, None] = {}
-    stack = [t for t in targets if work[by_id[t].cache_key].state != State.BUILT]
+    stack = [t for t in targets if work[by_id[t].cache_key].state is not BUILT]
     seen: set[str] = set()
     while stack:
         nid = stack.pop()
@@ -124,7 +140,7 @@ def _needed(by_id: dict[str, StepInfo], work: dict[str, Work],
             continue
         seen.add(nid)
         key = by_id[nid].cache_key
-        if work[key].state != State.BUILT:
+        if work[key].state is not BUILT:
             needed[key] = None
         stack.extend(by_id[nid].depends)
     return list(needed)

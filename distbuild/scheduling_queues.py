@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from distbuild.scheduling_events import State
+from distbuild.scheduling_events import READY
 
 if TYPE_CHECKING:
     from distbuild.scheduling import Request
@@ -40,40 +40,43 @@ def required_labels(node_id: str, patterns: Iterable[tuple[str, frozenset[str]]]
 class ReadyQueues:
     """Scheduler methods that queue ready work and pick it for a free slot."""
 
-    work: dict[str, Work]
     requests: dict[str, Request]
     _rings: dict[tuple[Pool, str], deque[str]]
     _pools: dict[str, list[frozenset[str]]]
-    _eligible: dict[Pool, list[Pool]]
+    _eligible: dict[Pool, list[tuple[Pool, deque[str]]]]  # worker group -> its rings
 
     def _next_ready(self, worker: Worker) -> Work | None:
         """Pop the step `worker`'s next free slot should run, or None."""
-        pools = self._eligible.get(worker.group)
-        if pools is None:
-            pools = self._eligible[worker.group] = [
-                (worker.arch, labels) for labels in self._pools.get(worker.arch, ())
-                if labels <= worker.labels]
-        for priority in PRIORITIES:
-            for pool in pools:
-                work = self._next_in(pool, priority)
+        rings = self._eligible.get(worker.group)
+        if rings is None:
+            rings = self._eligible[worker.group] = self._rings_for(worker)
+        for pool, ring in rings:
+            if ring:
+                work = self._next_in(pool, ring)
                 if work is not None:
                     return work
         return None
 
-    def _next_in(self, pool: Pool, priority: str) -> Work | None:
-        """Pop the next step of `pool` in class `priority`, requests taking turns."""
-        ring = self._rings.get((pool, priority))
+    def _rings_for(self, worker: Worker) -> list[tuple[Pool, deque[str]]]:
+        """The rings `worker` takes from, in the order it does: class, then pool."""
+        pools = [(worker.arch, labels) for labels in self._pools.get(worker.arch, ())
+                 if labels <= worker.labels]
+        return [(pool, self._rings[(pool, priority)]) for priority in PRIORITIES
+                for pool in pools if (pool, priority) in self._rings]
+
+    def _next_in(self, pool: Pool, ring: deque[str]) -> Work | None:
+        """Pop the next step of `pool` from the requests of `ring`, which take turns."""
         while ring:
             request = self.requests.get(ring.popleft())
             if request is None:
                 continue  # ended; its heaps went with it
-            heap = request.ready.get(pool, [])
+            heap = request.ready.get(pool)
             work = None
             while heap and work is None:
-                work = self.work.get(heapq.heappop(heap)[1])
-                if work is None or work.state != State.READY or \
+                work = request.work.get(heapq.heappop(heap)[1])
+                if work is None or work.state is not READY or \
                         request.id not in work.requests:
-                    work = None  # taken meanwhile, through another request, or dropped
+                    work = None  # taken meanwhile, or through another request
             if heap:
                 ring.append(request.id)  # back of the line: the others take their turn
             else:
@@ -97,15 +100,15 @@ class ReadyQueues:
         ring = self._rings.get((pool, request.priority))
         if ring is None:
             ring = self._rings[(pool, request.priority)] = deque()
+            self._eligible.clear()  # the workers that serve it must look at it
             arch, labels = pool
             known = self._pools.setdefault(arch, [])
             if labels not in known:
                 known.append(labels)
                 known.sort(key=lambda labels: (-len(labels), sorted(labels)))
-                self._eligible.clear()
         ring.appendleft(request.id)
 
     def _make_ready(self, work: Work) -> None:
-        work.state = State.READY
+        work.state = READY
         for rid in work.requests:
             self._queue(self.requests[rid], work)

@@ -13,10 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from distbuild.scheduling_events import Event, State, StepRequeued
+from distbuild.scheduling_events import BUILT, RUNNING, WAITING, Event, StepRequeued
 
 if TYPE_CHECKING:
-    from distbuild.scheduling_plan import Work
+    from distbuild.scheduling_index import WorkIndex
 
 
 @dataclass(eq=False, slots=True)
@@ -31,11 +31,10 @@ class Worker:
     away: bool = False
     draining: bool = False
     labels: frozenset[str] = frozenset()
+    group: tuple[str, frozenset[str]] = field(init=False)  # (arch, labels): alike workers
 
-    @property
-    def group(self) -> tuple[str, frozenset[str]]:
-        """(arch, labels): workers of one group can take the same work."""
-        return (self.arch, self.labels)
+    def __post_init__(self) -> None:
+        self.group = (self.arch, self.labels)
 
     @property
     def free(self) -> int:
@@ -47,7 +46,7 @@ class WorkerChanges:
 
     workers: dict[str, Worker]
     jobs: dict[str, str]
-    work: dict[str, Work]
+    work: WorkIndex
     retry_limit: int
 
     def add_worker(self, name: str, arch: str, slots: int, held: Iterable[str] = (),
@@ -101,14 +100,15 @@ class WorkerChanges:
         False if nothing needs `key` any more (the caller ends the attempt).
         """
         work = self.work.get(key)
-        if work is None or not work.requests or work.state in (State.BUILT, State.RUNNING):
+        if work is None or not work.requests or work.state in (BUILT, RUNNING):
             return False
         holder = self.workers.setdefault(worker, Worker(worker, work.arch, 0, away=True))
         holder.jobs.add(job)
         # A READY work's heap entries go stale: only READY work is taken from them.
-        work.state, work.job, work.worker = State.RUNNING, job, worker
+        work.state, work.job, work.worker = RUNNING, job, worker
         work.attempts = max(work.attempts, attempt)
         self.jobs[job] = key
+        self._running(work)
         return True
 
     def hand_back(self, job: str, reason: str) -> list[Event]:
@@ -119,10 +119,11 @@ class WorkerChanges:
         work = self.work[key]
         worker = work.worker or ""
         self._take_back(work.worker, job)
+        self._not_running(work)
         work.job = work.worker = None
         work.handed_back += 1
         if not work.requests:
-            work.state = State.WAITING
+            work.state = WAITING
             return self.dispatch()
         self._make_ready(work)
         return [StepRequeued(key, worker, reason, dict(work.requests), job, "handed-back"),
@@ -139,9 +140,10 @@ class WorkerChanges:
             if key is None:
                 continue  # cancelled while handling an earlier job of this worker
             work = self.work[key]
+            self._not_running(work)
             work.job = work.worker = None
             if not work.requests:
-                work.state = State.WAITING
+                work.state = WAITING
                 continue
             why = f"{reason} during the step ({name})"
             if work.attempts - work.handed_back > self.retry_limit:

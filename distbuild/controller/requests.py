@@ -139,7 +139,8 @@ def plan(ctl: Controller, rid: str, msg: m.BuildRequest) -> Plan:
         result.node_dict(nid)
     result.saved = result.to_json()  # for the state database; also large, also made here
     result.scheduling = plan_request(rid, steps_from_graph(graph, ctl.settings.step_labels),
-                                     targets, result.cached, msg.priority)
+                                     targets, result.cached, msg.priority,
+                                     held_by=ctl.scheduler.work)  # read-only, thread-safe
     return result
 
 
