@@ -406,3 +406,21 @@ def test_a_client_that_stops_reading_is_dropped_after_the_idle_timeout(tmp_path)
         assert got < len(data)
     finally:
         t.stop()
+
+
+def test_queries_share_one_connection_and_survive_its_loss(trove):
+    from tests.tcp_proxy import DroppingProxy
+
+    proxy = DroppingProxy(trove.info["http_port"])
+    try:
+        # No retries: only the immediate new connection can answer after a cut.
+        client = CacheClient(f"http://127.0.0.1:{proxy.port}/", retry_delays=())
+        assert client.cached_sources([KEY]) == {KEY: False}
+        assert client.source_meta(OTHER) is None  # a 404 leaves the connection usable
+        assert client.has_artifacts([f"{KEY}.chunk.x-bins"]) == {f"{KEY}.chunk.x-bins": False}
+        assert proxy.drop() == 1
+        # The trove (here: the proxy) closed the kept connection meanwhile.
+        assert client.cached_sources([KEY, OTHER]) == {KEY: False, OTHER: False}
+        assert proxy.drop() == 1
+    finally:
+        proxy.close()
