@@ -55,22 +55,26 @@ class Plan:
             data = self._dicts[nid] = node_to_dict(self.graph.nodes[nid])
         return data
 
+    def node_text(self, nid: str) -> str:
+        """Node `nid`'s JSON, made once (and shared by the plans of one kept graph)."""
+        text = self._texts.get(nid)
+        if text is None:
+            text = self._texts[nid] = json.dumps(self.node_dict(nid), separators=(",", ":"))
+        return text
+
     def closure(self, nid: str) -> Encoded:
         """The node dicts of everything `nid` needs, with their JSON made once per node."""
         nids = self.graph.closure(nid)
-        texts = self._texts
-        for d in nids:
-            if d not in texts:
-                texts[d] = json.dumps(self.node_dict(d), separators=(",", ":"))
-        return Encoded([self.node_dict(d) for d in nids], [texts[d] for d in nids])
+        return Encoded([self.node_dict(d) for d in nids], [self.node_text(d) for d in nids])
 
     def to_json(self) -> str:
         """The plan as the state database keeps it, for a restarted controller."""
         g = self.graph
-        return json.dumps({"system": g.system.id, "order": g.order, "targets": self.targets,
+        head = json.dumps({"system": g.system.id, "order": g.order, "targets": self.targets,
                            "cached": sorted(self.cached), "warnings": self.warnings,
-                           "priority": self.priority,
-                           "nodes": [self.node_dict(n) for n in g.order]})
+                           "priority": self.priority})
+        # The nodes' JSON is spliced in: made once per graph, not once per request.
+        return f'{head[:-1]}, "nodes": [{",".join(self.node_text(n) for n in g.order)}]}}'
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
