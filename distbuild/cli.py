@@ -9,7 +9,6 @@ runs). Every DistbuildError becomes one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import sys
 from collections.abc import Sequence
@@ -62,6 +61,8 @@ def unknown_command(word: str) -> str | None:
     """
     if word.endswith(".morph") or Path(word).exists():
         return None
+    import difflib  # here: only a mistyped command pays for it
+
     close = difflib.get_close_matches(word, list(COMMANDS), n=1)
     if close:
         return f"unknown command '{word}'; did you mean '{close[0]}'?"

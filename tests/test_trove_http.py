@@ -13,6 +13,7 @@ import pytest
 
 from distbuild import tokens
 from distbuild.trove.client import CacheClient, CacheClientError
+from tests.tcp_proxy import DroppingProxy
 from tests.trove_process import TroveProcess
 
 KEY = "3f" * 32
@@ -406,3 +407,20 @@ def test_a_client_that_stops_reading_is_dropped_after_the_idle_timeout(tmp_path)
         assert got < len(data)
     finally:
         t.stop()
+
+
+def test_queries_share_one_connection_and_survive_its_loss(trove):
+    proxy = DroppingProxy(trove.info["http_port"])
+    try:
+        # No retries: only the immediate new connection can answer after a cut.
+        client = CacheClient(f"http://127.0.0.1:{proxy.port}/", retry_delays=())
+        key, other = "5a" * 32, "a5" * 32  # never uploaded by the module's other tests
+        assert client.cached_sources([key]) == {key: False}
+        assert client.source_meta(other) is None  # a 404 leaves the connection usable
+        assert client.has_artifacts([f"{key}.chunk.x-bins"]) == {f"{key}.chunk.x-bins": False}
+        assert proxy.drop() == 1
+        # The trove (here: the proxy) closed the kept connection meanwhile.
+        assert client.cached_sources([key, other]) == {key: False, other: False}
+        assert proxy.drop() == 1
+    finally:
+        proxy.close()

@@ -15,6 +15,7 @@ from distbuild.controller import events, farm, follow, jobs, requests, schedules
 from distbuild.controller.collector import PlanFreezer
 from distbuild.controller.joblogs import JobLogs
 from distbuild.controller.observers import Observer
+from distbuild.controller.plancache import PlanCache
 from distbuild.controller.requests import Plan, pin_name
 from distbuild.controller.settings import ControllerSettings
 from distbuild.controller.state import ControllerState
@@ -54,6 +55,7 @@ class Controller:
         self.watchers: dict[str, set[Any]] = {}  # request id -> initiator links
         self.owners: dict[str, Any] = {}  # request id -> the link whose loss cancels it
         self.plans: dict[str, Plan] = {}
+        self.plan_cache = PlanCache()  # graphs kept between requests (requests.plan)
         self.lognames: dict[str, dict[str, str]] = {}
         self.job_results: dict[str, m.Message] = {}  # cache key -> last JobFinished/JobFailed
         # Read-only watchers (metrics, dashboard): each gets every scheduler event before

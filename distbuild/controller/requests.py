@@ -1,7 +1,8 @@
 """Initiator messages: build requests and their planning, cancel, status and list.
 
-Planning runs in a thread: definitions from the trove, the graph, one cache
-query and a pin; its result goes to the scheduler on the reactor thread.
+Planning runs in a thread: definitions from the trove, the graph (or the one
+an earlier request of the same commit made, see `plancache`), one cache query
+and a pin; its result goes to the scheduler on the reactor thread.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from distbuild import tokens
 from distbuild.controller import farm
+from distbuild.controller.plancache import Graphed, graph_key, resolutions_of
 from distbuild.controller.settings import TOKEN_TTL
 from distbuild.definitions import (
     BuildGraph,
@@ -53,22 +55,26 @@ class Plan:
             data = self._dicts[nid] = node_to_dict(self.graph.nodes[nid])
         return data
 
+    def node_text(self, nid: str) -> str:
+        """Node `nid`'s JSON, made once (and shared by the plans of one kept graph)."""
+        text = self._texts.get(nid)
+        if text is None:
+            text = self._texts[nid] = json.dumps(self.node_dict(nid), separators=(",", ":"))
+        return text
+
     def closure(self, nid: str) -> Encoded:
         """The node dicts of everything `nid` needs, with their JSON made once per node."""
         nids = self.graph.closure(nid)
-        texts = self._texts
-        for d in nids:
-            if d not in texts:
-                texts[d] = json.dumps(self.node_dict(d), separators=(",", ":"))
-        return Encoded([self.node_dict(d) for d in nids], [texts[d] for d in nids])
+        return Encoded([self.node_dict(d) for d in nids], [self.node_text(d) for d in nids])
 
     def to_json(self) -> str:
         """The plan as the state database keeps it, for a restarted controller."""
         g = self.graph
-        return json.dumps({"system": g.system.id, "order": g.order, "targets": self.targets,
+        head = json.dumps({"system": g.system.id, "order": g.order, "targets": self.targets,
                            "cached": sorted(self.cached), "warnings": self.warnings,
-                           "priority": self.priority,
-                           "nodes": [self.node_dict(n) for n in g.order]})
+                           "priority": self.priority})
+        # The nodes' JSON is spliced in: made once per graph, not once per request.
+        return f'{head[:-1]}, "nodes": [{",".join(self.node_text(n) for n in g.order)}]}}'
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
@@ -107,7 +113,8 @@ def submit(ctl: Controller, msg: m.BuildRequest, initiator: str, link=None,
 
 
 def plan(ctl: Controller, rid: str, msg: m.BuildRequest) -> Plan:
-    """Runs in a thread: definitions from the trove, the graph, one cache query, a pin."""
+    """Runs in a thread: the graph (kept from an earlier request if still valid), one cache
+    query and a pin."""
     repo = ctl.aliases.resolve(msg.definitions_repo)
     trove = ctl.settings.trove_git_url.rstrip("/") + "/"
     if not repo.startswith(trove) or "/../" in repo[len(trove) - 1:]:
@@ -115,15 +122,14 @@ def plan(ctl: Controller, rid: str, msg: m.BuildRequest) -> Plan:
         # fetch from elsewhere (another host, or a path on the controller itself).
         raise DistbuildError(f"definitions must come from this network's trove "
                              f"({trove}), not {repo}", "build-request")
-    path = ctl.mirrors.ensure(repo, msg.definitions_commit)
-    source = GitSource(path, msg.definitions_commit)
-    try:
-        defs = Definitions(source, strict=msg.strict or ctl.settings.strict_definitions)
-        graph = build_graph(defs, msg.system, ctl.resolver, ctl.aliases)
-    finally:
-        # GitPython's config readers make a cycle with the repository, which would
-        # keep its git processes until the cyclic collector's next full pass.
-        source.close()
+    strict = bool(msg.strict or ctl.settings.strict_definitions)
+    key = graph_key(repo, msg.definitions_commit, msg.system, strict)
+    graphed = ctl.plan_cache.get(key, ctl.resolver) if key is not None else None
+    if graphed is None:
+        graphed = _graph(ctl, repo, msg.definitions_commit, msg.system, strict)
+        if key is not None:
+            ctl.plan_cache.put(key, graphed)
+    graph = graphed.graph
     targets = components(graph, msg.components) if msg.components else [graph.system.id]
     keys = sorted({n.cache_key for n in graph.nodes.values()})
     # Garbage collection must not remove what this build stages from, until it ends.
@@ -131,7 +137,8 @@ def plan(ctl: Controller, rid: str, msg: m.BuildRequest) -> Plan:
                   ttl=TOKEN_TTL)
     answer = ctl.cache.cached_sources(keys)
     result = Plan(graph, targets, {k for k, present in answer.items() if present},
-                  warnings=defs.warnings, priority=msg.priority)
+                  warnings=list(graphed.warnings), priority=msg.priority,
+                  _dicts=graphed.dicts, _texts=graphed.texts)
     # Made here, off the reactor thread, and all at once: made job by job, they
     # would keep the cyclic GC's full passes (which stop the reactor) coming
     # through the build.
@@ -142,6 +149,20 @@ def plan(ctl: Controller, rid: str, msg: m.BuildRequest) -> Plan:
                                      targets, result.cached, msg.priority,
                                      held_by=ctl.scheduler.work)  # read-only, thread-safe
     return result
+
+
+def _graph(ctl: Controller, repo: str, commit: str, system: str, strict: bool) -> Graphed:
+    """The definitions at `commit` from the trove, and the graph of `system`."""
+    path = ctl.mirrors.ensure(repo, commit)
+    source = GitSource(path, commit)
+    try:
+        defs = Definitions(source, strict=strict)
+        graph = build_graph(defs, system, ctl.resolver, ctl.aliases)
+    finally:
+        # GitPython's config readers make a cycle with the repository, which would
+        # keep its git processes until the cyclic collector's next full pass.
+        source.close()
+    return Graphed(graph, list(defs.warnings), resolutions_of(graph))
 
 
 def planned(ctl: Controller, rid: str, result: Plan) -> None:

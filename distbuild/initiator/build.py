@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from distbuild import config
 from distbuild.errors import ConfigError
 from distbuild.initiator import snapshot
 from distbuild.initiator.logs import StepLogs
-from distbuild.link import Link, LinkError, connect
 from distbuild.protocol import messages as m
 from distbuild.timestamps import terminal_stamp
+
+if TYPE_CHECKING:
+    from distbuild.link import Link
 
 LAST_LINES = 20
 
@@ -87,6 +91,10 @@ def settings(args: argparse.Namespace) -> config.ClientSettings:
 
 def open_link(s: config.ClientSettings, quiet: bool = False) -> Link:
     """The initiator link to the controller; `quiet` sends the progress line to stderr."""
+    # Imported here, not above: paramiko is most of a command's start-up, and `run`
+    # takes the snapshot while it loads.
+    from distbuild.link import connect
+
     say(f"Connecting to {s.controller_initiator_address}:{s.controller_initiator_port}",
         quiet)
     return connect(s.controller_initiator_address, s.controller_initiator_port,
@@ -111,18 +119,14 @@ def with_trove(s: config.ClientSettings, welcome: m.Welcome | None) -> config.Cl
 
 def run(args: argparse.Namespace) -> int:
     s = settings(args)
-    snap = snapshot.take(Path.cwd(), [args.initiator_step_output_dir])
-    system = _relative_to(Path(args.system), snap.top)
-    snapshot.require_file(snap, system)
-    # The settings' own trove URL and repository win over the controller's welcome,
-    # so with both known the trove can be asked about the snapshot while connecting.
-    probe = (snapshot.TroveProbe(snap, snapshot.probe_url(s.trove_git_url, s.definitions_repo))
-             if s.trove_git_url and s.definitions_repo else None)
+    prepared = _Prepared(args, s)
     try:
+        import distbuild.link  # noqa: F401  (loads while the snapshot is taken)
+
+        snap, system, probe = prepared.result()
         link = open_link(s)
     except BaseException:
-        if probe is not None:
-            probe.close()
+        prepared.close()
         raise
     try:
         s = with_trove(s, link.welcome)
@@ -145,9 +149,55 @@ def run(args: argparse.Namespace) -> int:
         link.close()
         raise
     finally:
-        if probe is not None:
-            probe.close()
+        prepared.close()
     return Follower(link, StepLogs(args.initiator_step_output_dir), s, args).run()
+
+
+class _Prepared:
+    """The snapshot, the system's path in it and the trove's answer about it, made in a thread.
+
+    They are git processes and a round trip to the trove, so they run while this
+    process loads its SSH client (paramiko and cryptography: most of a cached
+    rebuild's own time) and connects to the controller.
+    """
+
+    def __init__(self, args: argparse.Namespace, s: config.ClientSettings):
+        self._args = args
+        self._settings = s
+        self._result: tuple[snapshot.Snapshot, str] | None = None
+        self._error: BaseException | None = None
+        self.probe: snapshot.TroveProbe | None = None
+        self._thread = threading.Thread(target=self._prepare, name="snapshot", daemon=True)
+        self._thread.start()
+
+    def _prepare(self) -> None:
+        try:
+            snap = snapshot.take(Path.cwd(), [self._args.initiator_step_output_dir])
+            system = _relative_to(Path(self._args.system), snap.top)
+            snapshot.require_file(snap, system)
+            self._result = snap, system
+            # The settings' own trove URL and repository win over the controller's
+            # welcome, so with both known the trove can be asked before connecting.
+            s = self._settings
+            if s.trove_git_url and s.definitions_repo:
+                self.probe = snapshot.TroveProbe(
+                    snap, snapshot.probe_url(s.trove_git_url, s.definitions_repo))
+        except BaseException as e:  # raised again in the main thread, by result()
+            self._error = e
+
+    def result(self) -> tuple[snapshot.Snapshot, str, snapshot.TroveProbe | None]:
+        """The snapshot, the system's path in it and the probe (None if not asked yet)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return (*self._result, self.probe)
+
+    def close(self) -> None:
+        """Stop the probe if nobody asked for its answer."""
+        self._thread.join()
+        if self.probe is not None:
+            self.probe.close()
 
 
 class Follower:
@@ -167,6 +217,7 @@ class Follower:
 
     def run(self) -> int:
         from distbuild.initiator.attach import reconnect
+        from distbuild.link import LinkError
 
         try:
             while True:
@@ -191,6 +242,8 @@ class Follower:
             self.link.close()
 
     def cancel(self) -> int:
+        from distbuild.link import LinkError
+
         if not self.request_id:
             say("Interrupted")
             return 130

@@ -18,7 +18,6 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from distbuild import ssh
 from distbuild.errors import ConfigError, DistbuildError
 
 SNAPSHOT_REFS = "refs/distbuild/snapshots"
@@ -150,6 +149,9 @@ def push(snapshot: Snapshot, repo: str, trove_ssh_url: str, identity: Path,
             probe = TroveProbe(snapshot, url)
         if probe.held():
             return ref
+    # Imported only now: a snapshot the trove holds needs no SSH here.
+    from distbuild import ssh
+
     parsed = urllib.parse.urlsplit(trove_ssh_url)
     if parsed.scheme != "ssh" or not parsed.hostname:
         raise ConfigError("trove_ssh_url must look like ssh://git@HOST:PORT", trove_ssh_url)
@@ -207,6 +209,8 @@ class TroveProbe:
 
 
 def _push(snapshot: Snapshot, target: str, identity: Path, known_hosts: Path) -> str:
+    from distbuild import ssh
+
     ref = f"{SNAPSHOT_REFS}/{snapshot.commit}"
     env = {"GIT_SSH_COMMAND": ssh.git_ssh_command(identity, known_hosts)}
     for attempt in range(1, PUSH_ATTEMPTS + 1):
