@@ -159,9 +159,13 @@ class StepContext:
         may take one query per source): most of the time is waiting for the
         network and the kernel, which threads overlap.
         """
+        empty: set[tuple[str, str | None]] = set()
         todo: dict[str, list[tuple[str, str | None]]] = {}
+        nothing = empty_sha256()
         for w in wanted:
-            if not self.cache.is_unpacked(w[0]):
+            if (w[1] or self.cache.recorded_sha256(w[0])) == nothing:
+                empty.add(w)  # most are, and known to be without a thread or a query
+            elif not self.cache.is_unpacked(w[0]):
                 todo.setdefault(w[0][:64], []).append(w)
 
         def prepare(items: list[tuple[str, str | None]]) -> list[tuple[str, str | None]]:
@@ -174,7 +178,6 @@ class StepContext:
                     self.cache.prepare(*item)  # mounted, if an image, by input_tree
             return empty
 
-        empty: set[tuple[str, str | None]] = set()
         if len(todo) > 1:
             with ThreadPoolExecutor(_UNPACK_THREADS, thread_name_prefix="unpack") as pool:
                 for found in pool.map(prepare, todo.values()):

@@ -189,7 +189,11 @@ class StepRunner:
         """Keep the worker's disk bounded: old outputs and least used artifacts go."""
         if self.settings.cache_limit_mb is not None:
             self.cache.trim(self.settings.cache_limit_mb * 1024 * 1024)
-        outputs = sorted(self.settings.out_dir.iterdir(), key=lambda p: p.stat().st_mtime)
+        names = os.listdir(self.settings.out_dir)
+        if len(names) <= self.settings.keep_outputs:
+            return  # nothing to drop: no need to look at each one's time
+        outputs = sorted((self.settings.out_dir / n for n in names),
+                         key=lambda p: p.stat().st_mtime)
         for old in outputs[:max(0, len(outputs) - self.settings.keep_outputs)]:
             trash = self.settings.trash_dir / f"out-{old.name}"
             try:
