@@ -66,6 +66,8 @@ def test_upload_then_read_back_through_both_apis(trove, tmp_path):
     meta = client.source_meta(KEY)
     assert {a["filename"]: a["size"] for a in meta["artifacts"]} == {
         bins: 4000, f"{KEY}.chunk.hello-doc": 0}
+    # Many sources' records in one round trip, as a worker asks before staging.
+    assert client.source_metas([KEY, OTHER]) == {KEY: meta, OTHER: None}
 
     # morph-cache-server compatibility, byte for byte as its clients sent it.
     status, body, resp = raw(trove, "HEAD", f"/1.0/artifacts?filename={bins}")
@@ -140,8 +142,12 @@ def test_traversal_and_malformed_names_get_400(trove, path):
 def test_bad_name_in_a_bulk_query_is_400(trove):
     status, text, _ = raw(trove, "POST", "/1.0/artifacts", json.dumps(["../x"]))
     assert status == 400 and "not a valid artifact filename" in text
-    status, text, _ = raw(trove, "POST", "/2.0/sources/query", json.dumps({"keys": ["/etc"]}))
-    assert status == 400 and "not a cache key" in text
+    for query in ("query", "metas"):
+        status, text, _ = raw(trove, "POST", f"/2.0/sources/{query}",
+                              json.dumps({"keys": ["/etc"]}))
+        assert status == 400 and "not a cache key" in text
+        status, text, _ = raw(trove, "POST", f"/2.0/sources/{query}", json.dumps(["x"]))
+        assert status == 400 and 'body must be {"keys"' in text
 
 
 def test_a_truncated_upload_leaves_nothing(trove):

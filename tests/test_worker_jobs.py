@@ -1,4 +1,5 @@
-"""A worker's job spool: every line kept on disk, read again from any line, in bounded parts."""
+"""A worker's job spool: every line kept (in memory, then on disk), read again from any line,
+in bounded parts."""
 
 from __future__ import annotations
 
@@ -38,3 +39,20 @@ def test_a_read_stops_near_the_message_size_and_newlines_stay_inside_a_line(tmp_
         rest += more
     assert len(part) + len(rest) == 41 and rest[-1] == "two parts"
     spool.close()
+
+
+def test_a_long_log_moves_to_the_spool_file_and_reads_on_where_it_was(tmp_path, monkeypatch):
+    monkeypatch.setattr(jobs, "MEMORY_BYTES", 100)
+    spool = OutputSpool(tmp_path / "j.out")
+    spool.append("short")
+    assert not (tmp_path / "j.out").exists()  # a few lines stay in memory
+    spool.rewind(0)
+    assert spool.read() == (0, ["short"])
+    for n in range(20):
+        spool.append(f"line {n}")
+    assert (tmp_path / "j.out").exists()  # past MEMORY_BYTES: on disk, not in memory
+    assert spool.read() == (1, [f"line {n}" for n in range(20)])
+    spool.rewind(5)
+    assert spool.read() == (5, [f"line {n}" for n in range(4, 20)])
+    spool.close()
+    assert not (tmp_path / "j.out").exists()

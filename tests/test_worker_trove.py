@@ -25,8 +25,9 @@ from distbuild.trove.client import CacheClient, CacheClientError
 from distbuild.trove.refs import GitResolver
 from distbuild.worker import artifacts
 from distbuild.worker.cache import LocalArtifactCache
+from distbuild.worker.chunk import staged_chunks
 from distbuild.worker.errors import MissingArtifact
-from distbuild.worker.remote import TroveArtifactSource, upload
+from distbuild.worker.remote import TroveArtifactSource, prefetch_records, upload
 from distbuild.worker.sources import GitSources
 from distbuild.worker.step import StepRunner, WorkerSettings
 from tests.trove_process import TroveProcess
@@ -83,6 +84,20 @@ def test_example_system_builds_step_by_step_through_the_trove(trove, graph, tmp_
     fresh, _ = worker(trove, tmp_path / "fresh")
     fresh.run(graph.nodes["stratum:example-apps"], graph.nodes)
     assert fresh.cache.downloads == 0  # sha256s come from the trove's records
+    # A chunk's worker asks for all its staged sources' records in one query.
+    hello = graph.nodes["chunk:example-apps/hello"]
+    cache = LocalArtifactCache(tmp_path / "fresh2", TroveArtifactSource(CacheClient(
+        trove.cache_url)))
+    prefetch_records(cache.source, cache, hello, graph.nodes)
+
+    def no_more_queries(key):
+        raise AssertionError(f"asked for {key} alone")
+
+    cache.source.client.source_meta = no_more_queries
+    staged = [artifacts.artifact_filename(dep.cache_key, "chunk", rule.artifact)
+              for dep in staged_chunks(hello, graph.nodes) for rule in dep.split_rules]
+    empty = [name for name in staged if cache.known_empty(name)]
+    assert len(staged) >= 12 and 0 < len(empty) < len(staged)
     client = workers[0][1]
     assert all(client.cached_sources([n.cache_key for n in graph.nodes.values()]).values())
     assert b"=== build commands ===" in client.fetch_log(

@@ -112,6 +112,12 @@ class CacheClient:
         wanted = [names.check_key(k) for k in keys]
         return self._json("POST", "/2.0/sources/query", {"keys": wanted})["sources"]
 
+    def source_metas(self, keys: Iterable[str]) -> dict[str, dict | None] | None:
+        """`source_meta` of several sources in one round trip; None: the trove cannot."""
+        wanted = [names.check_key(k) for k in keys]
+        answer = self._json("POST", "/2.0/sources/metas", {"keys": wanted}, missing_ok=True)
+        return None if answer is None else answer["sources"]
+
     def source_meta(self, key: str) -> dict | None:
         """A cached source's files with sizes and sha256, or None if it is not cached."""
         return self._json("GET", f"/2.0/sources/{names.check_key(key)}", missing_ok=True)

@@ -51,6 +51,15 @@ def _json(request, value, status: int = 200) -> bytes:
     return json.dumps(value).encode() + b"\n"
 
 
+def _keys(request) -> list:
+    """The keys of a `{"keys": [KEY, ...]}` query body."""
+    body = _read_json(request)
+    keys = body.get("keys") if isinstance(body, dict) else None
+    if not isinstance(keys, list):
+        raise UploadError('body must be {"keys": [KEY, ...]}')
+    return keys
+
+
 def _read_json(request):
     if request.content is None:
         raise UploadError("request needs a JSON body")
@@ -116,6 +125,8 @@ class CacheResource(resource.Resource):
         elif parts[:2] == ["2.0", "sources"]:
             if parts[2:] == ["query"] and method == "POST":
                 return self._query_sources(request)
+            if parts[2:] == ["metas"] and method == "POST":
+                return self._query_metas(request)
             if len(parts) == 3 and method == "PUT":
                 return self._put_source(request, parts[2])
             if len(parts) == 3 and method in ("GET", "HEAD"):
@@ -187,16 +198,17 @@ class CacheResource(resource.Resource):
         return _json(request, answer)
 
     def _query_sources(self, request):
-        body = _read_json(request)
-        keys = body.get("keys") if isinstance(body, dict) else None
-        if not isinstance(keys, list):
-            raise UploadError('body must be {"keys": [KEY, ...]}')
         answer = {}
-        for key in keys:
+        for key in _keys(request):
             answer[names.check_key(key)] = self.store.has_source(key)
             # Asking means a build is about to rely on it: that counts as use.
             self.store.touch(key)
         return _json(request, {"sources": answer})
+
+    def _query_metas(self, request):
+        # What GET /2.0/sources/KEY answers, for many keys in one round trip.
+        return _json(request, {"sources": {names.check_key(key): self.store.meta(key)
+                                           for key in _keys(request)}})
 
     def _put_source(self, request, key: str):
         names.check_key(key)

@@ -224,6 +224,10 @@ class LocalArtifactCache:
             self._dev = os.stat(self.unpacked_dir).st_dev
         return self._dev
 
+    def recorded_sha256(self, filename: str) -> str | None:
+        """The sha256 this worker has recorded for `filename`, asking nobody; None: none."""
+        return self._digests.get(filename)
+
     def known_empty(self, filename: str, sha256: str | None = None) -> bool:
         """Whether `filename` is an artifact holding nothing, known without downloading it.
 

@@ -12,7 +12,6 @@ from typing import Any
 from distbuild import sandbox
 from distbuild.worker import artifacts, staging
 from distbuild.worker.artifacts import PackedArtifact, artifact_filename
-from distbuild.worker.cache import write_empty
 from distbuild.worker.context import StepContext, WorkerSettings
 from distbuild.worker.errors import StepError
 from distbuild.worker.log import StepLog
@@ -63,7 +62,7 @@ def build_chunk(ctx: StepContext) -> list[PackedArtifact]:
         if paths:
             packed.append(artifacts.pack(inst_dir, paths, ctx.out / filename, filename))
         else:  # most are: the same bytes every time
-            packed.append(write_empty(ctx.out / filename, filename))
+            packed.append(ctx.empty_artifact(filename))
         log.line(f"{filename}: {len(paths)} files, {packed[-1].size} bytes")
     ctx.extra_meta["source"] = {"repo": node.repo, "ref": node.ref, "commit": node.commit,
                                 "tree": node.tree}

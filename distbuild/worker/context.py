@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,7 +18,8 @@ from typing import Any
 
 from distbuild import sandbox
 from distbuild.runprocess import CancelToken
-from distbuild.worker.cache import LocalArtifactCache
+from distbuild.worker.artifacts import PackedArtifact
+from distbuild.worker.cache import LocalArtifactCache, empty_sha256, write_empty
 from distbuild.worker.errors import CommandFailed, DiskFull
 from distbuild.worker.log import StepLog
 from distbuild.worker.sources import GitSources
@@ -121,6 +123,24 @@ class StepContext:
                            f"{command!r} (exit status {status})", self.node.id)
         raise CommandFailed(self.node.id, phase, command, status, tail)
 
+    def empty_artifact(self, filename: str) -> PackedArtifact:
+        """The artifact holding nothing, as `out/filename`: a hard link to one copy.
+
+        Most of a chunk's split artifacts are empty; a link allocates no
+        inode, which is what creating a file costs on a busy ext4 disk. The
+        copy is never written to once made (nor is anything in `out`).
+        """
+        shared = self.settings.work_dir / "empty-artifact"
+        dest = self.out / filename
+        try:
+            os.link(shared, dest)
+        except FileNotFoundError:
+            tmp = shared.with_name(f".{shared.name}.{os.getpid()}.{threading.get_ident()}")
+            write_empty(tmp, filename)
+            os.replace(tmp, shared)
+            os.link(shared, dest)
+        return PackedArtifact(filename, dest, empty_sha256(), shared.stat().st_size)
+
     def input_tree(self, filename: str, sha256: str | None = None) -> Path | None:
         """Input artifact `filename` (checked against `sha256` if given), unpacked in the
         local cache, for staging; None when it holds nothing. Never write into it."""
@@ -139,9 +159,13 @@ class StepContext:
         may take one query per source): most of the time is waiting for the
         network and the kernel, which threads overlap.
         """
+        empty: set[tuple[str, str | None]] = set()
         todo: dict[str, list[tuple[str, str | None]]] = {}
+        nothing = empty_sha256()
         for w in wanted:
-            if not self.cache.is_unpacked(w[0]):
+            if (w[1] or self.cache.recorded_sha256(w[0])) == nothing:
+                empty.add(w)  # most are, and known to be without a thread or a query
+            elif not self.cache.is_unpacked(w[0]):
                 todo.setdefault(w[0][:64], []).append(w)
 
         def prepare(items: list[tuple[str, str | None]]) -> list[tuple[str, str | None]]:
@@ -154,7 +178,6 @@ class StepContext:
                     self.cache.prepare(*item)  # mounted, if an image, by input_tree
             return empty
 
-        empty: set[tuple[str, str | None]] = set()
         if len(todo) > 1:
             with ThreadPoolExecutor(_UNPACK_THREADS, thread_name_prefix="unpack") as pool:
                 for found in pool.map(prepare, todo.values()):

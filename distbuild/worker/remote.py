@@ -6,10 +6,14 @@ build-step` plug these into it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from distbuild.trove.client import CacheClient, CacheClientError
-from distbuild.worker.artifacts import ArtifactInfo
+from distbuild.worker.artifacts import ArtifactInfo, artifact_filename
+from distbuild.worker.cache import LocalArtifactCache
+from distbuild.worker.chunk import staged_chunks
 from distbuild.worker.errors import MissingArtifact
 from distbuild.worker.step import StepResult
 
@@ -35,11 +39,41 @@ class TroveArtifactSource:
         """The sha256 and size the trove recorded for `filename` (one query per source)."""
         key = filename[:64]
         if key not in self._sources:
-            meta = self.client.source_meta(key) or {"artifacts": []}
-            self._sources[key] = {
-                a["filename"]: ArtifactInfo(a["filename"], a["sha256"], int(a["size"]))
-                for a in meta.get("artifacts", [])}
+            self._remember(key, self.client.source_meta(key))
         return self._sources[key].get(filename)
+
+    def prefetch(self, keys: Iterable[str]) -> None:
+        """Ask for the records of sources `keys` in one round trip, for `info` to answer from.
+
+        Sources the trove does not hold (yet) are left for `info` to ask again.
+        """
+        wanted = sorted({k for k in keys if k not in self._sources})
+        if len(wanted) < 2:
+            return  # `info` asks for one as cheaply
+        try:
+            metas = self.client.source_metas(wanted)  # None: a trove without the query
+        except CacheClientError:
+            return  # `info` asks again, source by source, and says what is wrong
+        for key, meta in (metas or {}).items():
+            if key in wanted and meta is not None:
+                self._remember(key, meta)
+
+    def _remember(self, key: str, meta: dict | None) -> None:
+        self._sources[key] = {
+            a["filename"]: ArtifactInfo(a["filename"], a["sha256"], int(a["size"]))
+            for a in (meta or {}).get("artifacts", [])}
+
+
+def prefetch_records(source: TroveArtifactSource, cache: LocalArtifactCache, node: Any,
+                     nodes: Mapping[str, Any]) -> None:
+    """Ask the trove at once about every source a chunk stages that this worker has no
+    record of (whether an artifact is empty is otherwise one query per source)."""
+    if node.kind != "chunk":
+        return
+    source.prefetch(dep.cache_key for dep in staged_chunks(node, nodes)
+                    if any(cache.recorded_sha256(artifact_filename(dep.cache_key, "chunk",
+                                                                   rule.artifact)) is None
+                           for rule in dep.split_rules))
 
 
 def upload(result: StepResult, client: CacheClient, token: str) -> bool:

@@ -218,7 +218,9 @@ def _over_host(work: Path, layers: Sequence[Path], hidden: Sequence[Path],
         ops += ["--ro-bind", str(target), dest]
     staged.layout = tuple(ops)
     # What the host alone has is bound as it is, its secrets blanked by bwrap.
-    staged.masks = sandbox.host_masks(work / "empty", hidden, prefix="", tops=host_only)
+    # The empty file that stands in for hidden files is the worker's (one inode per step less).
+    empty = (keep.parent if keep is not None else work) / "empty"
+    staged.masks = sandbox.host_masks(empty, hidden, prefix="", tops=host_only)
 
 
 def _whiteouts(mask: Path, hidden: Sequence[Path], host: Path) -> Path:

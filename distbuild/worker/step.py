@@ -34,6 +34,7 @@ from distbuild.worker import artifacts
 from distbuild.worker.artifacts import PackedArtifact
 from distbuild.worker.assemble import build_stratum, build_system
 from distbuild.worker.cache import LocalArtifactCache, empty_sha256
+from distbuild.worker.cache import _spread_subdirectories as spread_subdirectories
 from distbuild.worker.chunk import build_chunk, staged_chunks
 from distbuild.worker.context import StepContext, WorkerSettings
 from distbuild.worker.errors import DiskFull, StepError
@@ -89,7 +90,7 @@ class StepRunner:
         if node.kind not in _BUILDERS:
             raise StepError(f"unknown node kind '{node.kind}'", node.id)
         started = time.monotonic()
-        self.settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._make_tmp_dir()
         tmp = Path(tempfile.mkdtemp(prefix=f"{node.kind}-{node.name}-",
                                     dir=self.settings.tmp_dir))
         try:
@@ -118,6 +119,22 @@ class StepRunner:
             raise
         finally:
             self._discard(tmp)
+
+    def _make_tmp_dir(self) -> None:
+        """The directory steps work in, made so that ext4 spreads their directories.
+
+        Without a journal, ext4 skips every inode of a block group freed in
+        the last 30 s when it creates a file there; all of a worker's steps
+        in one group (with the deleted trees of those before) made each file
+        or directory a step creates cost 0.3-0.7 ms instead of 0.04 (perf:
+        `recently_deleted` under `ext4_create`, a third of a worker's CPU in
+        the sleep graph). Flagged as a top directory, each step's directory
+        lands in a group of its own choosing.
+        """
+        tmp_dir = self.settings.tmp_dir
+        if not tmp_dir.is_dir():
+            tmp_dir.mkdir(parents=True, exist_ok=True)
+            spread_subdirectories(tmp_dir)
 
     def _discard(self, tmp: Path) -> None:
         """Move a step's directory out of the way at once; delete it in the background.
@@ -172,7 +189,11 @@ class StepRunner:
         """Keep the worker's disk bounded: old outputs and least used artifacts go."""
         if self.settings.cache_limit_mb is not None:
             self.cache.trim(self.settings.cache_limit_mb * 1024 * 1024)
-        outputs = sorted(self.settings.out_dir.iterdir(), key=lambda p: p.stat().st_mtime)
+        names = os.listdir(self.settings.out_dir)
+        if len(names) <= self.settings.keep_outputs:
+            return  # nothing to drop: no need to look at each one's time
+        outputs = sorted((self.settings.out_dir / n for n in names),
+                         key=lambda p: p.stat().st_mtime)
         for old in outputs[:max(0, len(outputs) - self.settings.keep_outputs)]:
             trash = self.settings.trash_dir / f"out-{old.name}"
             try:
