@@ -14,6 +14,7 @@ from distbuild import tokens
 from distbuild.controller import events, farm, follow, jobs, requests, schedules, verify
 from distbuild.controller.joblogs import JobLogs
 from distbuild.controller.observers import Observer
+from distbuild.controller.prefetch import Prefetcher
 from distbuild.controller.requests import Plan, pin_name
 from distbuild.controller.settings import ControllerSettings
 from distbuild.controller.state import ControllerState
@@ -57,7 +58,7 @@ class Controller:
         self.job_results: dict[str, m.Message] = {}  # cache key -> last JobFinished/JobFailed
         # Read-only watchers (metrics, dashboard): each gets every scheduler event before
         # it is applied, and every message from a link after it is handled.
-        self.observers: list[Observer] = []
+        self.observers: list[Observer] = [Prefetcher(self)]  # hints, not state: prefetch.py
         self.cache_checks = jobs.CacheChecks(self)
         self.verifier = verify.Verifier(self)
         self.schedules = schedules.Schedules(self)
