@@ -32,7 +32,7 @@ def staging() -> Iterator[None]:
             _changed.notify_all()
 
 
-def wait_until_quiet(quiet: float = 0.25, stop: threading.Event | None = None) -> None:
+def wait_until_quiet(quiet: float = 0.05, stop: threading.Event | None = None) -> None:
     """Block until no step has staged anything for `quiet` seconds (or `stop` is set)."""
     with _changed:
         while stop is None or not stop.is_set():
