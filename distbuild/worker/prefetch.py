@@ -2,9 +2,15 @@
 
 The controller names chunk artifacts other workers just built that queued
 steps will stage (distbuild.controller.prefetch). One background thread
-downloads and unpacks each into the local cache exactly as a step would
-(`LocalArtifactCache.prepare`: checked against its sha256, made under a
-temporary name, renamed into place whole), so a step later finds it ready.
+takes them in order and has a child process (`python -m
+distbuild.worker.prefetch DIR`, at nice 10) download and unpack each into
+the local cache exactly as a step would (`LocalArtifactCache.prepare`:
+checked against its sha256, made under a temporary name, renamed into
+place whole), so a step later finds it ready. A process, not a thread:
+unpacking is mostly Python, and in the worker's process it would hold the
+GIL against the running steps, which no nice value can lower; the child
+runs at nice 0 while a step of the worker stages (it may be waiting for
+the very artifact the child makes).
 
 - What a failed or cut-short prefetch leaves is never staged: the cache's
   files and trees appear only complete, under their final names; a step
@@ -23,7 +29,11 @@ temporary name, renamed into place whole), so a step later finds it ready.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -39,6 +49,7 @@ from distbuild.worker.remote import TroveArtifactSource
 
 # An image is uncompressed: about 2.3x its gzip tarball for binaries, more for text.
 IMAGE_FACTOR = 4
+NICE = 10
 _NAME = re.compile(r"[0-9a-f]{64}\.chunk\.[^/\x00]+\Z")
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
 
@@ -58,8 +69,9 @@ class Prefetcher:
         self._changed = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._caches: dict[str, LocalArtifactCache] = {}
+        self._local: LocalArtifactCache | None = None
         self._usage: int | None = None
+        self._child: _Child | None = None
 
     def add(self, url: str, artifacts: Mapping[str, Any]) -> None:
         """Queue `artifacts` (filename -> {sha256, size}) from the artifact cache at `url`."""
@@ -91,6 +103,9 @@ class Prefetcher:
             self._stop.set()
             self._queue.clear()
             self._changed.notify()
+            child, self._child = self._child, None
+        if child is not None:
+            child.close()
 
     def _run(self) -> None:
         while True:
@@ -115,7 +130,7 @@ class Prefetcher:
                     self._queued.discard(filename)
 
     def _fetch(self, url: str, filename: str, sha256: str, size: int) -> None:
-        cache = self._cache(url)
+        cache = self._cache()
         if cache.is_unpacked(filename) or cache.known_empty(filename, sha256):
             return
         if self.limit is not None:
@@ -129,13 +144,93 @@ class Prefetcher:
                 return
             self._usage += need
         started = time.monotonic()
-        cache.prepare(filename, sha256, background=True)
+        with self._changed:
+            if self._stop.is_set():
+                return
+            if self._child is None or not self._child.alive():
+                self._child = _Child(self.directory)
+            child = self._child
+        child.prepare(url, filename, sha256)
         self.fetched += 1
         self.log(f"prefetched {filename} ({size} bytes) in {time.monotonic() - started:.2f} s")
 
-    def _cache(self, url: str) -> LocalArtifactCache:
-        cache = self._caches.get(url)
-        if cache is None:
-            cache = self._caches[url] = LocalArtifactCache(
-                self.directory, TroveArtifactSource(CacheClient(url)))
-        return cache
+    def _cache(self) -> LocalArtifactCache:
+        # Only asked what it holds here: the child downloads.
+        if self._local is None:
+            self._local = LocalArtifactCache(self.directory)
+        return self._local
+
+class _Child:
+    """The prefetch process: one artifact at a time, asked and answered in JSON lines."""
+
+    def __init__(self, directory: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "distbuild.worker.prefetch", str(directory)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._renice(False)
+        activity.listeners.append(self._renice)
+
+    def _renice(self, staging: bool) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, self.proc.pid,
+                           os.getpriority(os.PRIO_PROCESS, 0) + (0 if staging else NICE))
+        except OSError:  # gone, or not allowed to raise it again: it only runs slower
+            pass
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def prepare(self, url: str, filename: str, sha256: str) -> None:
+        """Have the child fetch and unpack one artifact; DistbuildError if it could not."""
+        try:
+            self.proc.stdin.write(json.dumps({"url": url, "filename": filename,
+                                              "sha256": sha256}).encode() + b"\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        except (OSError, ValueError):
+            line = b""
+        try:
+            answer = json.loads(line) if line else {"error": "the prefetch process ended"}
+        except ValueError:
+            answer = {"error": "the prefetch process answered nonsense"}
+        if "error" in answer:
+            raise DistbuildError(str(answer["error"]))
+
+    def close(self) -> None:
+        """End the child (it finishes or abandons, whole, what it was making)."""
+        if self._renice in activity.listeners:
+            activity.listeners.remove(self._renice)
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def serve(directory: Path) -> None:
+    """The child's loop: each line on stdin names an artifact to prepare; one answer each."""
+    caches: dict[str, LocalArtifactCache] = {}
+    for line in sys.stdin.buffer:
+        try:
+            ask = json.loads(line)
+            url, filename, sha256 = ask["url"], ask["filename"], ask["sha256"]
+            cache = caches.get(url)
+            if cache is None:
+                cache = caches[url] = LocalArtifactCache(
+                    directory, TroveArtifactSource(CacheClient(url)))
+            cache.prepare(filename, sha256, background=True)
+            answer: dict[str, Any] = {"ok": True}
+        except (DistbuildError, OSError) as e:
+            answer = {"error": str(e)}
+        except Exception as e:  # a bug: the step will fetch it; say what happened
+            answer = {"error": f"internal error: {e!r}"}
+        sys.stdout.buffer.write(json.dumps(answer).encode() + b"\n")
+        sys.stdout.buffer.flush()
+
+
+if __name__ == "__main__":
+    serve(Path(sys.argv[1]))
