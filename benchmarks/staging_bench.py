@@ -150,6 +150,38 @@ def step_phases(work_dirs: list[Path], chunks: int) -> list[str]:
     return lines
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU of one process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def prefetch_child(pid: int) -> int | None:
+    """The worker's prefetch process, if it started one."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and b"distbuild.worker.prefetch" in cmdline:
+            return int(entry.name)
+    return None
+
+
+def child_figures(pid: int | None) -> tuple[float, int]:
+    """(CPU seconds, peak RSS bytes) of a prefetch process; zeros if there is none."""
+    if pid is None:
+        return 0.0, 0
+    peak = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            peak = int(line.split()[1]) * 1024
+    return cpu_seconds(pid), peak
+
+
 def prefetch_counts(log: Path) -> tuple[int, int]:
     """Artifacts a worker prefetched before the staging chunk's job began there, and after."""
     before = after = 0
@@ -202,10 +234,14 @@ def run(args: argparse.Namespace, prefetch: bool, reference: bool) -> dict:
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                      for name, pid in workers.items()] if args.py_spy else []
             watch = RssWatch(workers)
+            cpu = {name: cpu_seconds(pid) for name, pid in workers.items()}
             started = time.monotonic()
             bench.build_output(defs)
             out["whole"] = time.monotonic() - started
             out["rss"] = watch.done()
+            out["cpu"] = {name: (cpu_seconds(pid) - cpu[name],
+                                 *child_figures(prefetch_child(pid)))
+                          for name, pid in workers.items()}
             for spy in spies:
                 spy.send_signal(signal.SIGINT)
                 spy.wait()
@@ -256,8 +292,11 @@ def report(args: argparse.Namespace, out: dict) -> None:
         f"{name} {b} / {a}" for name, (b, a) in sorted(out["prefetched"].items())))
     for name, (idle, peak) in sorted(out["rss"].items()):
         mark = " (assembled the system)" if name == system[0] else ""
+        own, child, child_rss = out["cpu"][name]
         print(f"{name} RSS: idle {idle / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB, "
-              f"+{(peak - idle) / 2**20:.0f} MiB{mark} (goal <= +150 MiB)")
+              f"+{(peak - idle) / 2**20:.0f} MiB{mark} (goal <= +150 MiB); CPU through the "
+              f"build {own:.1f} s" + (f", its prefetch process {child:.1f} s (peak RSS "
+                                      f"{child_rss / 2**20:.0f} MiB)" if child_rss else ""))
 
 
 def main() -> None:

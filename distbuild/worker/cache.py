@@ -309,9 +309,10 @@ class LocalArtifactCache:
         if self.source is None:
             raise MissingArtifact(f"artifact {filename} is not in the local artifact cache "
                                   "and there is no artifact cache to fetch it from")
-        fd, tmp_name = tempfile.mkstemp(dir=self.directory, prefix=f".{filename}.")
-        os.close(fd)
-        tmp = Path(tmp_name)
+        # A name only (unique: the artifact's lock is held): the source makes the file,
+        # so no empty file is created here to be replaced and deleted a moment later.
+        tmp = self.directory / f".{filename}.{os.getpid()}.{threading.get_ident()}.part"
+        tmp.unlink(missing_ok=True)
         try:
             declared = self.source.download(filename, tmp)
             actual = describe(tmp, filename).sha256
