@@ -18,7 +18,7 @@ import pytest
 from distbuild import tokens
 from distbuild.trove.client import CacheClient
 from distbuild.worker import artifacts
-from distbuild.worker.cache import LocalArtifactCache
+from distbuild.worker.cache import LocalArtifactCache, empty_sha256
 from distbuild.worker.prefetch import Prefetcher
 from distbuild.worker.remote import TroveArtifactSource
 from tests.tcp_proxy import CuttingProxy
@@ -178,3 +178,15 @@ def test_hints_that_are_not_chunk_artifacts_are_ignored(tmp_path):
         f"{KEY}.chunk.y": "not an object"})
     assert prefetcher._queued == set()
     assert len(lines) == 4 and all("ignoring" in line for line in lines)
+
+
+def test_an_empty_artifact_hinted_is_known_empty_without_a_download(tmp_path):
+    name = f"{'cd' * 32}.chunk.x-doc"
+    prefetcher = Prefetcher(tmp_path / "artifacts", None, lambda line: None)
+    # Nothing listens there: an empty artifact is never fetched.
+    prefetcher.add("http://127.0.0.1:1/", {name: {"sha256": empty_sha256(), "size": 45}})
+    wait_idle(prefetcher)
+    prefetcher.stop()
+    # A step's cache, with no source to ask, knows it holds nothing.
+    assert LocalArtifactCache(tmp_path / "artifacts").known_empty(name)
+    assert prefetcher.fetched == 0

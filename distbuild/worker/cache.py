@@ -253,6 +253,16 @@ class LocalArtifactCache:
                 sha256 = info.sha256
         return sha256 == empty_sha256()
 
+    def remember_empty(self, filename: str, sha256: str) -> None:
+        """Record that `filename`, not held here, has the sha256 of the empty artifact.
+
+        A step staging it then needs no query (see `known_empty`); the sha256
+        comes from a checked source (a prefetch hint, the controller's record
+        of what the artifact cache confirmed).
+        """
+        if sha256 == empty_sha256() and self._digests.get(filename) != sha256:
+            self._write_digest(filename, sha256)
+
     def is_unpacked(self, filename: str) -> bool:
         """Whether `filename` is already unpacked here."""
         return (self.unpacked_dir / filename).is_dir()

@@ -117,9 +117,7 @@ class Prefetcher:
                     return
                 url, filename, sha256, size = self._queue.popleft()
             try:
-                activity.wait_until_quiet(stop=self._stop)
-                if not self._stop.is_set():
-                    self._fetch(url, filename, sha256, size)
+                self._fetch(url, filename, sha256, size)
             except (DistbuildError, OSError) as e:
                 self.log(f"prefetch of {filename} failed ({e}); a step that needs it "
                          "fetches it itself")
@@ -131,7 +129,11 @@ class Prefetcher:
 
     def _fetch(self, url: str, filename: str, sha256: str, size: int) -> None:
         cache = self._cache()
-        if cache.is_unpacked(filename) or cache.known_empty(filename, sha256):
+        if cache.known_empty(filename, sha256):
+            cache.remember_empty(filename, sha256)  # the step staging it asks nobody
+            return
+        activity.wait_until_quiet(stop=self._stop)
+        if self._stop.is_set() or cache.is_unpacked(filename):
             return
         if self.limit is not None:
             if self._usage is None:
