@@ -150,6 +150,8 @@ class Prefetcher:
             if self._stop.is_set():
                 return
             if self._child is None or not self._child.alive():
+                if self._child is not None:
+                    self._child.close()  # reaped, and no longer reniced on staging
                 self._child = _Child(self.directory)
             child = self._child
         child.prepare(url, filename, sha256)
