@@ -5,25 +5,30 @@
 2:1 under gzip, like binaries) under /usr/share/NAME, all in one artifact
 per chunk: 50,000 files, 200 MB. A chunk `stage` build-depends on all of
 them and runs `true`; the system assembles all 201 chunks. 2 workers, one
-slot each, as the issue measured. Printed, as the initiator reports them
-(the worker's step time, which the initiator prints
-as "Finished building ... in N s"; read here from the controller's records,
-to the millisecond):
+slot each, as the issue measured. The whole build runs twice, on two new
+networks: first with the workers' `prefetch` off (the cold path: the
+staging chunk's worker downloads and unpacks the other worker's ~100
+artifacts while the step waits), then as a user runs it, with prefetch on
+(each worker fetches what the other built while its own steps run).
+Printed for each, as the initiator reports them (the worker's step time,
+which the initiator prints as "Finished building ... in N s"; read here
+from the controller's records, to the millisecond):
 
 - the staging chunk's step (goal <= 1.0 s) and the system's (goal <= 3.0 s);
 - with a second staging chunk built afterwards (a new request), the step
   when every tree is already unpacked on its worker;
 - each worker's peak RSS during the build above its idle RSS (goal: the
   assembling worker <= 150 MB);
-- for reference, side by side: GNU tar unpacking the same 200 tarballs
-  (one `tar -xzf` each), and `tar -czf` packing the assembled tree.
+- for reference, side by side (once): GNU tar unpacking the same 200
+  tarballs (one `tar -xzf` each), and `tar -czf` packing the assembled tree.
 
-Usage: benchmarks/staging_bench.py [--chunks 200] [--files 250]
+Usage: benchmarks/staging_bench.py [--chunks 200] [--files 250] [--only cold|prefetch]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -37,6 +42,8 @@ sys.path.insert(0, str(PROJECT))
 sys.path.insert(0, str(PROJECT / "benchmarks"))
 
 from network_bench import Bench, commit_definitions  # noqa: E402
+
+from distbuild.network import Network  # noqa: E402
 
 GENERATOR = '''\
 import os, random, sys
@@ -143,64 +150,170 @@ def step_phases(work_dirs: list[Path], chunks: int) -> list[str]:
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--chunks", type=int, default=200)
-    parser.add_argument("--files", type=int, default=250)
-    parser.add_argument("--py-spy", metavar="PREFIX",
-                        help="profile each worker through the first build into PREFIX-NAME.txt "
-                             "(py-spy raw format, one stack per thread)")
-    args = parser.parse_args()
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU of one process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def prefetch_child(pid: int) -> int | None:
+    """The worker's prefetch process, if it started one."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and b"distbuild.worker.prefetch" in cmdline:
+            return int(entry.name)
+    return None
+
+
+def child_figures(pid: int | None) -> tuple[float, int]:
+    """(CPU seconds, peak RSS bytes) of a prefetch process; zeros if there is none."""
+    if pid is None:
+        return 0.0, 0
+    peak = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            peak = int(line.split()[1]) * 1024
+    return cpu_seconds(pid), peak
+
+
+def prefetch_counts(log: Path) -> tuple[int, int]:
+    """Artifacts a worker prefetched before the staging chunk's job began there, and after."""
+    before = after = 0
+    started = False
+    for line in log.read_text(errors="replace").splitlines():
+        if "building chunk:top/stage" in line and "stage-again" not in line:
+            started = True
+        elif " prefetched " in line:
+            if started:
+                after += 1
+            else:
+                before += 1
+    return before, after
+
+
+def worker_settings(prefetch: bool):
+    """Network's settings writer, with every worker's `prefetch` set to `prefetch`."""
+    write = Network._write_settings
+
+    def patched(self, name: str, section: str, values: dict) -> Path:
+        if section == "worker":
+            values = {**values, "prefetch": prefetch}
+        return write(self, name, section, values)
+
+    return patched
+
+
+def run(args: argparse.Namespace, prefetch: bool, reference: bool) -> dict:
+    """One whole build on a new network; its figures."""
+    load = os.getloadavg()
+    original = Network._write_settings
+    Network._write_settings = worker_settings(prefetch)
     with tempfile.TemporaryDirectory(prefix="distbuild-staging-bench-") as tmp:
         base = Path(tmp)
-        bench = Bench(base, workers=2, source_name="bench-staging",
-                      source_files={"gen.py": GENERATOR})
+        try:
+            bench = Bench(base, workers=2, source_name="bench-staging",
+                          source_files={"gen.py": GENERATOR})
+        finally:
+            Network._write_settings = original
+        out: dict = {"prefetch": prefetch}
         try:
             defs = base / "defs"
             write_definitions(defs, args.chunks, args.files, ["stage"])
             workers = {c.name: c.proc.pid for c in bench.net.components
                        if c.name.startswith("worker-")}
+            tag = "prefetch" if prefetch else "cold"
             spies = [subprocess.Popen(["py-spy", "record", "-p", str(pid), "-r", "200",
                                        "--threads", "-f", "raw", "-o",
-                                       f"{args.py_spy}-{name}.txt"],
+                                       f"{args.py_spy}-{tag}-{name}.txt"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                      for name, pid in workers.items()] if args.py_spy else []
             watch = RssWatch(workers)
+            cpu = {name: cpu_seconds(pid) for name, pid in workers.items()}
             started = time.monotonic()
             bench.build_output(defs)
-            whole = time.monotonic() - started
-            rss = watch.done()
+            out["whole"] = time.monotonic() - started
+            out["rss"] = watch.done()
+            out["cpu"] = {name: (cpu_seconds(pid) - cpu[name],
+                                 *child_figures(prefetch_child(pid)))
+                          for name, pid in workers.items()}
             for spy in spies:
                 spy.send_signal(signal.SIGINT)
                 spy.wait()
-            steps = bench.step_seconds()
+            out["steps"] = bench.step_seconds()
             write_definitions(defs, args.chunks, args.files, ["stage", "stage-again"])
             bench.build_output(defs, "stage-again")
-            again = bench.step_seconds()
-            phases = step_phases([base / "state" / name for name in workers], args.chunks)
-            unpack, pack = gnu_tar_figures(
-                [base / "state" / name for name in workers], base, "ref")
+            out["again"] = bench.step_seconds()["chunk:top/stage-again"]
+            dirs = [base / "state" / name for name in workers]
+            out["phases"] = step_phases(dirs, args.chunks)
+            out["prefetched"] = {name: prefetch_counts(base / "state" / "logs" / f"{name}.log")
+                                 for name in workers}
+            if reference:
+                out["tar"] = gnu_tar_figures(dirs, base, "ref")
         finally:
             bench.stop()
+    out["load"] = (load, os.getloadavg())
+    return out
+
+
+def report(args: argparse.Namespace, out: dict) -> None:
+    """Print one run's figures."""
+    steps = out["steps"]
     deps = [s for n, s in steps.items() if n.startswith("chunk:deps/")]
     stage, system = steps["chunk:top/stage"], steps["system:bench"]
+    (a1, a5, _), (b1, b5, _) = out["load"]
+    if out["prefetch"]:
+        title = "WITH PREFETCH (as a user runs it)"
+        first = "staging chunk, first use, with prefetch:   "
+    else:
+        title = "COLD: prefetch off, the step fetches and unpacks its inputs"
+        first = "staging chunk, first use (cold, fetched):  "
+    print(f"== {title}; load average {a1:.1f}/{a5:.1f} -> {b1:.1f}/{b5:.1f}")
     print(f"{args.chunks} chunks x {args.files} files of 4 KiB, 2 workers; whole build "
-          f"{whole:.1f} s; dependency steps median "
+          f"{out['whole']:.1f} s; dependency steps median "
           f"{sorted(s for _, s in deps)[len(deps) // 2]:.2f} s")
-    print(f"staging chunk (trees unpacked on first use): {stage[1]:.2f} s on {stage[0]} "
-          "(goal <= 1.0 s)")
-    print(f"staging chunk, trees already unpacked:       "
-          f"{again['chunk:top/stage-again'][1]:.2f} s on {again['chunk:top/stage-again'][0]}")
+    print(f"{first}{stage[1]:.2f} s on {stage[0]} (goal <= 1.0 s)")
+    print(f"staging chunk, trees already unpacked:       {out['again'][1]:.2f} s on "
+          f"{out['again'][0]}")
     print(f"system assembly:                              {system[1]:.2f} s on {system[0]} "
           "(goal <= 3.0 s)")
-    print(f"  side by side, GNU tar -xzf of the {args.chunks} artifacts: {unpack:.2f} s; "
-          f"tar -czf of the result: {pack:.2f} s")
-    for line in phases:
+    if "tar" in out:
+        unpack, pack = out["tar"]
+        print(f"  side by side, GNU tar -xzf of the {args.chunks} artifacts: {unpack:.2f} s; "
+              f"tar -czf of the result: {pack:.2f} s")
+    for line in out["phases"]:
         print(f"  from the steps' logs: {line[-110:]}")
-    for name, (idle, peak) in sorted(rss.items()):
+    print("  artifacts prefetched (before the staging chunk started there / after): " + ", ".join(
+        f"{name} {b} / {a}" for name, (b, a) in sorted(out["prefetched"].items())))
+    for name, (idle, peak) in sorted(out["rss"].items()):
         mark = " (assembled the system)" if name == system[0] else ""
+        own, child, child_rss = out["cpu"][name]
         print(f"{name} RSS: idle {idle / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB, "
-              f"+{(peak - idle) / 2**20:.0f} MiB{mark} (goal <= +150 MiB)")
+              f"+{(peak - idle) / 2**20:.0f} MiB{mark} (goal <= +150 MiB); CPU through the "
+              f"build {own:.1f} s" + (f", its prefetch process {child:.1f} s (peak RSS "
+                                      f"{child_rss / 2**20:.0f} MiB)" if child_rss else ""))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chunks", type=int, default=200)
+    parser.add_argument("--files", type=int, default=250)
+    parser.add_argument("--only", choices=("cold", "prefetch"),
+                        help="run only one of the two builds")
+    parser.add_argument("--py-spy", metavar="PREFIX",
+                        help="profile each worker through the first build into "
+                             "PREFIX-{cold,prefetch}-NAME.txt (py-spy raw format, one stack "
+                             "per thread)")
+    args = parser.parse_args()
+    modes = [m for m in (False, True) if args.only is None or args.only == (
+        "prefetch" if m else "cold")]
+    for i, prefetch in enumerate(modes):
+        report(args, run(args, prefetch, reference=i == 0))
 
 
 if __name__ == "__main__":

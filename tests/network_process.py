@@ -161,3 +161,18 @@ def wait_for(predicate, timeout: float, what: str):
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+def restart_workers(net, **worker_settings) -> None:
+    """Start both (idle) workers again with these settings changed."""
+    joined = net.component_log("controller").count(" slot(s)")
+    for name in ("worker-1", "worker-2"):
+        path = net.state / f"{name}.yaml"
+        settings = yaml.safe_load(path.read_text())
+        settings["worker"].update(worker_settings)
+        path.write_text(yaml.safe_dump(settings))
+        old = net.pid(name)
+        os.kill(old, signal.SIGTERM)  # idle: it leaves at once, and `up` starts it again
+        wait_for(lambda old=old, name=name: net.pid(name) != old, 15, f"{name} to restart")
+    wait_for(lambda: net.component_log("controller").count(" slot(s)") >= joined + 2, 30,
+             "the workers to join again")

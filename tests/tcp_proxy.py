@@ -13,10 +13,14 @@ class CuttingProxy:
     `cut_after` bytes: to the client it looks like a server that died mid-transfer."""
 
     def __init__(self, target_port: int, cut_after: float = float("inf"),
-                 upstream_rate: float | None = None):
+                 upstream_rate: float | None = None, downstream_cut_after: float = float("inf"),
+                 downstream_rate: float | None = None):
         self.target_port = target_port
         self.cut_after = cut_after
         self.upstream_rate = upstream_rate  # bytes per second from the client, if limited
+        # The same two for what the server sends (a download cut short, or slow).
+        self.downstream_cut_after = downstream_cut_after
+        self.downstream_rate = downstream_rate
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.cuts = 0
@@ -41,11 +45,13 @@ class CuttingProxy:
                 data = src.recv(65536)
                 if not data:
                     break
-                if upstream and sent + len(data) > self.cut_after:
+                cut = self.cut_after if upstream else self.downstream_cut_after
+                rate = self.upstream_rate if upstream else self.downstream_rate
+                if sent + len(data) > cut:
                     self.cuts += 1
                     break
-                if upstream and self.upstream_rate:
-                    time.sleep(len(data) / self.upstream_rate)
+                if rate:
+                    time.sleep(len(data) / rate)
                 dst.sendall(data)
                 sent += len(data)
         except OSError:

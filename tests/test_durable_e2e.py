@@ -17,7 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.network_process import NetworkProcess, edit, processes_with, wait_for
+from tests.network_process import (
+    NetworkProcess,
+    edit,
+    processes_with,
+    restart_workers,
+    wait_for,
+)
 from tests.trove_process import pid_alive
 
 pytestmark = pytest.mark.slow
@@ -192,23 +198,6 @@ def test_attach_follows_a_detached_request_and_log_prints_any_step(net, tmp_path
     assert "failed" in status.stdout and "running" not in status.stdout
     unknown = net.client("log", rid, "no-such-step")
     assert unknown.returncode == 1 and "no step 'no-such-step'" in unknown.stderr
-
-
-def restart_workers(net, **worker_settings) -> None:
-    """Start both (idle) workers again with these settings changed."""
-    import yaml
-
-    joined = net.component_log("controller").count(" slot(s)")
-    for name in ("worker-1", "worker-2"):
-        path = net.state / f"{name}.yaml"
-        settings = yaml.safe_load(path.read_text())
-        settings["worker"].update(worker_settings)
-        path.write_text(yaml.safe_dump(settings))
-        old = net.pid(name)
-        os.kill(old, signal.SIGTERM)  # idle: it leaves at once, and `up` starts it again
-        wait_for(lambda old=old, name=name: net.pid(name) != old, 15, f"{name} to restart")
-    wait_for(lambda: net.component_log("controller").count(" slot(s)") >= joined + 2, 30,
-             "the workers to join again")
 
 
 def test_a_worker_whose_link_breaks_keeps_its_step(net, tmp_path):

@@ -6,7 +6,7 @@ import typing
 import pytest
 
 from distbuild.protocol import MESSAGES, ProtocolError, decode, encode
-from distbuild.protocol.messages import Hello, JobFailed, JobRun, StepOutput
+from distbuild.protocol.messages import Hello, JobFailed, JobRun, StepOutput, WorkerReady
 
 SAMPLES = {str: "text", int: 3, float: 1.5, bool: True, list: ["a"], dict: {"k": "v"}}
 
@@ -36,6 +36,16 @@ def test_every_message_round_trips(name):
 def test_optional_fields_take_defaults_and_unknown_fields_are_ignored():
     got = decode(b'{"type":"job-failed","job":"j","reason":"r","later":1}', "w1")
     assert got == JobFailed(job="j", reason="r", exit_code=None, last_lines=[], cancelled=False)
+
+
+def test_a_worker_that_does_not_say_prefetch_gets_no_hints_and_an_older_peer_ignores_it():
+    # An older worker's worker-ready: no prefetch member, so no artifact-prefetch is sent.
+    assert decode(b'{"type":"worker-ready","arch":"x86_64","slots":1}', "w1").prefetch is False
+    # What an older controller makes of a newer worker's: the member is ignored.
+    line = encode(WorkerReady(arch="x86_64", slots=1, prefetch=True))
+    assert b'"prefetch":true' in line
+    assert decode(line.replace(b'"prefetch":true', b'"later":true'), "w1") == WorkerReady(
+        arch="x86_64", slots=1)
 
 
 @pytest.mark.parametrize(("line", "message"), [

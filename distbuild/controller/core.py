@@ -16,6 +16,7 @@ from distbuild.controller.collector import PlanFreezer
 from distbuild.controller.joblogs import JobLogs
 from distbuild.controller.observers import Observer
 from distbuild.controller.plancache import PlanCache
+from distbuild.controller.prefetch import Prefetcher
 from distbuild.controller.requests import Plan, pin_name
 from distbuild.controller.settings import ControllerSettings
 from distbuild.controller.state import ControllerState
@@ -60,7 +61,7 @@ class Controller:
         self.job_results: dict[str, m.Message] = {}  # cache key -> last JobFinished/JobFailed
         # Read-only watchers (metrics, dashboard): each gets every scheduler event before
         # it is applied, and every message from a link after it is handled.
-        self.observers: list[Observer] = []
+        self.observers: list[Observer] = [Prefetcher(self)]  # hints, not state: prefetch.py
         self.cache_checks = jobs.CacheChecks(self)
         self.verifier = verify.Verifier(self)
         self.schedules = schedules.Schedules(self)

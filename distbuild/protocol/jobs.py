@@ -22,6 +22,8 @@ class WorkerReady(Message):
     held: list[str] = field(default_factory=list)
     # What it offers beyond its arch (big-memory, kvm): steps may require labels.
     labels: list[str] = field(default_factory=list)
+    # It takes artifact-prefetch (a controller never sends it to a worker that did not say so).
+    prefetch: bool = False
 
 
 @dataclass
@@ -39,6 +41,17 @@ class JobRun(Message):
     token: str
     # A reproducibility check: build, upload nothing, answer job-verified.
     verify: bool = False
+
+
+@dataclass
+class ArtifactPrefetch(Message):
+    """Chunk artifacts just built that queued steps stage: fetch them now, if there is room."""
+
+    type: ClassVar[str] = "artifact-prefetch"
+    link: ClassVar[str] = "worker"
+    sender: ClassVar[str] = "controller"
+    artifact_cache_url: str
+    artifacts: dict[str, Any]  # filename -> {sha256, size}, as in job-finished
 
 
 @dataclass

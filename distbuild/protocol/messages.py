@@ -17,6 +17,7 @@ from distbuild.protocol import farm, jobs, resume, schedules, verify
 from distbuild.protocol.base import PROTOCOL_VERSION, Message
 from distbuild.protocol.farm import QueueReply, QueueRequest, WorkerList, WorkersRequest
 from distbuild.protocol.jobs import (
+    ArtifactPrefetch,
     JobCancel,
     JobFailed,
     JobFinished,
@@ -41,12 +42,12 @@ from distbuild.protocol.schedules import (
 )
 from distbuild.protocol.verify import JobVerified, VerifyAccepted, VerifyRequest, VerifyResult
 
-__all__ = ["PROTOCOL_VERSION", "AttachRequest", "JobAdopt", "JobCancel", "JobFailed",
-           "JobFinished", "JobHandedBack", "JobOutput", "JobRun", "JobVerified",
-           "LogLines", "LogRequest", "Message", "QueueReply", "QueueRequest",
-           "ScheduleAdd", "ScheduleList", "ScheduleRemove", "ScheduleReply", "ScheduleRun",
-           "VerifyAccepted", "VerifyRequest", "VerifyResult", "WorkerDraining",
-           "WorkerList", "WorkerReady", "WorkersRequest"]
+__all__ = ["PROTOCOL_VERSION", "ArtifactPrefetch", "AttachRequest", "JobAdopt", "JobCancel",
+           "JobFailed", "JobFinished", "JobHandedBack", "JobOutput", "JobRun", "JobVerified",
+           "LogLines", "LogRequest", "Message", "QueueReply", "QueueRequest", "ScheduleAdd",
+           "ScheduleList", "ScheduleRemove", "ScheduleReply", "ScheduleRun", "VerifyAccepted",
+           "VerifyRequest", "VerifyResult", "WorkerDraining", "WorkerList", "WorkerReady",
+           "WorkersRequest"]
 
 
 # -- handshake (both links) --------------------------------------------------------------------

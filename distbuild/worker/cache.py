@@ -44,7 +44,7 @@ from typing import Protocol
 
 from distbuild import mounts
 from distbuild.files import locked
-from distbuild.worker import erofs, untar
+from distbuild.worker import activity, erofs, untar
 from distbuild.worker.artifacts import ArtifactInfo, PackedArtifact, describe, pack
 from distbuild.worker.errors import CorruptArtifact, MissingArtifact
 
@@ -56,6 +56,7 @@ _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 # steps in one process): trim() leaves them alone, however old.
 _in_use: Counter[str] = Counter()
 _in_use_lock = threading.Lock()
+
 
 
 class ArtifactSource(Protocol):
@@ -175,8 +176,19 @@ class LocalArtifactCache:
             mounts.mount_image(tree, image)
         return tree
 
-    def prepare(self, filename: str, sha256: str | None = None) -> Path:
-        """Make `filename`'s tree (or image) if there is none yet, mounting nothing."""
+    def prepare(self, filename: str, sha256: str | None = None,
+                background: bool = False) -> Path:
+        """Make `filename`'s tree (or image) if there is none yet, mounting nothing.
+
+        `background`: for a prefetch, which must not count as a step's staging
+        (see distbuild.worker.activity).
+        """
+        if background:
+            return self._prepare(filename, sha256)
+        with activity.staging():
+            return self._prepare(filename, sha256)
+
+    def _prepare(self, filename: str, sha256: str | None) -> Path:
         tree = self.unpacked_dir / filename
         if tree.is_dir():
             self._check_expected(filename, sha256)
@@ -245,6 +257,16 @@ class LocalArtifactCache:
                 sha256 = info.sha256
         return sha256 == empty_sha256()
 
+    def remember_empty(self, filename: str, sha256: str) -> None:
+        """Record that `filename`, not held here, has the sha256 of the empty artifact.
+
+        A step staging it then needs no query (see `known_empty`); the sha256
+        comes from a checked source (a prefetch hint, the controller's record
+        of what the artifact cache confirmed).
+        """
+        if sha256 == empty_sha256() and self._digests.get(filename) != sha256:
+            self._write_digest(filename, sha256)
+
     def is_unpacked(self, filename: str) -> bool:
         """Whether `filename` is already unpacked here."""
         return (self.unpacked_dir / filename).is_dir()
@@ -301,9 +323,10 @@ class LocalArtifactCache:
         if self.source is None:
             raise MissingArtifact(f"artifact {filename} is not in the local artifact cache "
                                   "and there is no artifact cache to fetch it from")
-        fd, tmp_name = tempfile.mkstemp(dir=self.directory, prefix=f".{filename}.")
-        os.close(fd)
-        tmp = Path(tmp_name)
+        # A name only (unique: the artifact's lock is held): the source makes the file,
+        # so no empty file is created here to be replaced and deleted a moment later.
+        tmp = self.directory / f".{filename}.{os.getpid()}.{threading.get_ident()}.part"
+        tmp.unlink(missing_ok=True)
         try:
             declared = self.source.download(filename, tmp)
             actual = describe(tmp, filename).sha256
@@ -374,6 +397,30 @@ class LocalArtifactCache:
         running step has staged, are kept whatever the size, so that a step
         never loses an input under it. Returns the names deleted.
         """
+        used, sizes = self._usage()
+        total = sum(sizes.values())
+        deleted = []
+        now = time.time()
+        with _in_use_lock:
+            held = set(_in_use)
+        for mtime, name in sorted((t, n) for n, t in used.items()):
+            if total <= max_bytes:
+                break
+            tree = self.unpacked_dir / name
+            if now - mtime < min_age or str(tree) in held:
+                continue
+            self._delete_tree(tree)
+            (self.directory / name).unlink(missing_ok=True)
+            total -= sizes[name]
+            deleted.append(name)
+        return deleted
+
+    def usage(self) -> int:
+        """Bytes the cache holds as `trim` counts them: tarballs plus trees or images."""
+        return sum(self._usage()[1].values())
+
+    def _usage(self) -> tuple[dict[str, float], dict[str, int]]:
+        """Each artifact's last use and size (its tarball's plus its tree's)."""
         used: dict[str, float] = {}
         sizes: dict[str, int] = {}
         for entry in os.scandir(self.directory):
@@ -392,22 +439,7 @@ class LocalArtifactCache:
                 image_used = 0.0
             used[name] = max(used.get(name, 0.0), entry.stat().st_mtime, image_used)
             sizes[name] = sizes.get(name, 0) + trees.get(name, 0)
-        total = sum(sizes.values())
-        deleted = []
-        now = time.time()
-        with _in_use_lock:
-            held = set(_in_use)
-        for mtime, name in sorted((t, n) for n, t in used.items()):
-            if total <= max_bytes:
-                break
-            tree = self.unpacked_dir / name
-            if now - mtime < min_age or str(tree) in held:
-                continue
-            self._delete_tree(tree)
-            (self.directory / name).unlink(missing_ok=True)
-            total -= sizes[name]
-            deleted.append(name)
-        return deleted
+        return used, sizes
 
     def _delete_tree(self, tree: Path) -> None:
         trash = self.unpacked_dir / f".trash-{tree.name}-{time.time_ns()}"

@@ -33,6 +33,7 @@ from distbuild.trove.client import CacheClient
 from distbuild.worker.cache import LocalArtifactCache
 from distbuild.worker.errors import CommandFailed
 from distbuild.worker.jobs import HeldJob, JobTable
+from distbuild.worker.prefetch import Prefetcher
 from distbuild.worker.remote import TroveArtifactSource, prefetch_records, upload, upload_size
 from distbuild.worker.sources import GitSources
 from distbuild.worker.step import StepResult, StepRunner, WorkerSettings
@@ -66,6 +67,8 @@ class WorkerConfig:
     staging_over_host: bool = False
     bwrap: str = "bwrap"
     cache_limit_mb: int | None = None
+    # Fetch artifacts the controller hints queued steps will stage (docs/worker.md).
+    prefetch: bool = True
     # On SIGTERM, how long running steps may take to finish before they are handed back.
     drain_seconds: float = 300.0
 
@@ -90,8 +93,11 @@ class Worker:
         self.stop_now = threading.Event()  # set by the second: hand back at once
         self.drain_deadline = 0.0
         self._announced: Link | None = None
+        self.prefetch = Prefetcher(cfg.work_dir / "artifacts", cfg.cache_limit_mb, self.log)
         self._handlers = {m.JobRun: self._on_run, m.JobCancel: self._on_cancel,
-                          m.JobAdopt: self._on_adopt, m.Refused: self._on_refused}
+                          m.JobAdopt: self._on_adopt, m.Refused: self._on_refused,
+                          m.ArtifactPrefetch: lambda link, msg: self.prefetch.add(
+                              msg.artifact_cache_url, msg.artifacts)}
 
     def drain(self) -> None:
         """Take no new steps; hand back what still runs after `drain_seconds` (twice: now)."""
@@ -123,6 +129,7 @@ class Worker:
                 if self._session(link):
                     return
         finally:
+            self.prefetch.stop()
             for held in self.table.running():
                 held.token.cancel()
             self.table.stop()
@@ -135,7 +142,7 @@ class Worker:
                  f"{self.cfg.slots} slot(s))" + (f"; holding {', '.join(held)}" if held else ""))
         try:
             link.send(m.WorkerReady(arch=arch, slots=self.cfg.slots, held=held,
-                                    labels=list(self.cfg.labels)))
+                                    labels=list(self.cfg.labels), prefetch=self.cfg.prefetch))
             while True:
                 message = link.receive(timeout=0.5)
                 if message is not None:
