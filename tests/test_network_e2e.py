@@ -85,19 +85,17 @@ def test_example_system_builds_on_two_workers_with_logs(network, tmp_path):
     assert "Finished building chunk:example-apps/hello" in hello_log
 
 
-def test_second_build_builds_nothing_and_is_quick(network, tmp_path):
+def test_second_build_builds_nothing(network, tmp_path):
     checkout = network.checkout(tmp_path / "defs")
     first = network.initiator(checkout, SYSTEM)
     assert first.returncode == 0, first.stdout + first.stderr
     before = len(network.attempts())
-    started = time.monotonic()
+    # How fast a cached rebuild is belongs to benchmarks/network_bench.py, not a timed test.
     again = network.initiator(checkout, SYSTEM, "--fetch-cached-logs")
-    elapsed = time.monotonic() - started
     assert again.returncode == 0, again.stdout + again.stderr
     assert "Need to build 0/8 artifacts" in again.stdout
     assert "Artifact: " in again.stdout
     assert len(network.attempts()) == before
-    assert elapsed < 2.0, f"second build took {elapsed:.2f} s"
     # --fetch-cached-logs brought back how the cached steps were built.
     assert "Fetched 8 log(s) of cached steps" in again.stdout
     assert "=== build commands ===" in (checkout / "build-step-hello.log").read_text()
