@@ -27,7 +27,7 @@ from distbuild.worker import artifacts
 from distbuild.worker.cache import LocalArtifactCache
 from distbuild.worker.chunk import staged_chunks
 from distbuild.worker.errors import MissingArtifact
-from distbuild.worker.remote import TroveArtifactSource, prefetch_records, upload
+from distbuild.worker.remote import TroveArtifactSource, records_in_one_query, upload
 from distbuild.worker.sources import GitSources
 from distbuild.worker.step import StepRunner, WorkerSettings
 from tests.trove_process import TroveProcess
@@ -88,7 +88,7 @@ def test_example_system_builds_step_by_step_through_the_trove(trove, graph, tmp_
     hello = graph.nodes["chunk:example-apps/hello"]
     cache = LocalArtifactCache(tmp_path / "fresh2", TroveArtifactSource(CacheClient(
         trove.cache_url)))
-    prefetch_records(cache.source, cache, hello, graph.nodes)
+    records_in_one_query(cache.source, cache, hello, graph.nodes)
 
     def no_more_queries(key):
         raise AssertionError(f"asked for {key} alone")

@@ -42,7 +42,7 @@ class TroveArtifactSource:
             self._remember(key, self.client.source_meta(key))
         return self._sources[key].get(filename)
 
-    def prefetch(self, keys: Iterable[str]) -> None:
+    def ask_records(self, keys: Iterable[str]) -> None:
         """Ask for the records of sources `keys` in one round trip, for `info` to answer from.
 
         Sources the trove does not hold (yet) are left for `info` to ask again.
@@ -64,13 +64,13 @@ class TroveArtifactSource:
             for a in (meta or {}).get("artifacts", [])}
 
 
-def prefetch_records(source: TroveArtifactSource, cache: LocalArtifactCache, node: Any,
+def records_in_one_query(source: TroveArtifactSource, cache: LocalArtifactCache, node: Any,
                      nodes: Mapping[str, Any]) -> None:
     """Ask the trove at once about every source a chunk stages that this worker has no
     record of (whether an artifact is empty is otherwise one query per source)."""
     if node.kind != "chunk":
         return
-    source.prefetch(dep.cache_key for dep in staged_chunks(node, nodes)
+    source.ask_records(dep.cache_key for dep in staged_chunks(node, nodes)
                     if any(cache.recorded_sha256(artifact_filename(dep.cache_key, "chunk",
                                                                    rule.artifact)) is None
                            for rule in dep.split_rules))

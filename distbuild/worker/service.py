@@ -34,7 +34,7 @@ from distbuild.worker.cache import LocalArtifactCache
 from distbuild.worker.errors import CommandFailed
 from distbuild.worker.jobs import HeldJob, JobTable
 from distbuild.worker.prefetch import Prefetcher
-from distbuild.worker.remote import TroveArtifactSource, prefetch_records, upload, upload_size
+from distbuild.worker.remote import TroveArtifactSource, records_in_one_query, upload, upload_size
 from distbuild.worker.sources import GitSources
 from distbuild.worker.step import StepResult, StepRunner, WorkerSettings
 from distbuild.worker.verify import compare
@@ -243,7 +243,7 @@ class Worker:
             source = TroveArtifactSource(client)
             cache = LocalArtifactCache(self.cfg.work_dir / "artifacts", source)
             runner = StepRunner(self.settings, self.sources, cache)
-            prefetch_records(source, cache, node, nodes)
+            records_in_one_query(source, cache, node, nodes)
             self.log(f"job {run.job}: {'verifying' if run.verify else 'building'} {node.id}")
             built = runner.run(node, nodes, on_line=lambda text: self.table.line(held, text),
                                cancel=token, keep=not run.verify)
