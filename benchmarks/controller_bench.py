@@ -145,10 +145,12 @@ def ms(values: list[float], q: float) -> float:
 class Farm:
     """A trove and a controller (`Network` with no real workers), and instant workers."""
 
-    def __init__(self, root: Path, workers: int, processes: int, nice: int = 0):
+    def __init__(self, root: Path, workers: int, processes: int, nice: int = 0,
+                 own_core: bool = False):
         self.root = root
         self.net = Network(root / "state", workers=0)
         self.settings = self.net.start()
+        others = pin_controller_alone(self.net) if own_core else None
         self.fakes: list[subprocess.Popen] = []
         self.config = root / "state" / "network.yaml"
         source = root / "bench-source"
@@ -166,7 +168,7 @@ class Farm:
                  "--known-hosts", str(self.net.keys.known_hosts),
                  "--cache-url", self.settings["artifact_cache_url"],
                  "--names", ",".join(names[p::processes]), "--out", str(out)],
-                env=self.net.env, preexec_fn=(lambda: os.nice(nice)) if nice else None))
+                env=self.net.env, preexec_fn=lambda: start_worker(nice, others)))
         log = root / "state" / "logs" / "controller.log"
         deadline = time.monotonic() + 120
         while len(re.findall(r"worker fast-\d+: arch", log.read_text())) < workers:
@@ -189,10 +191,40 @@ class Farm:
         self.net.stop()
 
 
+def pin_controller_alone(net: Network) -> set[int]:
+    """Give the controller CPU 0 to itself, as if on its own machine; the rest get the others.
+
+    Every thread of the controller is pinned (threads it starts later inherit
+    that), then every other process of the network and this benchmark.
+    Returns the CPUs left for the rest.
+    """
+    cpus = os.sched_getaffinity(0)
+    if len(cpus) < 2:
+        raise SystemExit("--controller-core needs at least 2 CPUs")
+    mine, others = min(cpus), cpus - {min(cpus)}
+    pids = net.supervisor.pids()
+    controller = pids.pop("controller")
+    for task in Path(f"/proc/{controller}/task").iterdir():
+        os.sched_setaffinity(int(task.name), {mine})
+    for pid in [*pids.values(), os.getpid()]:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(int(task.name), others)
+    return others
+
+
+def start_worker(nice: int, cpus: set[int] | None) -> None:
+    """In an instant-worker child before exec: its niceness and, if given, its CPUs."""
+    if nice:
+        os.nice(nice)
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
+
+
 @contextlib.contextmanager
-def farm(workers: int, processes: int, nice: int = 0):
+def farm(workers: int, processes: int, nice: int = 0, own_core: bool = False):
     with tempfile.TemporaryDirectory(prefix="controller-bench-") as tmp:
-        f = Farm(Path(tmp), workers, processes, nice)
+        f = Farm(Path(tmp), workers, processes, nice, own_core)
         try:
             yield f
         finally:
@@ -211,7 +243,7 @@ def one_big_request(args) -> None:
 
 
 def _one_big_request(args, trace_file: Path) -> None:
-    with farm(args.workers, args.processes, args.worker_nice) as f:
+    with farm(args.workers, args.processes, args.worker_nice, args.controller_core) as f:
         defs = f.root / "defs"
         write_definitions(defs, args.steps, args.seed)
         rss_before = rss_mb(f.pid)
@@ -260,7 +292,9 @@ def _one_big_request(args, trace_file: Path) -> None:
     building = sampler.cpu_between(first, last)
     whole = sampler.cpu_between(start, end)
     print(f"{args.steps} steps, {args.workers} instant workers over SSH in {args.processes} "
-          f"processes at nice {args.worker_nice}; load average {load_before} before, "
+          f"processes at nice {args.worker_nice}"
+          f"{'; the controller alone on CPU 0' if args.controller_core else ''}; "
+          f"load average {load_before} before, "
           f"{os.getloadavg()[0]:.2f} after; a shared machine: read medians and ratios")
     print(f"request wall {end - start:.1f} s (building {last - first:.1f} s, "
           f"{args.steps / (last - first):.0f} steps/s)")
@@ -376,6 +410,10 @@ def main() -> int:
     parser.add_argument("--worker-nice", type=int, default=0, metavar="N",
                         help="run the instant workers at nice N: on a real farm they are other "
                              "machines, here they share the controller's cores")
+    parser.add_argument("--controller-core", action="store_true",
+                        help="give the controller CPU 0 to itself and the trove, the instant "
+                             "workers and this script the other CPUs: on a real farm the "
+                             "controller has its own machine")
     parser.add_argument("--memory", type=int, metavar="N",
                         help="send N small requests and follow the controller's RSS instead")
     parser.add_argument("--py-spy", type=Path, metavar="OUT",
