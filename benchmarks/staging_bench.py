@@ -28,6 +28,7 @@ Usage: benchmarks/staging_bench.py [--chunks 200] [--files 250] [--only cold|pre
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import signal
 import subprocess
@@ -147,7 +148,21 @@ def step_phases(work_dirs: list[Path], chunks: int) -> list[str]:
                 continue
             lines += [line.strip() for line in text.splitlines()
                       if any(w in line for w in wanted) and "staged 0 " not in line]
+            if "assembled " in text:
+                lines.append(timeline(text))
     return lines
+
+
+def timeline(text: str) -> str:
+    """When each phase of a step began, in seconds from its first log line."""
+    marks = []
+    for line in text.splitlines():
+        stamp, _, what = line.partition(" ")
+        if what.startswith(("Building ", "=== ", "Finished ")) or "-rootfs: " in what:
+            when = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+            name = what.split()[0] if not what.startswith("===") else what.split()[1]
+            marks.append((when, "packed" if "-rootfs: " in what else name.lower()))
+    return "timeline: " + ", ".join(f"{name} +{when - marks[0][0]:.2f}" for when, name in marks)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -158,6 +158,26 @@ def test_a_staging_area_is_one_read_only_overlay_and_gone_with_the_step(tmp_path
 
 
 @needs_mounts
+def test_a_steps_writable_overlays_are_volatile(tmp_path):
+    # Their upper layers go with the step: unmounting must not sync the whole disk.
+    layers = [make_tree(tmp_path / "t", "m")]
+
+    def options():
+        staged = [staging.stage(tmp_path / "chunk", layers, over_host=False),
+                  staging.system_root(tmp_path / "system", layers)]
+        try:
+            return [line.split(" - ")[1] for line in
+                    Path("/proc/thread-self/mountinfo").read_text().splitlines()
+                    if line.split()[4] in {str(s.root) for s in staged}]
+        finally:
+            for s in staged:
+                s.close()
+
+    found = in_thread(options)
+    assert len(found) == 2 and all("volatile" in line for line in found), found
+
+
+@needs_mounts
 def test_more_layers_than_overlayfs_takes_are_grouped(tmp_path):
     layers = []
     for i in range(mounts.MAX_LAYERS + 20):
