@@ -56,10 +56,28 @@ class Staged:
     mounted: list[Path] = field(default_factory=list)
 
     def close(self) -> None:
-        """Unmount, topmost first."""
+        """Unmount, topmost first, at once; the kernel frees what they held on a thread.
+
+        Freeing a system root's overlay (its 50,000 dentries and inodes) took
+        0.2 s, in the step's time: a descriptor held across the detach makes
+        its closing, on a thread of its own, the last use that pays for it.
+        """
+        held = []
         for target in reversed(self.mounted):
+            try:
+                held.append(os.open(target, os.O_PATH | os.O_CLOEXEC))
+            except OSError:
+                pass
             mounts.unmount(target)
         self.mounted.clear()
+        if held:
+            threading.Thread(target=_close_all, args=(held,), name="unmounted",
+                             daemon=True).start()
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def stage(work: Path, layers: Sequence[Path], *, over_host: bool,
