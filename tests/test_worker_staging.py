@@ -232,6 +232,9 @@ def test_tree_packing_writes_what_artifact_packing_writes_byte_for_byte(tmp_path
     os.link(root / "usr/bin/x", root / "usr/bin/x2")
     (root / ("d" * 120)).mkdir()  # a long name takes a pax header
     (root / "big").write_bytes(os.urandom(3 << 20))  # several deflate blocks
+    (root / "many").mkdir()
+    for i in range(300):  # read ahead in several batches
+        (root / "many" / f"f{i}").write_bytes(os.urandom(i * 7))
     names = treepack.tree_names(root)
     expected = artifacts.pack(root, names, tmp_path / "a.tgz", "a")
     packed = treepack.pack_tree(root, tmp_path / "b.tgz", "b")

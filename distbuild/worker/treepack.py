@@ -40,8 +40,9 @@ _WINDOW = 32 * 1024
 _CHUNK = 1 << 20
 _READ = 1 << 20
 # Read ahead by _THREADS threads: batches of _BATCH names, files of up to _SMALL
-# bytes read whole; at most _AHEAD batches wait (64 MiB at worst, 1 MiB here).
-_BATCH, _SMALL, _AHEAD = 128, 128 * 1024, 4
+# bytes read whole (larger ones streamed by the packing thread); at most
+# _AHEAD + 2 batches held (48 MiB at worst, 3 MiB for the 4 KiB files of the bench).
+_BATCH, _SMALL, _AHEAD = 128, 64 * 1024, 4
 _TYPES = {stat.S_IFREG: tarfile.REGTYPE, stat.S_IFDIR: tarfile.DIRTYPE,
           stat.S_IFLNK: tarfile.SYMTYPE, stat.S_IFCHR: tarfile.CHRTYPE,
           stat.S_IFBLK: tarfile.BLKTYPE, stat.S_IFIFO: tarfile.FIFOTYPE}
