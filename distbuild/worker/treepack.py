@@ -10,12 +10,12 @@ Speed: a system is tens of thousands of files and hundreds of MB. Two
 threads look up the names and read the small files a few batches ahead,
 the calling thread makes the headers and writes the stream, and two more
 deflate blocks of it (the syscalls and zlib release the GIL): a few MiB
-in flight at most whatever the tree's size. Read on the calling thread,
-the lookups and reads through a system root's overlay (half the packing's
-CPU) left the second core idle while they ran. Deflate is zlib-ng's: on this data 123 MB/s a core at
-level 6 against zlib's 78, on real binaries 63 against 23, for 0.5 to 2%
-more bytes (its output is as deterministic as zlib's, and as tied to the
-library's version).
+in flight (48 at most) whatever the tree's size. Read on the calling
+thread, the lookups and reads through a system root's overlay (half the
+packing's CPU) kept the second core idle while they ran. Deflate is
+zlib-ng's: on this data 123 MB/s a core at level 6 against zlib's 78, on
+real binaries 63 against 23, for 0.5 to 2% more bytes (its output is as
+deterministic as zlib's, and as tied to the library's version).
 """
 
 from __future__ import annotations
