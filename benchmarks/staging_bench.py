@@ -14,7 +14,9 @@ Printed for each, as the initiator reports them (the worker's step time,
 which the initiator prints as "Finished building ... in N s"; read here
 from the controller's records, to the millisecond):
 
-- the staging chunk's step (goal <= 1.0 s) and the system's (goal <= 3.0 s);
+- the staging chunk's step (goal <= 1.0 s) and the system's (goal <= 3.0 s),
+  with the steps' own log lines: the system's packing with the worker's CPU
+  for it, and its timeline (when each phase began, and the step's end);
 - with a second staging chunk built afterwards (a new request), the step
   when every tree is already unpacked on its worker;
 - each worker's peak RSS during the build above its idle RSS (goal: the
