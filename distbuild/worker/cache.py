@@ -120,8 +120,9 @@ class LocalArtifactCache:
         self.downloaded_bytes = 0  # reported to the controller with each built step
         directory.mkdir(parents=True, exist_ok=True)
         self._index = directory / "index"
-        self._digests: dict[str, str] = {}
-        self._lock = threading.Lock()
+        self._shared = _shared_index(self._index)
+        self._digests = self._shared.digests
+        self._lock = self._shared.lock
         self._read_index()
         self.unpacked_dir = directory / UNPACKED
         self._sizes = self.unpacked_dir / ".sizes"
@@ -460,15 +461,51 @@ class LocalArtifactCache:
             self._digests[filename] = sha256
 
     def _read_index(self) -> None:
-        try:
-            text = self._index.read_text()
-        except FileNotFoundError:
-            return
+        """Take in the lines other processes (and caches) appended since the last read."""
+        shared = self._shared
         with self._lock:
-            for line in text.splitlines():
+            try:
+                with self._index.open("rb") as index:
+                    st = os.fstat(index.fileno())
+                    if (st.st_ino, st.st_dev) != shared.file or st.st_size < shared.offset:
+                        shared.digests.clear()  # a new index: forget the old one's
+                        shared.file, shared.offset = (st.st_ino, st.st_dev), 0
+                    index.seek(shared.offset)
+                    data = index.read()
+            except FileNotFoundError:
+                shared.digests.clear()
+                shared.file, shared.offset = None, 0
+                return
+            # Only whole lines: a writer in another process may be half-way through one.
+            data = data[:data.rfind(b"\n") + 1]
+            shared.offset += len(data)
+            for line in data.decode("utf-8", "replace").splitlines():
                 digest, _, name = line.partition(" ")
                 if len(digest) == 64 and name:
                     self._digests[name] = digest
+
+
+class _SharedIndex:
+    """One process's view of an index file, shared by every cache on its directory.
+
+    A worker makes a cache for each job; reading the whole index (six lines
+    more for every step it built) each time grew with the worker's age.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.digests: dict[str, str] = {}
+        self.file: tuple[int, int] | None = None  # (inode, device) read so far
+        self.offset = 0  # bytes of it read
+
+
+_indexes: dict[str, _SharedIndex] = {}
+_indexes_lock = threading.Lock()
+
+
+def _shared_index(path: Path) -> _SharedIndex:
+    with _indexes_lock:
+        return _indexes.setdefault(os.path.abspath(path), _SharedIndex())
 
 
 _empty: list[tuple[bytes, str]] = []

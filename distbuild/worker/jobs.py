@@ -232,13 +232,23 @@ class JobTable:
         if link is None:
             return
         try:
+            # The last output goes out with the result in one write: one SSH
+            # packet for the controller to take in, not two. The result is read
+            # first: a job's lines are all in the spool before it is set.
+            result = held.result
+            batch: list[m.Message] = []
             while True:
                 first, lines = held.spool.read()
                 if not lines:
                     break
-                link.send(m.JobOutput(job=held.job, lines=lines, first=first))
-            if held.result is not None and held.reported_at is None:
-                link.send(held.result)
+                if batch:
+                    link.send_many(batch)
+                batch = [m.JobOutput(job=held.job, lines=lines, first=first)]
+            if result is not None and held.reported_at is None:
+                batch.append(result)
+            if batch:
+                link.send_many(batch)
+            if result is not None and held.reported_at is None:
                 held.reported_at = time.monotonic()
         except LinkError:
             held.link = None  # the link loop notices and reconnects

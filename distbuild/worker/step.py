@@ -19,6 +19,7 @@ import errno
 import json
 import os
 import platform
+import queue
 import shutil
 import tempfile
 import threading
@@ -149,7 +150,7 @@ class StepRunner:
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
             return
-        threading.Thread(target=shutil.rmtree, args=(trash, True), daemon=True).start()
+        _TRASH.put(trash)
 
     def _publish(self, ctx: StepContext, produced: list[PackedArtifact],
                  seconds: float, keep: bool = True) -> StepResult:
@@ -200,7 +201,35 @@ class StepRunner:
                 os.rename(old, trash)
             except OSError:
                 continue
-            threading.Thread(target=shutil.rmtree, args=(trash, True), daemon=True).start()
+            _TRASH.put(trash)
+
+
+class _Trash:
+    """One thread that deletes what steps threw away, oldest first.
+
+    A thread started for each step's directory cost a clone, its stack's
+    pages and a join per step; the deleting itself is the kernel's either way.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Path] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def put(self, path: Path) -> None:
+        """Delete `path` (already renamed into the trash directory) in the background."""
+        self._queue.put(path)
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="trash", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            shutil.rmtree(self._queue.get(), ignore_errors=True)
+
+
+_TRASH = _Trash()
 
 
 def _write_compact_json(path: Path, doc: Any) -> None:
