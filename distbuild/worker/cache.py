@@ -265,8 +265,17 @@ class LocalArtifactCache:
         comes from a checked source (a prefetch hint, the controller's record
         of what the artifact cache confirmed).
         """
-        if sha256 == empty_sha256() and self._digests.get(filename) != sha256:
-            self._write_digest(filename, sha256)
+        self.remember_empties([(filename, sha256)])
+
+    def remember_empties(self, items: Iterable[tuple[str, str]]) -> None:
+        """`remember_empty` of each (filename, sha256), in one write to the index.
+
+        Prefetch hints name a few artifacts of every step built elsewhere,
+        most of them empty: a write each was most of what a hint cost.
+        """
+        empty = empty_sha256()
+        self._write_digests([(f, s) for f, s in items
+                             if s == empty and self._digests.get(f) != s])
 
     def is_unpacked(self, filename: str) -> bool:
         """Whether `filename` is already unpacked here."""
@@ -381,7 +390,15 @@ class LocalArtifactCache:
 
     def add(self, artifact: PackedArtifact) -> None:
         """Keep a copy of an artifact this worker built."""
-        self._write_digest(artifact.filename, artifact.sha256)
+        self.add_all([artifact])
+
+    def add_all(self, artifacts: list[PackedArtifact]) -> None:
+        """`add` each of a step's artifacts, with one write to the index."""
+        self._write_digests([(a.filename, a.sha256) for a in artifacts])
+        for artifact in artifacts:
+            self._link_in(artifact)
+
+    def _link_in(self, artifact: PackedArtifact) -> None:
         try:
             # A complete file linked in place appears whole: no rename needed.
             os.link(artifact.path, self.path(artifact.filename))
@@ -455,10 +472,15 @@ class LocalArtifactCache:
         shutil.rmtree(trash, onerror=_force_remove)
 
     def _write_digest(self, filename: str, sha256: str) -> None:
+        self._write_digests([(filename, sha256)])
+
+    def _write_digests(self, pairs: list[tuple[str, str]]) -> None:
+        if not pairs:
+            return
         with self._lock, self._index.open("a") as index:
             fcntl.flock(index, fcntl.LOCK_EX)
-            index.write(f"{sha256} {filename}\n")
-            self._digests[filename] = sha256
+            index.write("".join(f"{sha256} {filename}\n" for filename, sha256 in pairs))
+            self._digests.update(pairs)
 
     def _read_index(self) -> None:
         """Take in the lines other processes (and caches) appended since the last read."""

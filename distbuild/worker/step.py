@@ -177,8 +177,9 @@ class StepRunner:
         _OUTPUTS.published(self.settings.out_dir, final.name)
         moved = [PackedArtifact(a.filename, final / a.filename, a.sha256, a.size)
                  for a in [*produced, log, meta]]
+        if keep:
+            self.cache.add_all(moved[:len(produced)])
         for artifact in moved[:len(produced)] if keep else ():
-            self.cache.add(artifact)
             if node.kind == "chunk" and artifact.sha256 != empty_sha256():
                 # The next steps here will likely stage it: unpack it now, once.
                 self.cache.unpacked(artifact.filename, artifact.sha256)
