@@ -284,12 +284,14 @@ class JobTable:
             with self.lock:
                 jobs = list(self.jobs.values())
             for held in jobs:
+                if held.reported_at is not None and not held.resend:
+                    # Reported (and kept a while in case the link lost it): nothing to send.
+                    if now - held.reported_at > KEEP_REPORTED_SECONDS:
+                        self.forget(held.job)
+                    continue
                 if held.result is not None or held.resend or held.spool.due(now):
                     held.resend = False
                     self.flush(held)
-                if held.reported_at is not None and now - held.reported_at > \
-                        KEEP_REPORTED_SECONDS:
-                    self.forget(held.job)
 
     def sent_everything(self) -> bool:
         """True once every ended job's result has gone out on a link."""
