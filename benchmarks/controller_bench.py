@@ -22,6 +22,17 @@ DISTBUILD_TURN_TRACE is set (controller/turntrace.py): its reactor turns
 over 20 ms overlapped.
 Goals (issue 11): latency p99 <= 20 ms, CPU per step <= 1 ms.
 
+Fair share at that size (--small-at N, default 3000): once N of the big
+request's jobs have started, a second initiator builds a 5-step system (a
+chain of 3 chunks, its stratum, its system) beside it; the figures are how
+soon its first step started, how long it took against its own 5 steps, and
+how many big steps started meanwhile.
+
+On this 2-core machine the trove and the instant workers (their SSH and
+HTTP) take both cores, and the controller waits for one. On a farm the
+controller has its own machine: --controller-core gives it CPU 0 to itself
+and everything else the other CPUs, and --controller-nice N runs it at nice N.
+
 With --memory N it instead sends N small requests (5 chunks, a stratum and a
 system each, every request its own cache keys) over a real initiator link,
 4 at a time, and prints the controller's RSS after the first 10 and every
@@ -76,6 +87,13 @@ def write_definitions(root: Path, steps: int, seed: int) -> None:
     (root / "strata" / "farm.morph").write_text("\n".join(lines) + "\n")
     (root / "systems" / "farm.morph").write_text(
         "name: farm\nkind: system\narch: x86_64\nstrata:\n- morph: strata/farm.morph\n")
+    lines = ["name: small", "kind: stratum", "chunks:"]
+    for i in range(SMALL_CHAIN):
+        lines += [f"- name: s{i}", "  repo: upstream:bench-source", "  ref: master",
+                  "  build-system: manual"] + (["  build-depends:", f"  - s{i - 1}"] if i else [])
+    (root / "strata" / "small.morph").write_text("\n".join(lines) + "\n")
+    (root / "systems" / "small.morph").write_text(
+        "name: small\nkind: system\narch: x86_64\nstrata:\n- morph: strata/small.morph\n")
     _commit(root)
 
 
@@ -146,11 +164,14 @@ class Farm:
     """A trove and a controller (`Network` with no real workers), and instant workers."""
 
     def __init__(self, root: Path, workers: int, processes: int, nice: int = 0,
-                 own_core: bool = False):
+                 own_core: bool = False, controller_nice: int = 0):
         self.root = root
         self.net = Network(root / "state", workers=0)
         self.settings = self.net.start()
         others = pin_controller_alone(self.net) if own_core else None
+        if controller_nice:
+            for task in Path(f"/proc/{self.net.supervisor.pids()['controller']}/task").iterdir():
+                os.setpriority(os.PRIO_PROCESS, int(task.name), controller_nice)
         self.fakes: list[subprocess.Popen] = []
         self.config = root / "state" / "network.yaml"
         source = root / "bench-source"
@@ -222,9 +243,10 @@ def start_worker(nice: int, cpus: set[int] | None) -> None:
 
 
 @contextlib.contextmanager
-def farm(workers: int, processes: int, nice: int = 0, own_core: bool = False):
+def farm(workers: int, processes: int, nice: int = 0, own_core: bool = False,
+         controller_nice: int = 0):
     with tempfile.TemporaryDirectory(prefix="controller-bench-") as tmp:
-        f = Farm(Path(tmp), workers, processes, nice, own_core)
+        f = Farm(Path(tmp), workers, processes, nice, own_core, controller_nice)
         try:
             yield f
         finally:
@@ -243,7 +265,8 @@ def one_big_request(args) -> None:
 
 
 def _one_big_request(args, trace_file: Path) -> None:
-    with farm(args.workers, args.processes, args.worker_nice, args.controller_core) as f:
+    with farm(args.workers, args.processes, args.worker_nice, args.controller_core,
+              args.controller_nice) as f:
         defs = f.root / "defs"
         write_definitions(defs, args.steps, args.seed)
         rss_before = rss_mb(f.pid)
@@ -254,24 +277,33 @@ def _one_big_request(args, trace_file: Path) -> None:
             [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(f.pid), "-r",
              "200", "-f", "raw", "-o", str(args.py_spy.resolve())],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env = {**f.net.env, "DISTBUILD_CONFIG": str(f.config)}
+        out = f.root / "initiator.out"
         start = time.time()
-        proc = subprocess.run([sys.executable, "-m", "distbuild", "systems/farm.morph"],
-                              cwd=defs, env={**f.net.env, "DISTBUILD_CONFIG": str(f.config)},
-                              capture_output=True, text=True)
+        with out.open("w") as sink:
+            big = subprocess.Popen([sys.executable, "-m", "distbuild", "systems/farm.morph"],
+                                   cwd=defs, env=env, stdout=sink, stderr=subprocess.STDOUT)
+            small = send_small_request(f, defs, env, big, args.small_at) if args.small_at \
+                else None
+            big.wait()
         end = time.time()
         sampler.stop.set()
         sampler.join()
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(timeout=60)
-        if proc.returncode != 0:
-            raise SystemExit(f"the build failed:\n{proc.stdout[-3000:]}\n{proc.stderr}")
+        if big.returncode != 0:
+            raise SystemExit(f"the build failed:\n{out.read_text()[-3000:]}")
         rss_after = rss_mb(f.pid)
         results = f.worker_results()
         db = sqlite3.connect(f.root / "state" / "controller" / "controller.db")
         try:
             attempts = db.execute("SELECT job, worker, started FROM attempts ORDER BY worker, "
                                   "started").fetchall()
+            durations = db.execute("SELECT started, ended - started FROM attempts WHERE "
+                                   "ended IS NOT NULL").fetchall()
+            if small is not None:
+                small.update(small_request_times(db))
         finally:
             db.close()
     latencies = [x for r in results for x in r["latencies"]]
@@ -293,7 +325,8 @@ def _one_big_request(args, trace_file: Path) -> None:
     whole = sampler.cpu_between(start, end)
     print(f"{args.steps} steps, {args.workers} instant workers over SSH in {args.processes} "
           f"processes at nice {args.worker_nice}"
-          f"{'; the controller alone on CPU 0' if args.controller_core else ''}; "
+          f"{'; the controller alone on CPU 0' if args.controller_core else ''}"
+          f"{f'; the controller at nice {args.controller_nice}' if args.controller_nice else ''}; "
           f"load average {load_before} before, "
           f"{os.getloadavg()[0]:.2f} after; a shared machine: read medians and ratios")
     print(f"request wall {end - start:.1f} s (building {last - first:.1f} s, "
@@ -310,7 +343,64 @@ def _one_big_request(args, trace_file: Path) -> None:
     print(f"controller CPU per step: building {building / args.steps * 1000:.3f} ms, whole "
           f"request incl. graphing {whole / args.steps * 1000:.3f} ms (goal <= 1 ms)")
     print(f"controller RSS: {rss_before:.0f} MB before the request, {rss_after:.0f} MB after")
+    if small is not None:
+        print_small(small, durations)
     print_turns(trace_file, first, last, busy_at)
+
+
+SMALL_CHAIN = 3  # chunks, each needing the one before; with its stratum and system, 5 steps
+
+
+def send_small_request(f: Farm, defs: Path, env: dict, big: subprocess.Popen,
+                       after: int) -> dict:
+    """Once `after` of the big request's jobs have started, build the small system; its times."""
+    db_path = f.root / "state" / "controller" / "controller.db"
+    while big.poll() is None:
+        db = sqlite3.connect(db_path)
+        try:
+            started = db.execute("SELECT COUNT(*) FROM attempts").fetchone()[0]
+        finally:
+            db.close()
+        if started >= after:
+            break
+        time.sleep(0.05)
+    else:
+        raise SystemExit("the big request ended before the small one was sent")
+    sent = time.time()
+    proc = subprocess.run([sys.executable, "-m", "distbuild", "systems/small.morph"],
+                          cwd=defs, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"the small request failed:\n{proc.stdout[-3000:]}\n{proc.stderr}")
+    return {"after": after, "sent": sent, "done": time.time(),
+            "big_running": big.poll() is None}
+
+
+def small_request_times(db: sqlite3.Connection) -> dict:
+    created, ended, rid = db.execute("SELECT created, ended, id FROM requests WHERE system "
+                                     "LIKE '%small.morph'").fetchone()
+    jobs = db.execute("SELECT started, ended FROM attempts WHERE request_id=? ORDER BY started",
+                      (rid,)).fetchall()
+    big_during = db.execute("SELECT COUNT(*) FROM attempts WHERE request_id != ? AND started "
+                            "BETWEEN ? AND ?", (rid, created, ended)).fetchone()[0]
+    return {"created": created, "ended": ended, "jobs": jobs, "big_during": big_during}
+
+
+def print_small(small: dict, durations: list) -> None:
+    """The fair-share figures: how soon the small request started and how long it took."""
+    created, jobs = small["created"], small["jobs"]
+    # One step's time, as the big request's steps took it around then: started -> ended.
+    around = [d for t, d in durations if created - 5 <= t <= small["ended"] + 5]
+    step = statistics.median(around)
+    print(f"fair share: a {len(jobs)}-step request sent after {small['after']} of the big "
+          f"one's jobs had started; its first step started "
+          f"{(jobs[0][0] - created) * 1000:.1f} ms after the controller had it, its graphing "
+          f"included (one step takes "
+          f"{step * 1000:.1f} ms, median of the big request's then); it ended "
+          f"{(small['ended'] - created) * 1000:.0f} ms after, its own critical path of "
+          f"{len(jobs)} steps {sum(e - s for s, e in jobs) * 1000:.0f} ms of job time; "
+          f"{small['big_during']} big steps started meanwhile; whole initiator command "
+          f"{small['done'] - small['sent']:.2f} s; the big request "
+          f"{'still ran' if small['big_running'] else 'had ended'} when it returned")
 
 
 def print_turns(trace_file: Path, first: float, last: float,
@@ -414,6 +504,11 @@ def main() -> int:
                         help="give the controller CPU 0 to itself and the trove, the instant "
                              "workers and this script the other CPUs: on a real farm the "
                              "controller has its own machine")
+    parser.add_argument("--controller-nice", type=int, default=0, metavar="N",
+                        help="run the controller (every thread) at nice N (below 0 needs root)")
+    parser.add_argument("--small-at", type=int, default=3000, metavar="N",
+                        help="once N of the big request's jobs have started, build a 5-step "
+                             "system beside it (fair share); 0: none")
     parser.add_argument("--memory", type=int, metavar="N",
                         help="send N small requests and follow the controller's RSS instead")
     parser.add_argument("--py-spy", type=Path, metavar="OUT",

@@ -52,7 +52,11 @@ class Link:
         self.welcome: Welcome | None = None
 
     def send(self, message: Message) -> None:
-        data = encode(message)
+        self.send_many([message])
+
+    def send_many(self, messages: list[Message]) -> None:
+        """Send `messages` in order with one write (one SSH packet when they fit in one)."""
+        data = b"".join(encode(message) for message in messages)
         with self._send_lock:
             try:
                 self.channel.sendall(data)

@@ -81,36 +81,48 @@ def run(argv: Sequence[str], *, on_line: LineCallback | None = None,
     )
     if on_start is not None:
         on_start(proc.pid)
-    failures: list[BaseException] = []
-    reader = threading.Thread(target=_pump, args=(proc.stdout, on_line, failures), daemon=True)
-    reader.start()
+    lines = _Lines(on_line)
     try:
-        status = _wait(proc, cancel)
+        status = _wait(proc, cancel, lines)
     except BaseException:
         kill_group(proc)
-        reader.join(timeout=1)
+        lines.drain(proc.stdout, 1.0)
         raise
-    # A grandchild that left the group could hold the pipe open forever;
-    # the leader's output is complete by now, so do not wait for it.
-    reader.join(timeout=2)
-    if failures:
-        raise failures[0]
+    if lines.failures:
+        raise lines.failures[0]
     return status
 
 
-def _wait(proc: subprocess.Popen, cancel: CancelToken | None) -> int:
-    # A pidfd becomes readable the moment the child exits, so a short
-    # command is not held up by a polling interval; the timeout is only
-    # for noticing cancellation.
+def _wait(proc: subprocess.Popen, cancel: CancelToken | None, lines: _Lines) -> int:
+    # One poll on the child's output and its pidfd, in the calling thread: a
+    # reader thread per command was a thread made and joined for every
+    # sandboxed command (and the pidfd is readable the moment the child
+    # exits, so a short command is not held up by a polling interval; the
+    # timeout is only for noticing cancellation).
     pidfd = os.pidfd_open(proc.pid)
+    out = proc.stdout.fileno()
     try:
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
-        while not poller.poll(_POLL_SECONDS * 1000):
+        poller.register(out, select.POLLIN)
+        open_out = True
+        while True:
+            exited = False
+            for fd, _ in poller.poll(_POLL_SECONDS * 1000):
+                if fd == pidfd:
+                    exited = True
+                elif open_out and not lines.read(out):
+                    poller.unregister(out)
+                    open_out = False
+            if exited:
+                break
             if cancel is not None and cancel.cancelled:
                 raise Cancelled("step was cancelled")
     finally:
         os.close(pidfd)
+    # A grandchild that left the group could hold the pipe open forever;
+    # the leader's output is complete by now, so do not wait long for it.
+    lines.drain(proc.stdout, 2.0 if open_out else 0.0)
     return proc.wait()
 
 
@@ -125,44 +137,59 @@ def kill_group(proc: subprocess.Popen) -> None:
         time.sleep(0.01)
 
 
-def _pump(stream, on_line: LineCallback | None, failures: list[BaseException]) -> None:
-    # Keep draining even when the callback fails: a child blocked on a full
-    # pipe would never exit. The first failure is raised once it has.
-    def deliver(raw: bytes) -> None:
-        if on_line is None or failures:
-            return
-        try:
-            on_line(raw.decode("utf-8", "replace"))
-        except Exception as e:
-            failures.append(e)
+class _Lines:
+    """A child's output cut into lines for a callback, each line at most MAX_LINE_BYTES."""
 
-    # `line` never holds more than MAX_LINE_BYTES; the rest of an overlong
-    # line is only counted, up to its newline.
-    line = bytearray()
-    dropped = 0
+    def __init__(self, on_line: LineCallback | None) -> None:
+        self.on_line = on_line
+        self.failures: list[BaseException] = []
+        # `line` never holds more than MAX_LINE_BYTES; the rest of an overlong
+        # line is only counted, up to its newline.
+        self.line = bytearray()
+        self.dropped = 0
 
-    def add(piece: bytes) -> None:
-        nonlocal dropped
-        room = max(MAX_LINE_BYTES - len(line), 0)
-        line.extend(piece[:room])
-        dropped += max(len(piece) - room, 0)
-
-    def end_line() -> None:
-        nonlocal dropped
-        deliver(bytes(line) + (cut_marker(dropped).encode() if dropped else b""))
-        line.clear()
-        dropped = 0
-
-    while True:
-        chunk = stream.read1(65536)
+    def read(self, fd: int) -> bool:
+        """Take what `fd` has (it must be readable); False at its end."""
+        chunk = os.read(fd, 65536)
         if not chunk:
-            break
+            if self.line or self.dropped:
+                self._end_line()
+            return False
         start = 0
         while (newline := chunk.find(b"\n", start)) >= 0:
-            add(chunk[start:newline])
-            end_line()
+            self._add(chunk[start:newline])
+            self._end_line()
             start = newline + 1
-        add(chunk[start:])
-    if line or dropped:
-        end_line()
-    stream.close()
+        self._add(chunk[start:])
+        return True
+
+    def drain(self, stream, seconds: float) -> None:
+        """Read `stream` to its end for at most `seconds` more, then close it."""
+        try:
+            fd = stream.fileno()
+            deadline = time.monotonic() + seconds
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            while (left := deadline - time.monotonic()) > 0:
+                if poller.poll(left * 1000) and not self.read(fd):
+                    break
+        finally:
+            stream.close()
+
+    def _add(self, piece: bytes) -> None:
+        room = max(MAX_LINE_BYTES - len(self.line), 0)
+        self.line.extend(piece[:room])
+        self.dropped += max(len(piece) - room, 0)
+
+    def _end_line(self) -> None:
+        raw = bytes(self.line) + (cut_marker(self.dropped).encode() if self.dropped else b"")
+        self.line.clear()
+        self.dropped = 0
+        # Keep draining even when the callback fails: a child blocked on a full
+        # pipe would never exit. The first failure is raised once it has.
+        if self.on_line is None or self.failures:
+            return
+        try:
+            self.on_line(raw.decode("utf-8", "replace"))
+        except Exception as e:
+            self.failures.append(e)

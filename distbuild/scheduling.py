@@ -39,6 +39,7 @@ from distbuild.scheduling_events import (
     READY,
     RUNNING,
     WAITING,
+    DispatchPending,
     Event,
     JobCancelled,
     JobStarted,
@@ -63,9 +64,15 @@ from distbuild.scheduling_workers import Worker, WorkerChanges
 TIDY_SLICE = 32
 # Keys of added requests' work moved into the index's shards per dispatching call.
 SETTLE_SLICE = 128
+# Jobs one call starts (about 7 us each). A request landing on hundreds of idle slots
+# starts them over a few calls, each ending in DispatchPending, so no one call (and no
+# reactor turn) grows with the farm's size.
+START_LIMIT = 32
 
 __all__ = [
     "PRIORITIES",
+    "START_LIMIT",
+    "DispatchPending",
     "Event",
     "JobCancelled",
     "JobStarted",
@@ -240,15 +247,23 @@ class Scheduler(ReadyQueues, WorkerChanges):
     # -- jobs ------------------------------------------------------------------------------
 
     def dispatch(self) -> list[Event]:
-        """Give ready work to free slots: by class, requests in turn, longest path first."""
+        """Give ready work to free slots: by class, requests in turn, longest path first.
+
+        At most START_LIMIT jobs start; if the call stops there, its last event is
+        DispatchPending and the caller calls `dispatch` again.
+        """
         events = self._start_jobs()
         self._tidy_some()
         return events
 
     def _start_jobs(self) -> list[Event]:
         events: list[Event] = []
+        left = START_LIMIT
         for free in self._free.values():
             while free:
+                if not left:
+                    events.append(DispatchPending())
+                    return events
                 worker = free[0][3]
                 if worker.away or worker.draining or -free[0][0] != worker.free \
                         or self.workers.get(worker.name) is not worker:
@@ -271,6 +286,7 @@ class Scheduler(ReadyQueues, WorkerChanges):
                     self._slot_freed(worker)
                 self.jobs[job] = key
                 events.append(JobStarted(job, key, worker.name, work.attempts, dict(requests)))
+                left -= 1
         return events
 
     def tidy(self, limit: int | None = None) -> bool:

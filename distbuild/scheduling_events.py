@@ -106,5 +106,15 @@ class RequestCancelled:
     request_id: str
 
 
+@dataclass(frozen=True)
+class DispatchPending:
+    """A call stopped at its share of job starts: free slots may still match ready work.
+
+    The controller calls `Scheduler.dispatch` again on its next turn, after the
+    messages of this call are out.
+    """
+
+
 Event = (RequestPlanned | StepQueued | JobStarted | StepJoined | StepBuilt | StepRequeued
-         | StepFailed | JobCancelled | RequestFinished | RequestFailed | RequestCancelled)
+         | StepFailed | JobCancelled | RequestFinished | RequestFailed | RequestCancelled
+         | DispatchPending)

@@ -3,6 +3,9 @@ in bounded parts."""
 
 from __future__ import annotations
 
+import time
+
+from distbuild.protocol import messages as m
 from distbuild.worker import jobs
 from distbuild.worker.jobs import OutputSpool
 
@@ -56,3 +59,50 @@ def test_a_long_log_moves_to_the_spool_file_and_reads_on_where_it_was(tmp_path, 
     assert spool.read() == (5, [f"line {n}" for n in range(4, 20)])
     spool.close()
     assert not (tmp_path / "j.out").exists()
+
+
+def test_new_lines_wait_until_the_oldest_is_due_or_enough_have_gathered(tmp_path, monkeypatch):
+    monkeypatch.setattr(jobs, "OUTPUT_SECONDS", 0.3)
+    monkeypatch.setattr(jobs, "FLUSH_LINES", 5)
+    spool = OutputSpool(tmp_path / "j.out")
+    spool.rewind(0)
+    spool.append("one")
+    now = time.monotonic()
+    assert not spool.due(now) and spool.due(now + 0.3)
+    for n in range(4):
+        spool.append(f"more {n}")
+    assert spool.due(now)  # FLUSH_LINES waiting: no need to wait for the time
+    assert spool.read()[1] and spool.read() == (5, [])
+    assert not spool.due(now + 10)  # nothing unread
+    spool.close()
+
+
+class Recorder:
+    """The link's sending end as JobTable uses it: each write is one list of messages."""
+
+    def __init__(self):
+        self.writes: list[list] = []
+
+    def send_many(self, messages):
+        self.writes.append(list(messages))
+
+
+def test_a_short_jobs_log_goes_out_with_its_result_in_one_write(tmp_path, monkeypatch):
+    monkeypatch.setattr(jobs, "OUTPUT_SECONDS", 30.0)  # a job shorter than that
+    table = jobs.JobTable(tmp_path / "jobs", log=lambda text: None)
+    link = Recorder()
+    try:
+        held = table.add("j1", link)
+        for n in range(3):
+            table.line(held, f"line {n}")
+        time.sleep(0.3)  # the sender wakes meanwhile: the lines are not due yet
+        assert link.writes == []
+        table.finish(held, m.JobFinished(job="j1", seconds=0.5))
+        deadline = time.monotonic() + 5
+        while not link.writes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (write,) = link.writes
+        assert [type(x) for x in write] == [m.JobOutput, m.JobFinished]
+        assert write[0].lines == ["line 0", "line 1", "line 2"] and write[0].first == 0
+    finally:
+        table.stop()

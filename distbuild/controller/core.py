@@ -66,6 +66,7 @@ class Controller:
         self.verifier = verify.Verifier(self)
         self.schedules = schedules.Schedules(self)
         self.freezer = PlanFreezer()
+        self._dispatch_call = None  # the next turn's `dispatch_more`, once asked for
 
     # -- links ---------------------------------------------------------------------------
 
@@ -142,6 +143,17 @@ class Controller:
             for observer in self.observers:
                 observer.event(event)
             events.HANDLERS[type(event)](self, event)
+
+    def dispatch_soon(self) -> None:
+        """Start more jobs on the reactor's next turn (a scheduler call stopped at its share)."""
+        if self._dispatch_call is None:
+            self._dispatch_call = self.reactor.callLater(0, self.dispatch_more)
+
+    def dispatch_more(self) -> None:
+        """Give free slots ready work; asks for another turn if there is yet more to start."""
+        self._dispatch_call = None
+        with self.state.batch():
+            self.apply(self.scheduler.dispatch())
 
     def cancel(self, rid: str) -> bool:
         """Cancel request `rid`; False if it is not running."""

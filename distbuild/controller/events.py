@@ -8,6 +8,7 @@ from distbuild import tokens
 from distbuild.controller.settings import TOKEN_TTL
 from distbuild.protocol import messages as m
 from distbuild.scheduling import (
+    DispatchPending,
     JobCancelled,
     JobStarted,
     RequestCancelled,
@@ -143,6 +144,10 @@ def request_cancelled(ctl: Controller, e: RequestCancelled) -> None:
     ctl.end(e.request_id, "cancelled", m.BuildCancelled(request_id=e.request_id))
 
 
+def dispatch_pending(ctl: Controller, e: DispatchPending) -> None:
+    ctl.dispatch_soon()
+
+
 HANDLERS = {
     RequestPlanned: request_planned,
     StepQueued: step_queued,
@@ -155,4 +160,5 @@ HANDLERS = {
     RequestFinished: request_finished,
     RequestFailed: request_failed,
     RequestCancelled: request_cancelled,
+    DispatchPending: dispatch_pending,
 }

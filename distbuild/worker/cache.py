@@ -120,8 +120,9 @@ class LocalArtifactCache:
         self.downloaded_bytes = 0  # reported to the controller with each built step
         directory.mkdir(parents=True, exist_ok=True)
         self._index = directory / "index"
-        self._digests: dict[str, str] = {}
-        self._lock = threading.Lock()
+        self._shared = _shared_index(self._index)
+        self._digests = self._shared.digests
+        self._lock = self._shared.lock
         self._read_index()
         self.unpacked_dir = directory / UNPACKED
         self._sizes = self.unpacked_dir / ".sizes"
@@ -264,8 +265,17 @@ class LocalArtifactCache:
         comes from a checked source (a prefetch hint, the controller's record
         of what the artifact cache confirmed).
         """
-        if sha256 == empty_sha256() and self._digests.get(filename) != sha256:
-            self._write_digest(filename, sha256)
+        self.remember_empties([(filename, sha256)])
+
+    def remember_empties(self, items: Iterable[tuple[str, str]]) -> None:
+        """`remember_empty` of each (filename, sha256), in one write to the index.
+
+        Prefetch hints name a few artifacts of every step built elsewhere,
+        most of them empty: a write each was most of what a hint cost.
+        """
+        empty = empty_sha256()
+        self._write_digests([(f, s) for f, s in items
+                             if s == empty and self._digests.get(f) != s])
 
     def is_unpacked(self, filename: str) -> bool:
         """Whether `filename` is already unpacked here."""
@@ -380,7 +390,15 @@ class LocalArtifactCache:
 
     def add(self, artifact: PackedArtifact) -> None:
         """Keep a copy of an artifact this worker built."""
-        self._write_digest(artifact.filename, artifact.sha256)
+        self.add_all([artifact])
+
+    def add_all(self, artifacts: list[PackedArtifact]) -> None:
+        """`add` each of a step's artifacts, with one write to the index."""
+        self._write_digests([(a.filename, a.sha256) for a in artifacts])
+        for artifact in artifacts:
+            self._link_in(artifact)
+
+    def _link_in(self, artifact: PackedArtifact) -> None:
         try:
             # A complete file linked in place appears whole: no rename needed.
             os.link(artifact.path, self.path(artifact.filename))
@@ -454,21 +472,62 @@ class LocalArtifactCache:
         shutil.rmtree(trash, onerror=_force_remove)
 
     def _write_digest(self, filename: str, sha256: str) -> None:
+        self._write_digests([(filename, sha256)])
+
+    def _write_digests(self, pairs: list[tuple[str, str]]) -> None:
+        if not pairs:
+            return
         with self._lock, self._index.open("a") as index:
             fcntl.flock(index, fcntl.LOCK_EX)
-            index.write(f"{sha256} {filename}\n")
-            self._digests[filename] = sha256
+            index.write("".join(f"{sha256} {filename}\n" for filename, sha256 in pairs))
+            self._digests.update(pairs)
 
     def _read_index(self) -> None:
-        try:
-            text = self._index.read_text()
-        except FileNotFoundError:
-            return
+        """Take in the lines other processes (and caches) appended since the last read."""
+        shared = self._shared
         with self._lock:
-            for line in text.splitlines():
+            try:
+                with self._index.open("rb") as index:
+                    st = os.fstat(index.fileno())
+                    if (st.st_ino, st.st_dev) != shared.file or st.st_size < shared.offset:
+                        shared.digests.clear()  # a new index: forget the old one's
+                        shared.file, shared.offset = (st.st_ino, st.st_dev), 0
+                    index.seek(shared.offset)
+                    data = index.read()
+            except FileNotFoundError:
+                shared.digests.clear()
+                shared.file, shared.offset = None, 0
+                return
+            # Only whole lines: a writer in another process may be half-way through one.
+            data = data[:data.rfind(b"\n") + 1]
+            shared.offset += len(data)
+            for line in data.decode("utf-8", "replace").splitlines():
                 digest, _, name = line.partition(" ")
                 if len(digest) == 64 and name:
                     self._digests[name] = digest
+
+
+class _SharedIndex:
+    """One process's view of an index file, shared by every cache on its directory.
+
+    A worker makes a cache for each job; reading the whole index (six lines
+    more for every step it built) each time grew with the worker's age.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.digests: dict[str, str] = {}
+        self.file: tuple[int, int] | None = None  # (inode, device) read so far
+        self.offset = 0  # bytes of it read
+
+
+_indexes: dict[str, _SharedIndex] = {}
+_indexes_lock = threading.Lock()
+
+
+def _shared_index(path: Path) -> _SharedIndex:
+    with _indexes_lock:
+        return _indexes.setdefault(os.path.abspath(path), _SharedIndex())
 
 
 _empty: list[tuple[bytes, str]] = []

@@ -20,7 +20,13 @@ from distbuild.protocol import ProtocolError
 from distbuild.protocol import messages as m
 from distbuild.runprocess import CancelToken
 
+# The sender looks at every job this often; a job's new lines go out once the
+# oldest of them is OUTPUT_SECONDS old (or FLUSH_LINES have gathered), and
+# with the job's result when it ends. So a step shorter than OUTPUT_SECONDS
+# sends its log and result in one message (the controller forwards each
+# job-output to the initiators too), and a live log is at most ~1 s behind.
 FLUSH_SECONDS = 0.2
+OUTPUT_SECONDS = 1.0
 FLUSH_LINES = 200
 # Raw text per job-output message: with JSON escaping (at most 6 bytes per
 # byte) and one overlong line it stays far below the 16 MiB message limit.
@@ -50,11 +56,14 @@ class OutputSpool:
         self._reader = None  # the spool file, read from `_next` on
         self._reading = False  # rewound at least once: there is a reader
         self._next = 0  # the number of the next line `read` returns
+        self._waiting_since: float | None = None  # when the oldest unread line came
 
     def append(self, line: str) -> None:
         """Add one line (newlines inside it become spaces)."""
         line = line.replace("\n", " ")
         with self._lock:
+            if self._waiting_since is None:
+                self._waiting_since = time.monotonic()
             if self._lines is not None:
                 self._lines.append(line)
                 self._size += len(line) + 1
@@ -95,6 +104,7 @@ class OutputSpool:
         """(number of the first, lines) not yet read, up to about `limit` characters."""
         with self._lock:
             if not self._reading or self._next >= self.count:
+                self._waiting_since = None
                 return self._next, []
             first, lines, size = self._next, [], 0
             if self._lines is not None:
@@ -111,6 +121,14 @@ class OutputSpool:
                 size += len(text)
                 self._next += 1
             return first, lines
+
+    def due(self, now: float) -> bool:
+        """Whether unread lines have waited OUTPUT_SECONDS (or FLUSH_LINES have come)."""
+        with self._lock:
+            if not self._reading or self._next >= self.count:
+                return False
+            return (self.count - self._next >= FLUSH_LINES or self._waiting_since is None
+                    or now - self._waiting_since >= OUTPUT_SECONDS)
 
     @property
     def unread(self) -> int:
@@ -139,6 +157,7 @@ class HeldJob:
     result: m.Message | None = None
     reported_at: float | None = None
     handed_back: bool = False
+    resend: bool = False  # adopted again: send its output now, however recent
     thread: threading.Thread | None = field(default=None, repr=False)
 
     @property
@@ -186,6 +205,7 @@ class JobTable:
         held.spool.rewind(lines)
         held.reported_at = None
         held.link = link
+        held.resend = True
         self.wake.set()
         return True
 
@@ -232,13 +252,23 @@ class JobTable:
         if link is None:
             return
         try:
+            # The last output goes out with the result in one write: one SSH
+            # packet for the controller to take in, not two. The result is read
+            # first: a job's lines are all in the spool before it is set.
+            result = held.result
+            batch: list[m.Message] = []
             while True:
                 first, lines = held.spool.read()
                 if not lines:
                     break
-                link.send(m.JobOutput(job=held.job, lines=lines, first=first))
-            if held.result is not None and held.reported_at is None:
-                link.send(held.result)
+                if batch:
+                    link.send_many(batch)
+                batch = [m.JobOutput(job=held.job, lines=lines, first=first)]
+            if result is not None and held.reported_at is None:
+                batch.append(result)
+            if batch:
+                link.send_many(batch)
+            if result is not None and held.reported_at is None:
                 held.reported_at = time.monotonic()
         except LinkError:
             held.link = None  # the link loop notices and reconnects
@@ -254,10 +284,14 @@ class JobTable:
             with self.lock:
                 jobs = list(self.jobs.values())
             for held in jobs:
-                self.flush(held)
-                if held.reported_at is not None and now - held.reported_at > \
-                        KEEP_REPORTED_SECONDS:
-                    self.forget(held.job)
+                if held.reported_at is not None and not held.resend:
+                    # Reported (and kept a while in case the link lost it): nothing to send.
+                    if now - held.reported_at > KEEP_REPORTED_SECONDS:
+                        self.forget(held.job)
+                    continue
+                if held.result is not None or held.resend or held.spool.due(now):
+                    held.resend = False
+                    self.flush(held)
 
     def sent_everything(self) -> bool:
         """True once every ended job's result has gone out on a link."""

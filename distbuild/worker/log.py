@@ -37,9 +37,10 @@ class StepLog:
         stamped = f"{timestamp()} {text}"
         with self._lock:
             if self.error is None:
+                # Buffered: a write per line cost a syscall each, and a failure
+                # (a full disk) still surfaces here or at close, which keeps it.
                 try:
                     self._file.write(stamped + "\n")
-                    self._file.flush()
                 except OSError as e:
                     self.error = e
             self._tail.append(text)

@@ -44,7 +44,7 @@ from typing import Any
 from distbuild.errors import DistbuildError
 from distbuild.trove.client import CacheClient
 from distbuild.worker import activity
-from distbuild.worker.cache import LocalArtifactCache
+from distbuild.worker.cache import LocalArtifactCache, empty_sha256
 from distbuild.worker.remote import TroveArtifactSource
 
 # An image is uncompressed: about 2.3x its gzip tarball for binaries, more for text.
@@ -85,6 +85,14 @@ class Prefetcher:
                          "with a sha256 and size")
                 continue
             items.append((url, filename, sha256, size))
+        # Empty artifacts need no fetch, only a record that they are (one write for all).
+        empty = empty_sha256()
+        if any(item[2] == empty for item in items):
+            try:
+                self._cache().remember_empties((f, s) for _, f, s, _ in items if s == empty)
+            except OSError as e:  # a full disk, say: a step staging them asks the trove
+                self.log(f"prefetch: cannot record empty artifacts ({e})")
+            items = [item for item in items if item[2] != empty]
         with self._changed:
             if self._stop.is_set():
                 return

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distbuild import config
-from distbuild.definitions import node_from_dict
 from distbuild.errors import DistbuildError
 from distbuild.link import Link, LinkError, connect, worth_retrying
 from distbuild.protocol import messages as m
@@ -33,6 +32,7 @@ from distbuild.trove.client import CacheClient
 from distbuild.worker.cache import LocalArtifactCache
 from distbuild.worker.errors import CommandFailed
 from distbuild.worker.jobs import HeldJob, JobTable
+from distbuild.worker.nodes import NodeCache
 from distbuild.worker.prefetch import Prefetcher
 from distbuild.worker.remote import TroveArtifactSource, records_in_one_query, upload, upload_size
 from distbuild.worker.sources import GitSources
@@ -93,6 +93,7 @@ class Worker:
         self.stop_now = threading.Event()  # set by the second: hand back at once
         self.drain_deadline = 0.0
         self._announced: Link | None = None
+        self.nodes = NodeCache()
         self.prefetch = Prefetcher(cfg.work_dir / "artifacts", cfg.cache_limit_mb, self.log)
         self._handlers = {m.JobRun: self._on_run, m.JobCancel: self._on_cancel,
                           m.JobAdopt: self._on_adopt, m.Refused: self._on_refused,
@@ -236,9 +237,7 @@ class Worker:
         token = held.token
         result: m.Message | None = None
         try:
-            node = node_from_dict(run.step)
-            nodes = {d["id"]: node_from_dict(d) for d in run.closure}
-            nodes[node.id] = node
+            node, nodes = self.nodes.graph(run.step, run.closure)
             client = CacheClient(run.artifact_cache_url)
             source = TroveArtifactSource(client)
             cache = LocalArtifactCache(self.cfg.work_dir / "artifacts", source)

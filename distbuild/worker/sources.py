@@ -5,11 +5,11 @@ checkout fetches into it only when the wanted commit is missing, so a
 second build of the same commit touches no network. The build directory
 is a clone of the mirror (object files hard-linked, no alternates), so git
 works inside the sandbox, which cannot see the mirror. The clone is made
-here rather than by `git clone`, which cost 15 ms of CPU per step in
-processes of its own: the repository skeleton, the mirror's object files
-hard-linked, its branches as `origin/*` and its tags in `packed-refs`, and
-then one `git checkout` (`git clone` remains for a mirror on another
-filesystem).
+in process (distbuild.worker.gitclone) rather than by `git clone`, which
+cost 15 ms of CPU per step in processes of its own: the repository
+skeleton, the mirror's object files hard-linked, its branches as
+`origin/*` and its tags in `packed-refs`, and then one `git checkout`
+(`git clone` remains for a mirror on another filesystem).
 
 Every checked-out file gets the same time, the commit's committer time, as a
 release tarball's files have times from the release: git would give each the
@@ -25,18 +25,20 @@ kills a long fetch at once, and git's output goes to the step's log.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import shutil
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from distbuild import runprocess
 from distbuild.files import locked
 from distbuild.runprocess import CancelToken, LineCallback
 from distbuild.worker.errors import SourceError
+from distbuild.worker.gitclone import ClonePlan, clone_plan, link_clone
 
 # A checkout of at most this many entries is kept once made, and later steps
 # copy it in process instead of running `git checkout` (4-5 ms of CPU in git,
@@ -58,6 +60,12 @@ class GitSources:
         mirror_dir.mkdir(parents=True, exist_ok=True)
         # (mirror, commit) seen in a mirror: nothing deletes objects from one.
         self._present: set[tuple[Path, str]] = set()
+        # What `link_clone` makes of each mirror, with the mirror's generation when read:
+        # each time a step may have fetched into a mirror its generation moves on.
+        self._plans: dict[Path, tuple[int, ClonePlan]] = {}
+        self._generation: dict[Path, int] = {}
+        self._changing: dict[Path, int] = {}  # steps that may be fetching into each now
+        self._lock = threading.Lock()
         self._times: dict[str, int] = {}
         self.kept_dir = mirror_dir / "kept"
 
@@ -80,8 +88,9 @@ class GitSources:
     def _git_checkout(self, mirror: Path, url: str, commit: str, dest: Path,
                       on_line: LineCallback | None, cancel: CancelToken | None) -> None:
         try:
-            _link_clone(mirror, dest)
+            link_clone(mirror, dest, plan=self._plan(mirror))
         except OSError:
+            self._plans.pop(mirror, None)
             shutil.rmtree(dest, ignore_errors=True)
             # No template: hook samples are a dozen files to write and delete per step.
             self._git(["clone", "-q", "--no-checkout", "--template=", str(mirror), str(dest)],
@@ -127,12 +136,13 @@ class GitSources:
         if not kept.is_dir():
             return False
         try:
-            _link_clone(mirror, dest, head=commit)
+            link_clone(mirror, dest, head=commit, plan=self._plan(mirror))
             shutil.copy2(kept / ".git" / "index", dest / ".git" / "index")
             _copy_tree(kept, dest)
             st = kept.stat()
             os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns))
         except OSError:
+            self._plans.pop(mirror, None)  # a pack gone (git gc?): read the mirror again
             shutil.rmtree(dest, ignore_errors=True)
             return False
         return True
@@ -155,7 +165,7 @@ class GitSources:
         mirror = self.mirror_dir / f"{name}-{digest}.git"
         if (mirror, commit) in self._present:
             return mirror
-        with locked(mirror.with_suffix(".lock")):
+        with self._changing_mirror(mirror), locked(mirror.with_suffix(".lock")):
             if not (mirror / "HEAD").exists():
                 self._git(["init", "-q", "--bare", str(mirror)], on_line, cancel,
                           f"cannot create mirror of {url}")
@@ -181,6 +191,30 @@ class GitSources:
                     raise SourceError(f"commit {commit} is not in repository {url}", url)
         self._present.add((mirror, commit))
         return mirror
+
+    @contextlib.contextmanager
+    def _changing_mirror(self, mirror: Path) -> Iterator[None]:
+        with self._lock:
+            self._changing[mirror] = self._changing.get(mirror, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._changing[mirror] -= 1
+                self._generation[mirror] = self._generation.get(mirror, 0) + 1
+
+    def _plan(self, mirror: Path) -> ClonePlan:
+        """The mirror's `_clone_plan`, read once per generation (never kept mid-fetch)."""
+        with self._lock:
+            generation = self._generation.get(mirror, 0)
+            kept = self._plans.get(mirror)
+        if kept is not None and kept[0] == generation:
+            return kept[1]
+        plan = clone_plan(mirror)
+        with self._lock:
+            if not self._changing.get(mirror) and self._generation.get(mirror, 0) == generation:
+                self._plans[mirror] = (generation, plan)
+        return plan
 
     @staticmethod
     def _has_commit(mirror: Path, commit: str) -> bool:
@@ -222,68 +256,6 @@ class GitSources:
         if status != 0:
             detail = output[-1] if output else f"exit status {status}"
             raise SourceError(f"{failure}: {detail}")
-
-
-def _link_clone(mirror: Path, dest: Path, head: str | None = None) -> None:
-    """What `git clone --no-checkout MIRROR DEST` makes, with the object files hard-linked.
-
-    With `head`, HEAD is that commit, detached, as `git checkout --detach` leaves it.
-    """
-    git = dest / ".git"
-    # Every directory made here is one more to delete after the step (slow on a busy
-    # disk): git makes refs/heads and the like itself when it needs them.
-    for d in ("objects", "refs"):
-        (git / d).mkdir(parents=True)
-    objects = mirror / "objects"
-    for dirpath, dirnames, filenames in os.walk(objects):
-        rel = os.path.relpath(dirpath, objects)
-        out = git / "objects" / rel
-        for name in dirnames:
-            (out / name).mkdir(exist_ok=True)
-        for name in filenames:
-            if rel == "info" and name == "alternates":
-                continue
-            os.link(os.path.join(dirpath, name), out / name)
-    lines = ["# pack-refs with: sorted"]
-    for ref, value in sorted(_refs(mirror).items()):
-        if ref.startswith("refs/heads/"):
-            lines.append(f"{value[0]} refs/remotes/origin/{ref[len('refs/heads/'):]}")
-        elif ref.startswith("refs/tags/"):
-            lines.append(f"{value[0]} {ref}")
-            if value[1]:
-                lines.append(f"^{value[1]}")
-    (git / "packed-refs").write_text("\n".join(lines) + "\n")
-    (git / "HEAD").write_text(f"{head}\n" if head else "ref: refs/heads/master\n")
-    (git / "config").write_text(
-        "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n"
-        # No reflog: logs/HEAD would be two more files per step that nothing reads.
-        "\tlogAllRefUpdates = false\n"
-        f'[remote "origin"]\n\turl = {mirror}\n'
-        "\tfetch = +refs/heads/*:refs/remotes/origin/*\n")
-
-
-def _refs(mirror: Path) -> dict[str, tuple[str, str]]:
-    """The mirror's refs: name -> (object, peeled object or "")."""
-    refs: dict[str, tuple[str, str]] = {}
-    try:
-        last = ""
-        for line in (mirror / "packed-refs").read_text().splitlines():
-            if line.startswith("^") and last:
-                refs[last] = (refs[last][0], line[1:].strip())
-            elif line and not line.startswith("#"):
-                value, _, last = line.partition(" ")
-                refs[last] = (value, "")
-    except FileNotFoundError:
-        pass
-    root = mirror / "refs"
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            path = Path(dirpath) / name
-            value = path.read_text().strip()
-            if len(value) == 40:
-                # A loose ref is newer than its packed copy (whose peeled value may be stale).
-                refs[f"refs/{path.relative_to(root)}"] = (value, "")
-    return refs
 
 
 def _small_tree(root: Path, limit: int) -> bool:

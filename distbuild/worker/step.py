@@ -19,6 +19,7 @@ import errno
 import json
 import os
 import platform
+import queue
 import shutil
 import tempfile
 import threading
@@ -149,7 +150,7 @@ class StepRunner:
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
             return
-        threading.Thread(target=shutil.rmtree, args=(trash, True), daemon=True).start()
+        _TRASH.put(trash)
 
     def _publish(self, ctx: StepContext, produced: list[PackedArtifact],
                  seconds: float, keep: bool = True) -> StepResult:
@@ -173,10 +174,12 @@ class StepRunner:
             # An earlier build of the same key: replace it whole, never merge.
             os.rename(final, ctx.tmp / "replaced")
         os.rename(ctx.out, final)
+        _OUTPUTS.published(self.settings.out_dir, final.name)
         moved = [PackedArtifact(a.filename, final / a.filename, a.sha256, a.size)
                  for a in [*produced, log, meta]]
+        if keep:
+            self.cache.add_all(moved[:len(produced)])
         for artifact in moved[:len(produced)] if keep else ():
-            self.cache.add(artifact)
             if node.kind == "chunk" and artifact.sha256 != empty_sha256():
                 # The next steps here will likely stage it: unpack it now, once.
                 self.cache.unpacked(artifact.filename, artifact.sha256)
@@ -189,18 +192,88 @@ class StepRunner:
         """Keep the worker's disk bounded: old outputs and least used artifacts go."""
         if self.settings.cache_limit_mb is not None:
             self.cache.trim(self.settings.cache_limit_mb * 1024 * 1024)
-        names = os.listdir(self.settings.out_dir)
+        out_dir = self.settings.out_dir
+        names = os.listdir(out_dir)
         if len(names) <= self.settings.keep_outputs:
             return  # nothing to drop: no need to look at each one's time
-        outputs = sorted((self.settings.out_dir / n for n in names),
-                         key=lambda p: p.stat().st_mtime)
-        for old in outputs[:max(0, len(outputs) - self.settings.keep_outputs)]:
-            trash = self.settings.trash_dir / f"out-{old.name}"
+        for name in _OUTPUTS.oldest(out_dir, names, len(names) - self.settings.keep_outputs):
+            trash = self.settings.trash_dir / f"out-{name}"
             try:
-                os.rename(old, trash)
+                os.rename(out_dir / name, trash)
             except OSError:
                 continue
-            threading.Thread(target=shutil.rmtree, args=(trash, True), daemon=True).start()
+            _TRASH.put(trash)
+
+
+class _OutputOrder:
+    """The outputs in `out/`, oldest first, as this process published them.
+
+    A worker past `keep_outputs` steps stat'ed every one of them after each
+    step to find the oldest; the order is known once read. A listing that
+    does not match what is known (another process, a restart) is read again
+    by modification time.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._order: dict[str, list[str]] = {}
+
+    def published(self, out_dir: Path, name: str) -> None:
+        """`name` is now the newest output in `out_dir`."""
+        with self._lock:
+            order = self._order.get(str(out_dir))
+            if order is not None:
+                if name in order:
+                    order.remove(name)
+                order.append(name)
+
+    def oldest(self, out_dir: Path, names: list[str], count: int) -> list[str]:
+        """The `count` oldest of `names` (the listing of `out_dir`), taken out of the order."""
+        with self._lock:
+            order = self._order.get(str(out_dir))
+            if order is None or len(order) != len(names) or set(order) != set(names):
+                order = sorted(names, key=lambda n: _mtime(out_dir / n))
+                self._order[str(out_dir)] = order
+            dropped, order[:count] = order[:count], []
+            return dropped
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+_OUTPUTS = _OutputOrder()
+
+
+class _Trash:
+    """One thread that deletes what steps threw away, oldest first.
+
+    A thread started for each step's directory cost a clone, its stack's
+    pages and a join per step; the deleting itself is the kernel's either way.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Path] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def put(self, path: Path) -> None:
+        """Delete `path` (already renamed into the trash directory) in the background."""
+        self._queue.put(path)
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="trash", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            shutil.rmtree(self._queue.get(), ignore_errors=True)
+
+
+_TRASH = _Trash()
 
 
 def _write_compact_json(path: Path, doc: Any) -> None:
