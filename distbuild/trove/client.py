@@ -122,6 +122,14 @@ class CacheClient:
         """A cached source's files with sizes and sha256, or None if it is not cached."""
         return self._json("GET", f"/2.0/sources/{names.check_key(key)}", missing_ok=True)
 
+    def sha1s(self, repo: str, ref: str) -> dict | None:
+        """The commit and tree `ref` names in trove repository `repo` (morph's GET
+        /1.0/sha1s: {"sha1", "tree", ...}); None if the trove does not know them.
+
+        Asked once, not retried: a caller has the slower way (a mirror) to fall back on."""
+        query = urllib.parse.urlencode({"repo": repo, "ref": ref})
+        return self._json("GET", f"/1.0/sha1s?{query}", missing_ok=True, retry=False)
+
     def fetch_log(self, key: str) -> bytes | None:
         """The build log stored with source `key`, or None if there is none."""
         def fetch() -> bytes | None:
@@ -271,7 +279,7 @@ class CacheClient:
                                    retryable=True) from None
 
     def _json(self, method: str, path: str, body=None, token: str | None = None,
-              missing_ok: bool = False):
+              missing_ok: bool = False, retry: bool = True):
         headers = {"Content-Type": "application/json"}
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
@@ -297,7 +305,7 @@ class CacheClient:
                 self._drop_kept()
             return answer
 
-        return self._retrying(ask)
+        return self._retrying(ask) if retry else ask()
 
     def _kept_request(self, method: str, path: str, body: bytes | None,
                       headers: dict) -> http.client.HTTPResponse:

@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from prometheus_client import CONTENT_TYPE_LATEST
+from twisted.internet import threads
 from twisted.web import resource, server
 
 from distbuild import jsonlimit, tokens
@@ -157,12 +158,21 @@ class CacheResource(resource.Resource):
         if "://" in name:
             name = urllib.parse.urlsplit(name).path
         path = self.git_dir / f"{names.check_repo_name(name)}.git"
-        try:
-            resolved = resolve_in(path, ref, repo)
-        except ResolveError as e:
-            return _text(request, 404, f"error: {e}")
-        return _json(request, {"repo": repo, "ref": ref, "sha1": resolved.commit,
-                               "tree": resolved.tree})
+
+        def answer(resolved) -> None:
+            _respond(request, _json(request, {"repo": repo, "ref": ref,
+                                              "sha1": resolved.commit, "tree": resolved.tree}))
+
+        def unknown(failure) -> None:
+            failure.trap(ResolveError)
+            _respond(request, _text(request, 404, f"error: {failure.value}"))
+
+        # GitPython runs git processes: off the event loop, which serves the uploads.
+        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                      resolve_in, path, ref, repo)
+        d.addCallbacks(answer, unknown)
+        d.addErrback(lambda f: _respond(request, _text(request, 500, f"error: {f.value}")))
+        return server.NOT_DONE_YET
 
     def _get_artifact(self, request):
         values = request.args.get(b"filename")
