@@ -27,6 +27,8 @@ PUSH_ATTEMPTS = 3
 class SnapshotError(DistbuildError):
     """The checkout's state could not be captured or pushed."""
 
+    host_key = False  # ssh refused the trove's host key
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -156,15 +158,32 @@ def push(snapshot: Snapshot, repo: str, trove_ssh_url: str, identity: Path,
     if parsed.scheme != "ssh" or not parsed.hostname:
         raise ConfigError("trove_ssh_url must look like ssh://git@HOST:PORT", trove_ssh_url)
     host, port = parsed.hostname, parsed.port or 22
-    offered = ssh.fetch_host_key(host, port)
     with tempfile.TemporaryDirectory(prefix="distbuild-push-") as tmp:
         if announced_key and not ssh.known_keys(known_hosts, host, port):
             trusted = ssh.parse_public_key(announced_key, "the controller's welcome")
             known_hosts = Path(tmp) / "known_hosts"
             known_hosts.write_text(ssh.known_hosts_line(host, port, trusted) + "\n")
-        ssh.check_host_key(known_hosts, host, port, offered)
-        return _push(snapshot, f"ssh://{parsed.username or 'git'}@{host}:{port}/{repo}",
-                     identity, known_hosts)
+        try:
+            # OpenSSH checks the trove's key against known_hosts itself (strictly).
+            return _push(snapshot, f"ssh://{parsed.username or 'git'}@{host}:{port}/{repo}",
+                         identity, known_hosts)
+        except SnapshotError as e:
+            if not e.host_key:
+                raise
+            # Only now the trove's key is fetched: to say which key it offers and
+            # which line of known_hosts would trust it (a handshake less otherwise).
+            ssh.check_host_key(known_hosts, host, port, ssh.fetch_host_key(host, port))
+            raise
+
+
+def trove_key_known(trove_ssh_url: str, known_hosts: Path | None) -> bool:
+    """Whether `known_hosts` names a key for the trove at `trove_ssh_url` (no network)."""
+    from distbuild import ssh
+
+    parsed = urllib.parse.urlsplit(trove_ssh_url)
+    if parsed.scheme != "ssh" or not parsed.hostname or known_hosts is None:
+        return False
+    return bool(ssh.known_keys(known_hosts, parsed.hostname, parsed.port or 22))
 
 
 def probe_url(trove_git_url: str, repo: str) -> str:
@@ -228,8 +247,11 @@ def _push(snapshot: Snapshot, target: str, identity: Path, known_hosts: Path) ->
     return ref
 
 
+HOST_KEY_REFUSED = "ssh refused the trove's host key (see known_hosts)"
+
 # What git and ssh print, and what it means for a push to the trove. The first match wins.
 _PUSH_FAILURES: tuple[tuple[tuple[str, ...], str, bool], ...] = (
+    (("Host key verification failed",), HOST_KEY_REFUSED, False),
     (("Permission denied (publickey",),
      "the trove refused key {identity} (it is not among the initiator keys)", False),
     (("Connection refused",), "cannot connect to the trove: connection refused", True),
@@ -251,6 +273,7 @@ def push_error(stderr: str, identity: Path, target: str) -> SnapshotError:
         if any(n in stderr for n in needles):
             error = SnapshotError(message.format(identity=identity), target)
             error.retryable = retryable
+            error.host_key = message == HOST_KEY_REFUSED
             return error
     lines = [x.strip().removeprefix("fatal: ").removeprefix("error: ")
              for x in stderr.splitlines()
