@@ -75,8 +75,13 @@ def test_upload_then_read_back_through_both_apis(trove, tmp_path):
     status, body, _ = raw(trove, "POST", "/1.0/artifacts", json.dumps([bins]),
                           {"Content-Type": "application/json"})
     assert (status, json.loads(body)) == (200, {bins: True})
-    # A second upload of the same source is accepted and changes nothing.
-    assert client.upload_source(KEY, files, token, log=log) is False
+    # A second upload of the same source is accepted and changes nothing; either
+    # answer carries the trove's receipt for the source, for the controller.
+    again = client.store_source(KEY, files, token, log=log)
+    assert again.stored is False
+    tokens.verify(trove.secret, tokens.stored_subject(KEY), again.receipt)
+    with pytest.raises(tokens.TokenError):
+        tokens.verify(trove.secret, KEY, again.receipt)  # not an upload token
     assert f"stored: {KEY} (4028 bytes from 127.0.0.1:" in trove.log()
     assert f"already cached: {KEY}" in trove.log()
 

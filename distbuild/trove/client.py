@@ -68,6 +68,15 @@ class Downloaded:
     sha256: str
 
 
+@dataclass(frozen=True)
+class Stored:
+    """An upload's answer: whether it stored the source (False: it was there already),
+    and the trove's receipt for it ("" from a trove that gives none)."""
+
+    stored: bool
+    receipt: str = ""
+
+
 class CacheClient:
     """Blocking client of one artifact cache, e.g. CacheClient('http://127.0.0.1:8080/')."""
 
@@ -204,6 +213,12 @@ class CacheClient:
         Returns True if stored, False if the source was already cached. `sha256s`
         may give digests the caller already computed, to skip a read of the file.
         """
+        return self.store_source(key, artifacts, token, log, sha256s).stored
+
+    def store_source(self, key: str, artifacts: Mapping[str, Path], token: str,
+                     log: Path | None = None,
+                     sha256s: Mapping[str, str] | None = None) -> Stored:
+        """`upload_source`, answered with the trove's receipt for the source as well."""
         names.check_key(key)
         entries = []
         for filename, path in artifacts.items():
@@ -222,7 +237,7 @@ class CacheClient:
         return self._retrying(lambda: self._put_source(key, head, paths, length, token))
 
     def _put_source(self, key: str, head: bytes, paths: list[Path], length: int,
-                    token: str) -> bool:
+                    token: str) -> Stored:
         conn = self._connection()
         try:
             conn.putrequest("PUT", self.prefix + f"/2.0/sources/{key}")
@@ -246,7 +261,9 @@ class CacheClient:
             else:
                 resp = conn.getresponse()
             self._check(resp, key)
-            return bool(json.loads(resp.read())["stored"])
+            answer = json.loads(resp.read())
+            receipt = answer.get("receipt")
+            return Stored(bool(answer["stored"]), receipt if isinstance(receipt, str) else "")
         except (OSError, http.client.HTTPException) as e:
             raise CacheClientError(f"upload failed: {e}", self.base_url, retryable=True) from None
         finally:

@@ -243,8 +243,12 @@ class CacheResource(resource.Resource):
         self.metrics.uploaded(stored, upload.manifest.total_size)
         self.log(f"{'stored' if stored else 'already cached'}: {upload.key} "
                  f"({upload.manifest.total_size} bytes from {peer_of(request)})")
+        # Signed for the controller, through the worker: it confirms the step built
+        # without asking again (a round trip between the step and its dependents).
+        receipt = tokens.issue(self.secret(), tokens.stored_subject(upload.key), RECEIPT_TTL)
         return _json(request, {"key": upload.key, "stored": stored,
-                               "already_cached": not stored}, 201 if stored else 200)
+                               "already_cached": not stored, "receipt": receipt},
+                     201 if stored else 200)
 
     def _stored(self, request, upload: Upload) -> None:
         try:
@@ -289,6 +293,11 @@ class CacheResource(resource.Resource):
             raise UploadError(f'body must be {{"keys": [...], "ttl": 1..{MAX_PIN_TTL}}}', name)
         self.store.pins.set(name, [names.check_key(k) for k in keys], ttl)
         return _json(request, {"pin": name, "keys": len(keys), "ttl": ttl})
+
+
+# How long an upload's receipt vouches for the source: enough for the worker's
+# job-finished to follow; a later one (a worker that lost its link) is checked by a query.
+RECEIPT_TTL = 300
 
 
 def _respond(request, body: bytes) -> None:
