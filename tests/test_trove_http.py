@@ -435,3 +435,20 @@ def test_queries_share_one_connection_and_survive_its_loss(trove):
         assert proxy.drop() == 1
     finally:
         proxy.close()
+
+
+def test_a_rotated_token_secret_takes_effect_at_the_next_upload(trove, tmp_path):
+    client = CacheClient(trove.cache_url)
+    old = trove.secret
+    first, second = "7a" * 32, "7b" * 32
+    client.upload_source(first, make_files(tmp_path, first, x=b"1"), tokens.issue(old, first))
+    trove.secret_file.write_text(tokens.new_secret() + "\n")
+    try:
+        with pytest.raises(CacheClientError, match="403"):
+            client.upload_source(second, make_files(tmp_path, second, x=b"2"),
+                                 tokens.issue(old, second))
+        stored = client.store_source(second, make_files(tmp_path, second, x=b"2"),
+                                     tokens.issue(trove.secret, second))
+        tokens.verify(trove.secret, tokens.stored_subject(second), stored.receipt)
+    finally:
+        trove.secret_file.write_text(old.decode() + "\n")

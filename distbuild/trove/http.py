@@ -10,7 +10,9 @@ headers, before any of its body is read. Files are sent by `downloads`.
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
@@ -93,14 +95,26 @@ class CacheResource(resource.Resource):
         self.reactor = reactor
         self.store = store
         self.secret_path = secret_path
+        self._secret = b""
+        self._secret_stamp: tuple[int, int, int] | None = None
         self.metrics = TroveMetrics(store)
 
     def secret(self) -> bytes:
-        """The token secret, read per use so a rotated secret file takes effect at once."""
+        """The token secret, checked per use so a rotated secret file takes effect at once
+        (read again only when the file changed: a stat, not a read, per upload)."""
         if self.secret_path is None:
             raise UploadError("this trove accepts no uploads (no token_secret_file)",
                               status=403)
-        return tokens.read_secret(self.secret_path)
+        try:
+            st = os.stat(self.secret_path)
+        except OSError:
+            return tokens.read_secret(self.secret_path)  # which says what is wrong
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        # A file changed within the last second is read anyway: two writes inside one
+        # tick of the file system's clock would leave the same stamp.
+        if stamp != self._secret_stamp or time.time() - st.st_mtime < 1:
+            self._secret, self._secret_stamp = tokens.read_secret(self.secret_path), stamp
+        return self._secret
 
     def render(self, request):
         parts = [unquote(p.decode("utf-8", "replace")) for p in request.postpath]
