@@ -135,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
             if not prepared.pushed():
                 announced_key = link.welcome.trove_ssh_host_key if link.welcome else ""
                 snapshot.push(snap, repo, s.trove_ssh_url, s.identity, s.known_hosts,
-                              announced_key, s.trove_git_url, prepared.probe)
+                              announced_key, s.trove_git_url, prepared.probe,
+                              s.artifact_cache_url or "")
         if snap.has_changes:
             say(f"Uncommitted changes are included as commit {snap.commit[:12]} "
                 f"on top of {snap.head[:12]}")
@@ -187,12 +188,16 @@ class _Prepared:
             s = self._settings
             if s.trove_git_url and s.definitions_repo:
                 self.probe = snapshot.TroveProbe(
-                    snap, snapshot.probe_url(s.trove_git_url, s.definitions_repo))
+                    snap, snapshot.probe_url(s.trove_git_url, s.definitions_repo),
+                    s.artifact_cache_url or "")
             self._taken.set()
+            if self.probe is not None:
+                self.probe.held()  # asked here, off the main thread's way
             if self.probe is not None and s.trove_ssh_url \
                     and snapshot.trove_key_known(s.trove_ssh_url, s.known_hosts):
                 snapshot.push(snap, s.definitions_repo, s.trove_ssh_url, s.identity,
-                              s.known_hosts, "", s.trove_git_url, self.probe)
+                              s.known_hosts, "", s.trove_git_url, self.probe,
+                              s.artifact_cache_url or "")
                 self._pushed = True
         except BaseException as e:  # raised again in the main thread
             self._error = e
