@@ -90,7 +90,6 @@ class GitResolver:
                               retryable=e.retryable) from None
         return resolve_in(path, ref, repo_url)
 
-
     def _ask_trove(self, repo_url: str, ref: str) -> Resolved | None:
         """The trove's answer for one of its own repositories: one HTTP round trip on a
         kept connection instead of a git fetch into a mirror (a new one: `git init` and
