@@ -1,5 +1,3 @@
-import sys
+from distbuild.cli import run_and_exit
 
-from distbuild.cli import main
-
-sys.exit(main())
+run_and_exit()

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from distbuild import __version__
 from distbuild.errors import DistbuildError
@@ -51,6 +53,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 # Used when the first argument is not a command name: `distbuild [options] SYSTEM`.
 DEFAULT_COMMAND = "build"
 
+# The commands that ask the controller and print its answer: once they return,
+# their files are closed and nothing is left to do but the interpreter's own
+# teardown of every module and object (paramiko, cryptography, the protocol's
+# classes), which took 0.05-0.15 s here: a third of a fully cached rebuild.
+QUICK_EXIT = frozenset({"build", "status", "list", "cancel", "workers", "queue", "attach",
+                        "log", "schedule", "verify"})
+
 
 def unknown_command(word: str) -> str | None:
     """Why `word`, taken as the system to build, is really a mistyped command; else None.
@@ -80,6 +89,21 @@ def _top_help() -> str:
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Run `distbuild COMMAND --help` for a command's options."]
     return "\n".join(lines)
+
+
+def run_and_exit() -> NoReturn:
+    """`main()` as the process: a QUICK_EXIT command ends it at once, output flushed."""
+    status = main()
+    args = sys.argv[1:]
+    command = args[0] if args and args[0] in COMMANDS else DEFAULT_COMMAND
+    if command in QUICK_EXIT and args and args[0] not in ("-h", "--help", "--version"):
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe: nothing more can reach it
+                pass
+        os._exit(status)
+    sys.exit(status)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,9 +17,6 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
-
 from distbuild.errors import DistbuildError
 
 
@@ -70,6 +67,9 @@ def parse_public_key(text: str, where: str) -> PublicKey:
 def generate_keypair(private_path: Path, comment: str = "") -> PublicKey:
     """Write a new Ed25519 key pair: PATH (mode 0600) and PATH.pub; returns the public key."""
     private_path = Path(private_path)
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     key = ed25519.Ed25519PrivateKey.generate()
     private = key.private_bytes(serialization.Encoding.PEM,
                                 serialization.PrivateFormat.OpenSSH,
@@ -89,6 +89,8 @@ def generate_keypair(private_path: Path, comment: str = "") -> PublicKey:
 
 def public_key_of(private_path: Path) -> PublicKey:
     """The public half of an OpenSSH private key file."""
+    from cryptography.hazmat.primitives import serialization
+
     try:
         data = Path(private_path).read_bytes()
     except OSError as e:

@@ -55,6 +55,12 @@ def read_secret(path: Path) -> bytes:
     return text.encode()
 
 
+def stored_subject(key: str) -> str:
+    """What the artifact cache's receipt for source `key` is issued for: its word that it
+    holds every artifact of `key`, which an upload token (issued for `key`) is not."""
+    return f"stored:{key}"
+
+
 def _mac(secret: bytes, subject: str, expires: int) -> str:
     message = b"\n".join([_DOMAIN, subject.encode(), str(expires).encode()])
     return hmac.new(secret, message, hashlib.sha256).hexdigest()

@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,32 @@ def test_unknown_and_changed_controller_host_keys_say_what_to_add(network, tmp_p
                                          checkout, MINIMAL))
     assert "HOST KEY CHANGED" in changed and controller_key.fingerprint in changed
     assert changed.endswith(f"replace its line with: {line}")
+
+
+def test_a_changed_trove_host_key_stops_the_push_saying_what_to_replace(network, tmp_path):
+    checkout = network.checkout(tmp_path / "defs")
+    (checkout / "NOTES").write_text("not on the trove yet\n")
+    before = snapshot_refs(network)
+    trove = urllib.parse.urlsplit(network.settings["trove_ssh_url"])
+    trove_key = ssh.public_key_of(network.state / "keys" / "trove_host_key")
+    line = ssh.known_hosts_line("127.0.0.1", trove.port, trove_key)
+    impostor = ssh.generate_keypair(tmp_path / "impostor")
+    stale = ssh.known_hosts_line("127.0.0.1", trove.port, impostor) + "\n"
+    # With the settings file (the push starts before the controller answers) ...
+    known = Path(network.settings["known_hosts"]).read_text().replace(line + "\n", stale)
+    (tmp_path / "known_hosts").write_text(known)
+    (tmp_path / "stale.yaml").write_text(yaml.safe_dump(
+        dict(network.settings, known_hosts=str(tmp_path / "known_hosts"))))
+    proc = run_distbuild("--config", str(tmp_path / "stale.yaml"), MINIMAL, cwd=checkout)
+    # ... and the morph way (the trove's address comes from the controller's welcome).
+    controller_key = ssh.public_key_of(network.state / "keys" / "controller_host_key")
+    home = morph_home(network, tmp_path / "m", ssh.known_hosts_line(
+        "127.0.0.1", controller_port(network), controller_key) + "\n" + stale)
+    for error in (one_error_line(proc), one_error_line(morph_build(network, home, checkout,
+                                                                   MINIMAL))):
+        assert "HOST KEY CHANGED" in error and trove_key.fingerprint in error
+        assert error.endswith(f"replace its line with: {line}")
+    assert snapshot_refs(network) == before
 
 
 @pytest.mark.parametrize("typed, meant", [("stauts", "status"), ("wrker", "worker"),

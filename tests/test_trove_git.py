@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from distbuild.errors import ResolveError
+from distbuild.trove.client import CacheClient
 from distbuild.trove.mirror import MirrorCache
 from distbuild.trove.refs import GitResolver, Resolved, expand_alias
 from tests.trove_process import TroveProcess, pid_alive, wait_gone
@@ -94,6 +95,24 @@ def test_resolver_names_commit_and_tree(served, tmp_path):
     # A local bare repository resolves in place.
     local = GitResolver().resolve(str(trove.git_dir / "delta" / "hello.git"), "master")
     assert local.commit == shas["master"]
+
+
+def test_resolver_asks_the_trove_for_its_own_repositories(served, tmp_path):
+    trove, shas = served
+    mirrors = MirrorCache(tmp_path / "mirrors")
+    resolver = GitResolver(mirrors, trove_git_url=trove.git_url,
+                           sha1s=CacheClient(trove.cache_url).sha1s)
+    url = f"{trove.git_url}/delta/hello"
+    assert resolver.resolve(url, "master") == Resolved(shas["master"], shas["master_tree"])
+    assert resolver.resolve(url, "v1.0") == Resolved(shas["first"], shas["first_tree"])
+    assert mirrors.fetches == 0 and not list(mirrors.root.glob("*.git"))
+    # What the trove cannot name goes through the mirror, whose error says what is wrong.
+    with pytest.raises(ResolveError, match=r"delta/hello: ref 'no-such-branch' not found"):
+        resolver.resolve(url, "no-such-branch")
+    assert mirrors.fetches == 1
+    down = GitResolver(MirrorCache(tmp_path / "m2"), trove_git_url=trove.git_url,
+                       sha1s=CacheClient("http://127.0.0.1:9/").sha1s)
+    assert down.resolve(url, "stable").commit == shas["first"]
 
 
 def test_resolver_errors_name_repo_and_ref(served, tmp_path):

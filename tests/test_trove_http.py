@@ -75,8 +75,13 @@ def test_upload_then_read_back_through_both_apis(trove, tmp_path):
     status, body, _ = raw(trove, "POST", "/1.0/artifacts", json.dumps([bins]),
                           {"Content-Type": "application/json"})
     assert (status, json.loads(body)) == (200, {bins: True})
-    # A second upload of the same source is accepted and changes nothing.
-    assert client.upload_source(KEY, files, token, log=log) is False
+    # A second upload of the same source is accepted and changes nothing; either
+    # answer carries the trove's receipt for the source, for the controller.
+    again = client.store_source(KEY, files, token, log=log)
+    assert again.stored is False
+    tokens.verify(trove.secret, tokens.stored_subject(KEY), again.receipt)
+    with pytest.raises(tokens.TokenError):
+        tokens.verify(trove.secret, KEY, again.receipt)  # not an upload token
     assert f"stored: {KEY} (4028 bytes from 127.0.0.1:" in trove.log()
     assert f"already cached: {KEY}" in trove.log()
 
@@ -430,3 +435,20 @@ def test_queries_share_one_connection_and_survive_its_loss(trove):
         assert proxy.drop() == 1
     finally:
         proxy.close()
+
+
+def test_a_rotated_token_secret_takes_effect_at_the_next_upload(trove, tmp_path):
+    client = CacheClient(trove.cache_url)
+    old = trove.secret
+    first, second = "7a" * 32, "7b" * 32
+    client.upload_source(first, make_files(tmp_path, first, x=b"1"), tokens.issue(old, first))
+    trove.secret_file.write_text(tokens.new_secret() + "\n")
+    try:
+        with pytest.raises(CacheClientError, match="403"):
+            client.upload_source(second, make_files(tmp_path, second, x=b"2"),
+                                 tokens.issue(old, second))
+        stored = client.store_source(second, make_files(tmp_path, second, x=b"2"),
+                                     tokens.issue(trove.secret, second))
+        tokens.verify(trove.secret, tokens.stored_subject(second), stored.receipt)
+    finally:
+        trove.secret_file.write_text(old.decode() + "\n")

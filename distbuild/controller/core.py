@@ -50,7 +50,8 @@ class Controller:
         self.logs = JobLogs(settings.state_dir / "logs")
         self.cache = CacheClient(settings.artifact_cache_url)
         self.mirrors = MirrorCache(settings.state_dir / "mirrors")
-        self.resolver = GitResolver(self.mirrors)
+        self.resolver = GitResolver(self.mirrors, trove_git_url=trove_refs_url(settings),
+                                    sha1s=self.cache.sha1s)
         self.aliases = Aliases.from_config(settings.trove_git_url, settings.repo_aliases)
         self.workers: dict[str, Any] = {}  # name -> link
         self.watchers: dict[str, set[Any]] = {}  # request id -> initiator links
@@ -197,3 +198,13 @@ class Controller:
         from twisted.internet import threads
 
         return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *args)
+
+
+def trove_refs_url(settings: ControllerSettings) -> str:
+    """The git URL whose repositories' refs the artifact cache can name (its /1.0/sha1s),
+    or "" where the cache is not served by the same trove host as that git URL."""
+    from urllib.parse import urlsplit
+
+    git, cache = urlsplit(settings.trove_git_url), urlsplit(settings.artifact_cache_url)
+    same = bool(git.hostname) and git.hostname == cache.hostname
+    return settings.trove_git_url if same else ""

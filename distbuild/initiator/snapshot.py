@@ -11,6 +11,7 @@ makes the same commit and a repeated build pushes nothing new.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -26,6 +27,8 @@ PUSH_ATTEMPTS = 3
 
 class SnapshotError(DistbuildError):
     """The checkout's state could not be captured or pushed."""
+
+    host_key = False  # ssh refused the trove's host key
 
 
 @dataclass(frozen=True)
@@ -73,12 +76,15 @@ def take(path: Path, leave_out: list[Path] | None = None) -> Snapshot:
     `leave_out` (such as --initiator-step-output-dir) that lies inside the checkout.
     """
     try:
-        # One git for all three in the usual case; apart, to say which one failed.
-        top_text, head, head_tree = _git(["rev-parse", "--show-toplevel", "HEAD^{commit}",
-                                          "HEAD^{tree}"], path).splitlines()
+        # One git for all four in the usual case; apart, to say which one failed.
+        top_text, head, head_tree, index_text = _git(
+            ["rev-parse", "--show-toplevel", "HEAD^{commit}", "HEAD^{tree}", "--git-path",
+             "index"], path).splitlines()
         top = Path(top_text)
+        index: Path | None = Path(path) / index_text  # (as is, when absolute)
     except (SnapshotError, ValueError):
         top, head, head_tree = _top_and_head(path)
+        index = None
     excludes = [f":(exclude,glob)**/{LOG_FILES}"]
     for folder in leave_out or []:
         inside = _inside(folder, top)
@@ -86,7 +92,12 @@ def take(path: Path, leave_out: list[Path] | None = None) -> Snapshot:
             excludes.append(f":(exclude,top){inside}")
     with tempfile.TemporaryDirectory(prefix="distbuild-index-") as tmp:
         env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
-        _git(["read-tree", "HEAD"], top, env)
+        try:
+            # The checkout's own index, copied: `add` then hashes only the files whose
+            # stat changed, and no `read-tree` runs (a git process less).
+            shutil.copyfile(index, env["GIT_INDEX_FILE"])
+        except (OSError, TypeError):  # no index yet (or not found): start from HEAD
+            _git(["read-tree", "HEAD"], top, env)
         _git(["add", "-A", "--", ".", *excludes], top, env,
              what="recording uncommitted changes")
         tree = _git(["write-tree"], top, env)
@@ -134,7 +145,7 @@ def require_file(snapshot: Snapshot, path: str) -> None:
 
 def push(snapshot: Snapshot, repo: str, trove_ssh_url: str, identity: Path,
          known_hosts: Path, announced_key: str = "", trove_git_url: str = "",
-         probe: TroveProbe | None = None) -> str:
+         probe: TroveProbe | None = None, cache_url: str = "") -> str:
     """Push the snapshot to repository `repo` on the trove; returns the ref it is under.
 
     `announced_key` is the trove's host key as the controller announced it: it is
@@ -146,7 +157,7 @@ def push(snapshot: Snapshot, repo: str, trove_ssh_url: str, identity: Path,
     if trove_git_url:
         url = probe_url(trove_git_url, repo)
         if probe is None or probe.url != url:
-            probe = TroveProbe(snapshot, url)
+            probe = TroveProbe(snapshot, url, cache_url)
         if probe.held():
             return ref
     # Imported only now: a snapshot the trove holds needs no SSH here.
@@ -156,15 +167,32 @@ def push(snapshot: Snapshot, repo: str, trove_ssh_url: str, identity: Path,
     if parsed.scheme != "ssh" or not parsed.hostname:
         raise ConfigError("trove_ssh_url must look like ssh://git@HOST:PORT", trove_ssh_url)
     host, port = parsed.hostname, parsed.port or 22
-    offered = ssh.fetch_host_key(host, port)
     with tempfile.TemporaryDirectory(prefix="distbuild-push-") as tmp:
         if announced_key and not ssh.known_keys(known_hosts, host, port):
             trusted = ssh.parse_public_key(announced_key, "the controller's welcome")
             known_hosts = Path(tmp) / "known_hosts"
             known_hosts.write_text(ssh.known_hosts_line(host, port, trusted) + "\n")
-        ssh.check_host_key(known_hosts, host, port, offered)
-        return _push(snapshot, f"ssh://{parsed.username or 'git'}@{host}:{port}/{repo}",
-                     identity, known_hosts)
+        try:
+            # OpenSSH checks the trove's key against known_hosts itself (strictly).
+            return _push(snapshot, f"ssh://{parsed.username or 'git'}@{host}:{port}/{repo}",
+                         identity, known_hosts)
+        except SnapshotError as e:
+            if not e.host_key:
+                raise
+            # Only now the trove's key is fetched: to say which key it offers and
+            # which line of known_hosts would trust it (a handshake less otherwise).
+            ssh.check_host_key(known_hosts, host, port, ssh.fetch_host_key(host, port))
+            raise
+
+
+def trove_key_known(trove_ssh_url: str, known_hosts: Path | None) -> bool:
+    """Whether `known_hosts` names a key for the trove at `trove_ssh_url` (no network)."""
+    from distbuild import ssh
+
+    parsed = urllib.parse.urlsplit(trove_ssh_url)
+    if parsed.scheme != "ssh" or not parsed.hostname or known_hosts is None:
+        return False
+    return bool(ssh.known_keys(known_hosts, parsed.hostname, parsed.port or 22))
 
 
 def probe_url(trove_git_url: str, repo: str) -> str:
@@ -178,13 +206,21 @@ class TroveProbe:
     A repeated build of the same state then costs one git-protocol round trip
     instead of two SSH handshakes (the host-key probe and git's own) and a push.
     The `git ls-remote` starts at once, so it can run while the initiator connects
-    to the controller; any failure just means "push as usual".
+    to the controller; any failure just means "push as usual". With `cache_url`,
+    the trove's HTTP port on the same host is asked instead (`GET /1.0/sha1s` for
+    the ref): a few ms where a git process and the trove's upload-pack took
+    50-100 ms, which a changed checkout waits for before its push.
     """
 
-    def __init__(self, snapshot: Snapshot, url: str):
+    def __init__(self, snapshot: Snapshot, url: str, cache_url: str = ""):
         self.url = url
         self.commit = snapshot.commit
         self.ref = f"{SNAPSHOT_REFS}/{snapshot.commit}"
+        self._answer: bool | None = None
+        self._proc: subprocess.Popen | None = None
+        self._cache_url = cache_url if _same_host(url, cache_url) else ""
+        if self._cache_url:
+            return
         try:
             self._proc: subprocess.Popen | None = subprocess.Popen(
                 ["git", "ls-remote", url, self.ref], cwd=snapshot.top, env=_git_env(),
@@ -195,6 +231,21 @@ class TroveProbe:
 
     def held(self) -> bool:
         """Wait for the answer: True if the trove holds the ref at the snapshot's commit."""
+        if self._answer is None:
+            self._answer = self._ask()
+        return self._answer
+
+    def _ask(self) -> bool:
+        if self._cache_url:
+            from distbuild.errors import DistbuildError
+            from distbuild.trove.client import CacheClient
+
+            repo = urllib.parse.urlsplit(self.url).path.lstrip("/")
+            try:
+                answer = CacheClient(self._cache_url, timeout=10).sha1s(repo, self.ref)
+            except DistbuildError:
+                return False
+            return answer is not None and answer.get("sha1") == self.commit
         if self._proc is None:
             return False
         out, _ = self._proc.communicate()
@@ -206,6 +257,14 @@ class TroveProbe:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait()
+
+
+def _same_host(git_url: str, http_url: str) -> bool:
+    """Whether an artifact cache URL names the host of a trove git URL (one trove)."""
+    if not http_url:
+        return False
+    git, http = urllib.parse.urlsplit(git_url), urllib.parse.urlsplit(http_url)
+    return http.scheme == "http" and bool(git.hostname) and git.hostname == http.hostname
 
 
 def _push(snapshot: Snapshot, target: str, identity: Path, known_hosts: Path) -> str:
@@ -228,8 +287,11 @@ def _push(snapshot: Snapshot, target: str, identity: Path, known_hosts: Path) ->
     return ref
 
 
+HOST_KEY_REFUSED = "ssh refused the trove's host key (see known_hosts)"
+
 # What git and ssh print, and what it means for a push to the trove. The first match wins.
 _PUSH_FAILURES: tuple[tuple[tuple[str, ...], str, bool], ...] = (
+    (("Host key verification failed",), HOST_KEY_REFUSED, False),
     (("Permission denied (publickey",),
      "the trove refused key {identity} (it is not among the initiator keys)", False),
     (("Connection refused",), "cannot connect to the trove: connection refused", True),
@@ -251,6 +313,7 @@ def push_error(stderr: str, identity: Path, target: str) -> SnapshotError:
         if any(n in stderr for n in needles):
             error = SnapshotError(message.format(identity=identity), target)
             error.retryable = retryable
+            error.host_key = message == HOST_KEY_REFUSED
             return error
     lines = [x.strip().removeprefix("fatal: ").removeprefix("error: ")
              for x in stderr.splitlines()

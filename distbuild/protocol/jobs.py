@@ -89,6 +89,7 @@ class JobFinished(Message):
     command_seconds: float = 0.0  # the part spent running the step's own commands
     fetched_bytes: int = 0  # downloaded from the artifact cache to stage the step
     sent_bytes: int = 0  # uploaded to the artifact cache: artifacts, metadata and log
+    receipt: str = ""  # the artifact cache's signed word that it holds the step's source
 
 
 @dataclass

@@ -68,6 +68,15 @@ class Downloaded:
     sha256: str
 
 
+@dataclass(frozen=True)
+class Stored:
+    """An upload's answer: whether it stored the source (False: it was there already),
+    and the trove's receipt for it ("" from a trove that gives none)."""
+
+    stored: bool
+    receipt: str = ""
+
+
 class CacheClient:
     """Blocking client of one artifact cache, e.g. CacheClient('http://127.0.0.1:8080/')."""
 
@@ -121,6 +130,14 @@ class CacheClient:
     def source_meta(self, key: str) -> dict | None:
         """A cached source's files with sizes and sha256, or None if it is not cached."""
         return self._json("GET", f"/2.0/sources/{names.check_key(key)}", missing_ok=True)
+
+    def sha1s(self, repo: str, ref: str) -> dict | None:
+        """The commit and tree `ref` names in trove repository `repo` (morph's GET
+        /1.0/sha1s: {"sha1", "tree", ...}); None if the trove does not know them.
+
+        Asked once, not retried: a caller has the slower way (a mirror) to fall back on."""
+        query = urllib.parse.urlencode({"repo": repo, "ref": ref})
+        return self._json("GET", f"/1.0/sha1s?{query}", missing_ok=True, retry=False)
 
     def fetch_log(self, key: str) -> bytes | None:
         """The build log stored with source `key`, or None if there is none."""
@@ -196,6 +213,12 @@ class CacheClient:
         Returns True if stored, False if the source was already cached. `sha256s`
         may give digests the caller already computed, to skip a read of the file.
         """
+        return self.store_source(key, artifacts, token, log, sha256s).stored
+
+    def store_source(self, key: str, artifacts: Mapping[str, Path], token: str,
+                     log: Path | None = None,
+                     sha256s: Mapping[str, str] | None = None) -> Stored:
+        """`upload_source`, answered with the trove's receipt for the source as well."""
         names.check_key(key)
         entries = []
         for filename, path in artifacts.items():
@@ -214,7 +237,7 @@ class CacheClient:
         return self._retrying(lambda: self._put_source(key, head, paths, length, token))
 
     def _put_source(self, key: str, head: bytes, paths: list[Path], length: int,
-                    token: str) -> bool:
+                    token: str) -> Stored:
         conn = self._connection()
         try:
             conn.putrequest("PUT", self.prefix + f"/2.0/sources/{key}")
@@ -238,7 +261,9 @@ class CacheClient:
             else:
                 resp = conn.getresponse()
             self._check(resp, key)
-            return bool(json.loads(resp.read())["stored"])
+            answer = json.loads(resp.read())
+            receipt = answer.get("receipt")
+            return Stored(bool(answer["stored"]), receipt if isinstance(receipt, str) else "")
         except (OSError, http.client.HTTPException) as e:
             raise CacheClientError(f"upload failed: {e}", self.base_url, retryable=True) from None
         finally:
@@ -271,7 +296,7 @@ class CacheClient:
                                    retryable=True) from None
 
     def _json(self, method: str, path: str, body=None, token: str | None = None,
-              missing_ok: bool = False):
+              missing_ok: bool = False, retry: bool = True):
         headers = {"Content-Type": "application/json"}
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
@@ -297,7 +322,7 @@ class CacheClient:
                 self._drop_kept()
             return answer
 
-        return self._retrying(ask)
+        return self._retrying(ask) if retry else ask()
 
     def _kept_request(self, method: str, path: str, body: bytes | None,
                       headers: dict) -> http.client.HTTPResponse:

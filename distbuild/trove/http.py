@@ -10,13 +10,16 @@ headers, before any of its body is read. Files are sent by `downloads`.
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote
 
 from prometheus_client import CONTENT_TYPE_LATEST
+from twisted.internet import threads
 from twisted.web import resource, server
 
 from distbuild import jsonlimit, tokens
@@ -92,14 +95,26 @@ class CacheResource(resource.Resource):
         self.reactor = reactor
         self.store = store
         self.secret_path = secret_path
+        self._secret = b""
+        self._secret_stamp: tuple[int, int, int] | None = None
         self.metrics = TroveMetrics(store)
 
     def secret(self) -> bytes:
-        """The token secret, read per use so a rotated secret file takes effect at once."""
+        """The token secret, checked per use so a rotated secret file takes effect at once
+        (read again only when the file changed: a stat, not a read, per upload)."""
         if self.secret_path is None:
             raise UploadError("this trove accepts no uploads (no token_secret_file)",
                               status=403)
-        return tokens.read_secret(self.secret_path)
+        try:
+            st = os.stat(self.secret_path)
+        except OSError:
+            return tokens.read_secret(self.secret_path)  # which says what is wrong
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        # A file changed within the last second is read anyway: two writes inside one
+        # tick of the file system's clock would leave the same stamp.
+        if stamp != self._secret_stamp or time.time() - st.st_mtime < 1:
+            self._secret, self._secret_stamp = tokens.read_secret(self.secret_path), stamp
+        return self._secret
 
     def render(self, request):
         parts = [unquote(p.decode("utf-8", "replace")) for p in request.postpath]
@@ -157,12 +172,21 @@ class CacheResource(resource.Resource):
         if "://" in name:
             name = urllib.parse.urlsplit(name).path
         path = self.git_dir / f"{names.check_repo_name(name)}.git"
-        try:
-            resolved = resolve_in(path, ref, repo)
-        except ResolveError as e:
-            return _text(request, 404, f"error: {e}")
-        return _json(request, {"repo": repo, "ref": ref, "sha1": resolved.commit,
-                               "tree": resolved.tree})
+
+        def answer(resolved) -> None:
+            _respond(request, _json(request, {"repo": repo, "ref": ref,
+                                              "sha1": resolved.commit, "tree": resolved.tree}))
+
+        def unknown(failure) -> None:
+            failure.trap(ResolveError)
+            _respond(request, _text(request, 404, f"error: {failure.value}"))
+
+        # GitPython runs git processes: off the event loop, which serves the uploads.
+        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                      resolve_in, path, ref, repo)
+        d.addCallbacks(answer, unknown)
+        d.addErrback(lambda f: _respond(request, _text(request, 500, f"error: {f.value}")))
+        return server.NOT_DONE_YET
 
     def _get_artifact(self, request):
         values = request.args.get(b"filename")
@@ -233,8 +257,12 @@ class CacheResource(resource.Resource):
         self.metrics.uploaded(stored, upload.manifest.total_size)
         self.log(f"{'stored' if stored else 'already cached'}: {upload.key} "
                  f"({upload.manifest.total_size} bytes from {peer_of(request)})")
+        # Signed for the controller, through the worker: it confirms the step built
+        # without asking again (a round trip between the step and its dependents).
+        receipt = tokens.issue(self.secret(), tokens.stored_subject(upload.key), RECEIPT_TTL)
         return _json(request, {"key": upload.key, "stored": stored,
-                               "already_cached": not stored}, 201 if stored else 200)
+                               "already_cached": not stored, "receipt": receipt},
+                     201 if stored else 200)
 
     def _stored(self, request, upload: Upload) -> None:
         try:
@@ -279,6 +307,11 @@ class CacheResource(resource.Resource):
             raise UploadError(f'body must be {{"keys": [...], "ttl": 1..{MAX_PIN_TTL}}}', name)
         self.store.pins.set(name, [names.check_key(k) for k in keys], ttl)
         return _json(request, {"pin": name, "keys": len(keys), "ttl": ttl})
+
+
+# How long an upload's receipt vouches for the source: enough for the worker's
+# job-finished to follow; a later one (a worker that lost its link) is checked by a query.
+RECEIPT_TTL = 300
 
 
 def _respond(request, body: bytes) -> None:

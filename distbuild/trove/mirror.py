@@ -87,12 +87,19 @@ class MirrorCache:
         always brought up to date, since where it points may have moved.
         """
         with self._locked(url) as path:
-            if SHA_RE.fullmatch(ref) and self.has_commit(url, ref):
-                return path
-            self._fetch(url, path, FETCH_REFSPECS)
-            if SHA_RE.fullmatch(ref) and not self.has_commit(url, ref):
-                # Not on any branch or tag: ask for the commit itself.
-                self._fetch(url, path, [ref], missing_ok=True)
+            if not SHA_RE.fullmatch(ref):
+                self._fetch(url, path, FETCH_REFSPECS)
+            elif not self.has_commit(url, ref):
+                # Branches, tags and the commit itself in one fetch, for a commit on no
+                # branch or tag (an initiator's snapshot of its definitions): a round
+                # trip less on a build's way to its first step. A server that will not
+                # hand out a commit by name fails the whole fetch; then the usual one.
+                try:
+                    self._fetch(url, path, [*FETCH_REFSPECS, ref])
+                except MissingRepository:
+                    raise
+                except ResolveError:
+                    self._fetch(url, path, FETCH_REFSPECS)
             return path
 
     def _fetch(self, url: str, path: Path, refspecs: list[str], missing_ok: bool = False):

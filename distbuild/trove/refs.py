@@ -9,6 +9,7 @@ repository or ref is a ResolveError naming both.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import git
@@ -16,7 +17,7 @@ import gitdb.exc
 
 # The definitions engine's type: the resolver protocol it calls returns it.
 from distbuild.definitions.resolve import Resolved
-from distbuild.errors import MissingRepository, ResolveError
+from distbuild.errors import DistbuildError, MissingRepository, ResolveError
 from distbuild.trove.mirror import SHA_RE, MirrorCache
 
 # Baserock's trove aliases: `upstream:X` is delta/X, `baserock:X` is baserock/X.
@@ -48,11 +49,17 @@ def _local_path(url: str) -> Path | None:
 class GitResolver:
     """Resolves refs; `resolve(repo_url, ref) -> Resolved` is the definitions engine's protocol."""
 
-    def __init__(self, mirrors: MirrorCache | Path | None = None, ttl: float = 30.0):
+    def __init__(self, mirrors: MirrorCache | Path | None = None, ttl: float = 30.0,
+                 trove_git_url: str = "",
+                 sha1s: Callable[[str, str], dict | None] | None = None):
+        """With `sha1s` (the trove's `GET /1.0/sha1s`, e.g. CacheClient.sha1s), refs of
+        repositories under `trove_git_url` are asked of the trove, not fetched."""
         if mirrors is not None and not isinstance(mirrors, MirrorCache):
             mirrors = MirrorCache(Path(mirrors))
         self.mirrors = mirrors
         self.ttl = ttl
+        self._trove = trove_git_url.rstrip("/") + "/" if trove_git_url and sha1s else ""
+        self._sha1s = sha1s
         self._cache: dict[tuple[str, str], tuple[Resolved, float]] = {}
 
     def resolve(self, repo_url: str, ref: str) -> Resolved:
@@ -66,6 +73,9 @@ class GitResolver:
         return resolved
 
     def _resolve(self, repo_url: str, ref: str) -> Resolved:
+        asked = self._ask_trove(repo_url, ref)
+        if asked is not None:
+            return asked
         local = _local_path(repo_url)
         if local is not None:
             path = local
@@ -79,6 +89,22 @@ class GitResolver:
                 raise type(e)(f"cannot resolve ref '{ref}': {e.what}", repo_url,
                               retryable=e.retryable) from None
         return resolve_in(path, ref, repo_url)
+
+    def _ask_trove(self, repo_url: str, ref: str) -> Resolved | None:
+        """The trove's answer for one of its own repositories: one HTTP round trip on a
+        kept connection instead of a git fetch into a mirror (a new one: `git init` and
+        a fetch), as morph asked its trove. None (use the mirror, whose errors say what
+        is wrong) for any other repository, or if the trove cannot answer."""
+        if not self._trove or not repo_url.startswith(self._trove):
+            return None
+        try:
+            answer = self._sha1s(repo_url[len(self._trove):], ref)
+            if answer is not None and SHA_RE.fullmatch(answer["sha1"]) \
+                    and SHA_RE.fullmatch(answer["tree"]):
+                return Resolved(answer["sha1"], answer["tree"])
+        except (DistbuildError, KeyError, TypeError):
+            pass
+        return None
 
 
 def local_resolver(mirror_dir: Path | None = None) -> GitResolver:

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from distbuild.trove.client import CacheClient, CacheClientError
+from distbuild.trove.client import CacheClient, CacheClientError, Stored
 from distbuild.worker.artifacts import ArtifactInfo, artifact_filename
 from distbuild.worker.cache import LocalArtifactCache
 from distbuild.worker.chunk import staged_chunks
@@ -76,10 +76,10 @@ def records_in_one_query(source: TroveArtifactSource, cache: LocalArtifactCache,
                            for rule in dep.split_rules))
 
 
-def upload(result: StepResult, client: CacheClient, token: str) -> bool:
-    """Upload a step's artifacts, metadata and log as one source; False if already cached."""
+def upload(result: StepResult, client: CacheClient, token: str) -> Stored:
+    """Upload a step's artifacts, metadata and log as one source; the trove's answer."""
     files = [*result.artifacts, result.meta]
-    return client.upload_source(
+    return client.store_source(
         result.cache_key, {a.filename: a.path for a in files}, token, log=result.log.path,
         sha256s={a.filename: a.sha256 for a in files})
 

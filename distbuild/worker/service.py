@@ -250,8 +250,9 @@ class Worker:
                 result = verified(run.job, built, source, cache)
                 return
             token.check("upload")
-            upload(built, client, run.token)
+            stored = upload(built, client, run.token)
             result = m.JobFinished(job=run.job, seconds=round(built.seconds, 4),
+                                   receipt=stored.receipt,
                                    command_seconds=round(built.command_seconds, 4),
                                    fetched_bytes=cache.downloaded_bytes,
                                    sent_bytes=upload_size(built),
