@@ -7,10 +7,13 @@ the initiator builds the exact state of the checkout.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import signal
 import subprocess
+import sys
 import tarfile
 import time
 import urllib.request
@@ -208,6 +211,63 @@ def test_ctrl_c_cancels_the_request(network, tmp_path):
     assert proc.returncode == 130, out
     assert "Cancelling request" in out and "Traceback" not in out
     wait_for(lambda: not any(_alive(p) for p in pids), 5, "the step's processes to go")
+
+
+def test_an_initiator_whose_output_waits_keeps_its_request(network, tmp_path):
+    """Its stdout a full pipe (`distbuild ... | less`, nobody scrolling): the initiator
+    stops reading the link for longer than the controller's 8 s of allowed silence,
+    and the request it owns must go on, not be cancelled as if it had gone."""
+    checkout = network.checkout(tmp_path / "defs")
+    # hello (and greeting-tool after it) finish early, each a line to print; motd,
+    # beside them on the other worker, goes on for 16 s.
+    edit(checkout / "strata/example-apps/hello.morph", "install-commands:\n",
+         "install-commands:\n- echo waits >/dev/null\n")
+    edit(checkout / "strata/example-apps/motd.morph", "install-commands:\n",
+         "install-commands:\n- sleep 16.25\n")
+    read, write = os.pipe()
+    fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, 4096)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distbuild", "--config", str(network.config), SYSTEM],
+        cwd=checkout, env=network.env, stdout=write, stderr=subprocess.STDOUT)
+    try:
+        head = b""
+        while b"Started building chunk:example-apps/motd" not in head:
+            chunk = os.read(read, 4096)
+            assert chunk, head.decode()
+            head += chunk
+        wait_for(lambda: processes_with("sleep 16.25"), 30, "motd to start")
+        # Fill the pipe: the initiator's next line (hello finishing) blocks it. Through
+        # a file description of our own, since O_NONBLOCK on the initiator's would
+        # make its writes fail rather than wait.
+        os.close(write)
+        write = os.open(f"/proc/self/fd/{read}", os.O_WRONLY | os.O_NONBLOCK)
+        for size in (512, 1):  # (a write of up to 4 KiB goes in whole or not at all)
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    os.write(write, b"." * size)
+        os.close(write)
+        write = -1
+        wait_for(lambda: "pipe_write" in Path(f"/proc/{proc.pid}/wchan").read_text(), 20,
+                 "the initiator to wait on its output")
+        blocked = time.monotonic()
+        wait_for(lambda: not processes_with("sleep 16.25"), 30, "motd to end")
+        silent = time.monotonic() - blocked
+        still_blocked = "pipe_write" in Path(f"/proc/{proc.pid}/wchan").read_text()
+        rest = b""
+        while chunk := os.read(read, 65536):
+            rest += chunk
+        out = (head + rest).decode()
+        assert proc.wait(timeout=60) == 0, out
+        assert "was cancelled" not in out and re.search(r"^Artifact: ", out, re.M), out
+        # It read nothing from the link for longer than the controller allows.
+        assert silent > 9 and still_blocked
+    finally:
+        if write >= 0:
+            os.close(write)
+        os.close(read)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_detach_status_and_list(network, tmp_path):

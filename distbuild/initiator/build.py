@@ -248,7 +248,12 @@ class Follower:
         try:
             while True:
                 try:
-                    message = self.link.receive()
+                    # Pinged from a thread: an initiator behind with its messages (a
+                    # big build's thousands of lines, or output to a pipe nobody reads
+                    # yet) answers the controller's pings late, and the controller,
+                    # taking it for gone, would cancel the request it owns.
+                    with self.link.kept_alive():
+                        return self._follow()
                 except LinkError as e:
                     if not self.request_id or self.args.detach:
                         raise
@@ -257,15 +262,18 @@ class Follower:
                     if link is None:
                         return 1
                     self.link = link
-                    continue
-                status = self.handle(message)
-                if status is not None:
-                    return status
         except KeyboardInterrupt:
             return self.cancel()
         finally:
             self.logs.close()
             self.link.close()
+
+    def _follow(self) -> int:
+        """Handle messages until one ends the request; LinkError if the link goes."""
+        while True:
+            status = self.handle(self.link.receive())
+            if status is not None:
+                return status
 
     def cancel(self) -> int:
         from distbuild.link import LinkError
