@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from distbuild import tokens
-from distbuild.trove.client import CacheClient, CacheClientError
+from distbuild.trove.client import CacheClient, CacheClientError, Stored
 from tests.tcp_proxy import DroppingProxy
 from tests.trove_process import TroveProcess
 
@@ -433,6 +433,40 @@ def test_queries_share_one_connection_and_survive_its_loss(trove):
         # The trove (here: the proxy) closed the kept connection meanwhile.
         assert client.cached_sources([key, other]) == {key: False, other: False}
         assert proxy.drop() == 1
+    finally:
+        proxy.close()
+
+
+def test_jobs_on_threads_of_their_own_share_one_connection_uploads_included(trove,
+                                                                            tmp_path):
+    """A worker makes a client on a new thread per job; its queries and its upload
+    go over one kept connection, and an upload after the trove dropped it still lands."""
+    proxy = DroppingProxy(trove.info["http_port"])
+    url = f"http://127.0.0.1:{proxy.port}/"
+
+    def job(key: str, stored: list) -> None:
+        client = CacheClient(url, retry_delays=())  # only an immediate new connection
+        if key != keys[2]:
+            assert client.cached_sources([key]) == {key: False}
+        stored.append(client.store_source(key, make_files(tmp_path / key, key, x=key.encode()),
+                                          tokens.issue(trove.secret, key)))
+
+    def run(key: str) -> Stored:
+        (tmp_path / key).mkdir()
+        stored: list = []
+        thread = threading.Thread(target=job, args=(key, stored))
+        thread.start()
+        thread.join()
+        assert stored, "the job failed"
+        return stored[0]
+
+    try:
+        keys = ["6a" * 32, "6b" * 32, "6c" * 32]
+        assert all(run(key).stored for key in keys[:2])
+        assert proxy.drop() == 1  # two jobs, each a query and an upload: one connection
+        assert run(keys[2]).stored  # an upload first, on a connection the trove dropped
+        assert proxy.drop() == 1
+        assert CacheClient(trove.cache_url).cached_sources(keys) == dict.fromkeys(keys, True)
     finally:
         proxy.close()
 

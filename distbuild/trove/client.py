@@ -13,7 +13,6 @@ import http.client
 import json
 import os
 import queue
-import socket
 import tempfile
 import threading
 import time
@@ -26,6 +25,7 @@ from typing import BinaryIO, TypeVar
 from distbuild.errors import TroveError
 from distbuild.files import sha256_file
 from distbuild.trove import names
+from distbuild.trove.connections import POOL, NoDelayConnection
 
 BLOCK = 1 << 20
 # A trove that restarts is back within a few seconds: a failed transfer or
@@ -44,19 +44,6 @@ class CacheClientError(TroveError):
                  retryable: bool = False):
         super().__init__(what, where, retryable=retryable)
         self.status = status
-
-
-class _NoDelayConnection(http.client.HTTPConnection):
-    """HTTP with Nagle's algorithm off.
-
-    An upload goes out as several writes (headers, manifest, then files), and
-    a small write after an unacknowledged one would wait for the server's
-    delayed ACK (about 40 ms on Linux).
-    """
-
-    def connect(self) -> None:
-        super().connect()
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 @dataclass(frozen=True)
@@ -92,10 +79,6 @@ class CacheClient:
         self.prefix = parsed.path.rstrip("/")
         self.timeout = timeout
         self.retry_delays = retry_delays
-        # One kept-alive connection per thread for queries: a step makes several, and
-        # a connection costs the trove more than a query does (accept, Twisted's
-        # channel set-up and teardown: a quarter of its CPU in the sleep graph).
-        self._kept = threading.local()
 
     def _retrying(self, fn: Callable[[], T]) -> T:
         """`fn()`, again after each delay while it fails in a way that may pass."""
@@ -217,8 +200,10 @@ class CacheClient:
 
     def store_source(self, key: str, artifacts: Mapping[str, Path], token: str,
                      log: Path | None = None,
-                     sha256s: Mapping[str, str] | None = None) -> Stored:
-        """`upload_source`, answered with the trove's receipt for the source as well."""
+                     sha256s: Mapping[str, str] | None = None,
+                     log_sha256: str | None = None) -> Stored:
+        """`upload_source`, answered with the trove's receipt for the source as well
+        (`log_sha256`, if given, is the log's, to skip reading it again)."""
         names.check_key(key)
         entries = []
         for filename, path in artifacts.items():
@@ -229,7 +214,8 @@ class CacheClient:
                             "sha256": digest})
         manifest = {"artifacts": entries, "log": None}
         if log is not None:
-            manifest["log"] = {"size": os.path.getsize(log), "sha256": _sha256(log)}
+            manifest["log"] = {"size": os.path.getsize(log),
+                           "sha256": log_sha256 or _sha256(log)}
         head = json.dumps(manifest).encode() + b"\n"
         paths = [Path(p) for p in artifacts.values()] + ([Path(log)] if log else [])
         length = len(head) + sum(e["size"] for e in entries) + (
@@ -238,7 +224,18 @@ class CacheClient:
 
     def _put_source(self, key: str, head: bytes, paths: list[Path], length: int,
                     token: str) -> Stored:
-        conn = self._connection()
+        conn, reused = self._kept_connection()
+        try:
+            return self._put_on(conn, key, head, paths, length, token)
+        except CacheClientError as e:
+            if not (reused and e.retryable and e.status is None):
+                raise
+        # The trove closed the kept connection meanwhile (its idle timeout, a restart).
+        # Sending again is safe: a source stored twice is stored once, with a receipt.
+        return self._put_on(self._connection(), key, head, paths, length, token)
+
+    def _put_on(self, conn: http.client.HTTPConnection, key: str, head: bytes,
+                paths: list[Path], length: int, token: str) -> Stored:
         try:
             conn.putrequest("PUT", self.prefix + f"/2.0/sources/{key}")
             conn.putheader("Content-Type", "application/octet-stream")
@@ -262,12 +259,15 @@ class CacheClient:
                 resp = conn.getresponse()
             self._check(resp, key)
             answer = json.loads(resp.read())
-            receipt = answer.get("receipt")
-            return Stored(bool(answer["stored"]), receipt if isinstance(receipt, str) else "")
         except (OSError, http.client.HTTPException) as e:
-            raise CacheClientError(f"upload failed: {e}", self.base_url, retryable=True) from None
-        finally:
             conn.close()
+            raise CacheClientError(f"upload failed: {e}", self.base_url, retryable=True) from None
+        except BaseException:
+            conn.close()
+            raise
+        POOL.give(conn, resp)
+        receipt = answer.get("receipt")
+        return Stored(bool(answer["stored"]), receipt if isinstance(receipt, str) else "")
 
     # --- pins ----------------------------------------------------------------
 
@@ -282,11 +282,15 @@ class CacheClient:
     # --- plumbing ------------------------------------------------------------
 
     def _connection(self) -> http.client.HTTPConnection:
-        return _NoDelayConnection(self.host, self.port, timeout=self.timeout, blocksize=BLOCK)
+        return NoDelayConnection(self.host, self.port, timeout=self.timeout, blocksize=BLOCK)
+
+    def _kept_connection(self) -> tuple[http.client.HTTPConnection, bool]:
+        """A kept-alive connection from the process's pool (or a new one); whether kept."""
+        return POOL.take(self.host, self.port, self.timeout, BLOCK)
 
     def _request(self, method: str, path: str, body: bytes | None = None,
-                 headers: dict | None = None):
-        conn = self._connection()
+                 headers: dict | None = None, conn: http.client.HTTPConnection | None = None):
+        conn = conn or self._connection()
         try:
             conn.request(method, self.prefix + path, body=body, headers=headers or {})
             return conn, conn.getresponse()
@@ -303,7 +307,7 @@ class CacheClient:
         data = None if body is None else json.dumps(body).encode()
 
         def ask():
-            resp = self._kept_request(method, path, data, headers)
+            conn, resp = self._kept_request(method, path, data, headers)
             try:
                 if missing_ok and resp.status == 404:
                     resp.read()
@@ -312,39 +316,32 @@ class CacheClient:
                     self._check(resp, path)
                     answer = json.loads(resp.read())
             except (OSError, http.client.HTTPException) as e:
-                self._drop_kept()
+                conn.close()
                 raise CacheClientError(f"artifact cache went away: {e}", self.base_url,
                                        retryable=True) from None
             except BaseException:
-                self._drop_kept()  # an error's body may be unread: the connection is spent
+                conn.close()  # an error's body may be unread: the connection is spent
                 raise
-            if resp.will_close:
-                self._drop_kept()
+            POOL.give(conn, resp)
             return answer
 
         return self._retrying(ask) if retry else ask()
 
     def _kept_request(self, method: str, path: str, body: bytes | None,
-                      headers: dict) -> http.client.HTTPResponse:
-        """The response to a query on this thread's kept connection (made if need be)."""
-        conn = getattr(self._kept, "conn", None)
-        if conn is not None:
+                      headers: dict) -> tuple[http.client.HTTPConnection,
+                                              http.client.HTTPResponse]:
+        """A query sent on a kept connection (a new one if need be), and its response."""
+        conn, reused = self._kept_connection()
+        if reused:
             try:
                 conn.request(method, self.prefix + path, body=body, headers=headers)
-                return conn.getresponse()
+                return conn, conn.getresponse()
             except (OSError, http.client.HTTPException):
                 # The trove closed it meanwhile (its idle timeout, a restart): a query
                 # is safe to send again, on a new connection.
-                self._drop_kept()
-        conn, resp = self._request(method, path, body, headers)
-        self._kept.conn = conn
-        return resp
-
-    def _drop_kept(self) -> None:
-        conn = getattr(self._kept, "conn", None)
-        self._kept.conn = None
-        if conn is not None:
-            conn.close()
+                conn.close()
+                conn = self._connection()
+        return self._request(method, path, body, headers, conn)
 
     def _check(self, resp: http.client.HTTPResponse, what: str) -> None:
         if 200 <= resp.status < 300:

@@ -81,7 +81,7 @@ def upload(result: StepResult, client: CacheClient, token: str) -> Stored:
     files = [*result.artifacts, result.meta]
     return client.store_source(
         result.cache_key, {a.filename: a.path for a in files}, token, log=result.log.path,
-        sha256s={a.filename: a.sha256 for a in files})
+        sha256s={a.filename: a.sha256 for a in files}, log_sha256=result.log.sha256)
 
 
 def upload_size(result: StepResult) -> int:
