@@ -215,7 +215,7 @@ class CacheClient:
         manifest = {"artifacts": entries, "log": None}
         if log is not None:
             manifest["log"] = {"size": os.path.getsize(log),
-                           "sha256": log_sha256 or _sha256(log)}
+                               "sha256": log_sha256 or _sha256(log)}
         head = json.dumps(manifest).encode() + b"\n"
         paths = [Path(p) for p in artifacts.values()] + ([Path(log)] if log else [])
         length = len(head) + sum(e["size"] for e in entries) + (
