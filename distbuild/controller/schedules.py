@@ -87,15 +87,23 @@ class Schedules:
                 # does not run this slot again when it comes back.
                 self.db.execute("UPDATE schedules SET counted_from=? WHERE name=?",
                                 (now, row["name"]))
-                self.run(row)
+                self.run(row, slot=True)
 
-    def run(self, row: dict[str, Any], answer=None) -> None:
-        """Resolve the branch's tip in a thread, then submit the run; `answer(reply)` if given."""
+    def run(self, row: dict[str, Any], answer=None, slot: bool = False) -> None:
+        """Resolve the branch's tip in a thread, then submit the run; `answer(reply)` if given.
+
+        A run for a `slot` also takes the slots that pass while its tip is fetched (the
+        next counts from when the tip was read), as the missed-slot rule counts from
+        the run: a slot a few ms after the tick that found one due is not a second run."""
         name = row["name"]
         self.starting.add(name)
         d = self.ctl.in_thread(self._tip, row["definitions_repo"], row["branch"])
 
-        def resolved(commit: str) -> None:
+        def resolved(tip: tuple[str, float]) -> None:
+            commit, read_at = tip
+            if slot:
+                self.db.execute("UPDATE schedules SET counted_from=MAX(counted_from, ?) "
+                                "WHERE name=?", (read_at, name))
             msg = m.BuildRequest(definitions_repo=row["definitions_repo"],
                                  definitions_commit=commit, system=row["system"], detach=True)
             rid = requests.submit(self.ctl, msg, f"schedule {name}", schedule=name)
@@ -117,10 +125,12 @@ class Schedules:
         d.addCallbacks(resolved, failed)
         d.addBoth(lambda _: self.starting.discard(name))
 
-    def _tip(self, repo: str, branch: str) -> str:
-        """Runs in a thread: the commit BRANCH names on the trove now (fetched afresh)."""
+    def _tip(self, repo: str, branch: str) -> tuple[str, float]:
+        """Runs in a thread: the commit BRANCH names on the trove (fetched afresh), and
+        when it was read."""
         path = self.ctl.mirrors.ensure(repo, branch)
-        return resolve_in(path, f"refs/heads/{branch}", f"{repo} branch {branch}").commit
+        commit = resolve_in(path, f"refs/heads/{branch}", f"{repo} branch {branch}").commit
+        return commit, time.time()
 
     # -- hooks from requests and events ----------------------------------------------------
 
@@ -166,7 +176,8 @@ class Schedules:
         repo = self._repo_url(msg.definitions_repo)
         d = self.ctl.in_thread(self._tip, repo, msg.branch)
 
-        def keep(commit: str) -> None:
+        def keep(tip: tuple[str, float]) -> None:
+            commit, _ = tip
             now = time.time()
             try:
                 self.db.execute(
